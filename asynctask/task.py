@@ -1,0 +1,174 @@
+"""Tasks, the queue-name rule and payload encoding.
+
+A ``Task`` is what a transport hands a worker: frozen, so a worker cannot change what the transport
+will acknowledge. Payloads travel as compact JSON text; :func:`encode_payload` is the one gate every
+transport passes a payload through before it stores anything, so a bad payload stores nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from asynctask.errors import PayloadError, QueueNameError, TaskDecodeError
+
+__all__ = [
+    "MAX_PRIORITY",
+    "DeadTask",
+    "QueueStats",
+    "Task",
+    "decode_payload",
+    "encode_payload",
+    "new_task_id",
+    "validate_delay",
+    "validate_priority",
+    "validate_queue_name",
+]
+
+#: Priorities run from 0 (the default) to MAX_PRIORITY; higher runs first.  The bound is AMQP's
+#: ``x-max-priority`` sweet spot, so every transport can honour the same range.
+MAX_PRIORITY = 9
+
+# rex.asynctask's rule, made strict: ``\Z`` (not ``$``) so a trailing newline is rejected, and no
+# double underscores so ``scheduled_x`` style names stay unambiguous.
+_QUEUE_NAME_RE = re.compile(r"[a-z](?:_?[a-z0-9])+\Z")
+_QUEUE_NAME_MAX = 100
+_QUEUE_NAME_RULE = (
+    "2 to 100 characters, a lowercase letter first, then lowercase letters, digits and single"
+    " underscores, ending with a letter or digit"
+)
+
+
+def validate_queue_name(queue: object) -> str:
+    """Return ``queue`` when it is a valid queue name.
+
+    Raises :class:`QueueNameError` naming the bad value and the rule otherwise.
+    """
+    if (
+        not isinstance(queue, str)
+        or len(queue) > _QUEUE_NAME_MAX
+        or _QUEUE_NAME_RE.match(queue) is None
+    ):
+        raise QueueNameError(f"invalid queue name {queue!r}: {_QUEUE_NAME_RULE}")
+    return queue
+
+
+def validate_priority(priority: object) -> int:
+    """Return ``priority`` when it is an int from 0 to :data:`MAX_PRIORITY`; else raise PayloadError."""
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
+        raise PayloadError(f"invalid priority {priority!r}: an integer from 0 to {MAX_PRIORITY} is allowed")
+    return priority
+
+
+def validate_delay(delay_s: object) -> float:
+    """Return ``delay_s`` as a float when it is a finite number >= 0, else raise PayloadError."""
+    if (
+        isinstance(delay_s, bool)
+        or not isinstance(delay_s, (int, float))
+        or not math.isfinite(delay_s)
+        or delay_s < 0
+    ):
+        raise PayloadError(f"invalid delay_s {delay_s!r}: a finite number of seconds >= 0 is allowed")
+    return float(delay_s)
+
+
+def encode_payload(payload: object) -> str:
+    """Encode a payload as compact JSON text.
+
+    ``None`` is ``{}``. Raises :class:`PayloadError` naming the problem when the payload is not a
+    dict, has a non-string key, or holds a value JSON cannot represent (NaN, a set, an object...).
+    """
+    if payload is None:
+        return "{}"
+    if not isinstance(payload, dict):
+        raise PayloadError(
+            f"payload must be a JSON object (dict) or None, not {type(payload).__name__}: {payload!r:.80}"
+        )
+    for key in payload:
+        if not isinstance(key, str):
+            raise PayloadError(f"payload keys must be strings, not {type(key).__name__}: {key!r:.80}")
+    try:
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise PayloadError(f"payload is not JSON-encodable: {exc}") from None
+
+
+def decode_payload(text: str | bytes) -> dict[str, Any]:
+    """Decode stored payload text. Raises :class:`TaskDecodeError` when it is not a JSON object."""
+    try:
+        value = json.loads(text)
+    except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+        raise TaskDecodeError(f"stored task body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise TaskDecodeError(f"stored task body is JSON but not an object: {type(value).__name__}")
+    return value
+
+
+def new_task_id() -> str:
+    """A new task id: 32 lowercase hex digits, unique without coordination."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Task:
+    """One delivery of a task.
+
+    ``attempts`` counts deliveries so far (1 on the first).  ``receipt`` is private to the transport
+    that delivered the task: it names this delivery, so that an ``ack`` of a delivery whose lease
+    was lost cannot remove a later delivery of the same task.  It is a string, so a task can be
+    handed to another process (the supervisor) and still be acked or given back there.
+    """
+
+    id: str
+    queue: str
+    payload: dict[str, Any]
+    attempts: int = 1
+    enqueued_at: float = 0.0
+    priority: int = 0
+    receipt: str = field(default="", repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict, receipt included (for handing the task to another process)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Task:
+        """The inverse of :meth:`to_dict`."""
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Counts for one queue at one instant (not a transaction across transports: a snapshot)."""
+
+    ready: int = 0
+    delayed: int = 0
+    in_flight: int = 0
+    dead: int = 0
+
+
+@dataclass(frozen=True)
+class DeadTask:
+    """A task in a queue's dead-letter store.
+
+    ``body`` is the stored payload text exactly as found (it may not decode: that can be why it is
+    dead); ``payload`` is its decoded value, or None when it does not decode.
+    """
+
+    id: str
+    queue: str
+    body: str
+    reason: str
+    attempts: int
+    dead_at: float
+
+    @property
+    def payload(self) -> dict[str, Any] | None:
+        try:
+            return decode_payload(self.body)
+        except TaskDecodeError:
+            return None
