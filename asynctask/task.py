@@ -143,12 +143,17 @@ class Task:
 
 @dataclass(frozen=True)
 class QueueStats:
-    """Counts for one queue at one instant (not a transaction across transports: a snapshot)."""
+    """Counts for one queue at one instant (a snapshot, not a transaction).
+
+    ``oldest_ready_age_s`` is how long the oldest ready task has waited since it was enqueued (or
+    replayed); None when no task is ready.
+    """
 
     ready: int = 0
     delayed: int = 0
     in_flight: int = 0
     dead: int = 0
+    oldest_ready_age_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ import os
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import yaml
+
 from asynctask.errors import ConfigurationError, TransportURLError, UnknownTransportError
 from asynctask.transports.base import Transport, mask_url, parse_url
 
@@ -77,8 +79,6 @@ def _config_file_url() -> tuple[str, str] | None:
         if os.environ.get("ASYNCTASK_CONFIG"):
             raise ConfigurationError(f"ASYNCTASK_CONFIG names {path!r}, which does not exist")
         return None
-    import yaml
-
     try:
         with open(path, encoding="utf-8") as stream:
             data = yaml.safe_load(stream)

@@ -160,6 +160,11 @@ class Transport(abc.ABC):
 
     #: URL schemes this class handles; the first is its canonical name.
     schemes: ClassVar[tuple[str, ...]] = ()
+    #: True when a Task (with its receipt) may be acked, nacked or dead-lettered through another
+    #: instance or process than the one that fetched it (the supervisor does this for a child that
+    #: died).  False where a delivery belongs to a connection (AMQP): there the server gives the
+    #: task back itself when the dead process's connection closes.
+    portable_receipts: ClassVar[bool] = True
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -297,7 +302,7 @@ class Transport(abc.ABC):
     def claim_once(self, key: str, ttl_s: float) -> bool:
         """True for exactly one caller per ``key`` until ``ttl_s`` seconds have passed."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - transports without resources need not override it
         """Release connections and files.  Idempotent."""
 
     def __enter__(self) -> Transport:

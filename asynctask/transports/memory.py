@@ -134,7 +134,7 @@ class MemoryTransport(Transport):
             if record is not None and record.version == version:
                 self._make_ready(queue, record, now, 0)
         while queue.in_flight and queue.in_flight[0][0] <= now:
-            deadline, version, task_id = heapq.heappop(queue.in_flight)
+            _, version, task_id = heapq.heappop(queue.in_flight)
             record = queue.records.get(task_id)
             if record is not None and record.version == version and record.lease_until <= now:
                 self._make_ready(queue, record, now, 0)
@@ -249,7 +249,15 @@ class MemoryTransport(Transport):
                 return QueueStats()
             self._promote(state, self._clock())
             counts = state.counts
-            return QueueStats(counts[_READY], counts[_DELAYED], counts[_IN_FLIGHT], len(state.dead))
+            now = self._clock()
+            oldest = min((r.enqueued_at for r in state.records.values() if r.state == _READY), default=None)
+            return QueueStats(
+                counts[_READY],
+                counts[_DELAYED],
+                counts[_IN_FLIGHT],
+                len(state.dead),
+                None if oldest is None else max(now - oldest, 0.0),
+            )
 
     def queues(self) -> list[str]:
         with self._store.lock:

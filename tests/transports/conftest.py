@@ -15,8 +15,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-
 from harnesslib import Harness
+
+from asynctask.transports.base import Transport
 
 HERE = Path(__file__).parent
 

@@ -7,9 +7,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from asynctask.transports.memory import MemoryTransport
-
 from harnesslib import Harness, default_inject_garbage
+
+from asynctask.transports.memory import MemoryTransport
 
 
 @contextlib.contextmanager
