@@ -65,7 +65,7 @@ def mask_url(url: str) -> str:
 class ParsedURL:
     """A transport URL split into parts; ``options`` are the query parameters."""
 
-    url: str
+    url: str = field(repr=False)
     scheme: str
     username: str | None
     password: str | None = field(repr=False)
@@ -77,6 +77,9 @@ class ParsedURL:
     @property
     def masked(self) -> str:
         return mask_url(self.url)
+
+    def __repr__(self) -> str:
+        return f"ParsedURL({self.masked!r})"
 
 
 def parse_url(url: str) -> ParsedURL:
