@@ -1,0 +1,204 @@
+"""``asynctask``: the admin command (queues, submit, purge, dead letters, doctor).
+
+Usage::
+
+    asynctask [--transport URL | --config FILE... | --set NAME=VALUE...] COMMAND ...
+    asynctask queues [QUEUE...] [--json]
+    asynctask submit QUEUE [JSON] [--delay-s N] [--priority N] [--json]
+    asynctask submit QUEUE --file tasks.jsonl [--partial] [--delay-s N] [--priority N] [--json]
+    asynctask purge QUEUE [--yes] [--json]
+    asynctask dead list|show|replay|purge QUEUE [IDS...] [--limit N] [--yes] [--json]
+    asynctask doctor [--json]
+
+The transport is found as ``asynctask-workers`` finds it (see :mod:`asynctask.cli.admin_settings`).
+The global options may also follow the command (``asynctask queues --transport URL``).
+
+Every user error prints ONE line on stderr, ``asynctask: error: ...``, and exits with one of:
+
+====  ==========================================================================================
+0     done
+1     the command ran but found a problem (``doctor``), ``--partial`` skipped bad lines, the answer
+      at a confirmation was not "yes", or the transport cannot do what was asked (``dead purge``)
+2     bad usage or input: unknown option, bad queue name, bad JSON, bad line in a file, bad or
+      unknown transport URL, invalid configuration, a destructive command without ``--yes`` and
+      no terminal to ask on
+3     the transport's server cannot be reached
+4     unknown queue (one the transport does not know) or unknown dead task id
+5     the transport failed an operation for another reason
+70    unexpected internal error (a bug: rerun with ``--log-level debug`` for the traceback)
+130   interrupted (Ctrl-C)
+====  ==========================================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from asynctask.errors import AsyncTaskError
+from asynctask.transports import get_transport
+from asynctask.transports.base import Transport
+
+from . import admin_commands, admin_settings
+from .admin_doctor import doctor
+from .admin_output import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    exit_code_for,
+    one_line,
+)
+
+__all__ = ["build_parser", "exit_code_for", "main"]
+
+logger = logging.getLogger(__name__)
+
+PROG = "asynctask"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is ONE line on stderr (exit 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see: {self.prog} --help)\n")
+
+
+def _common(parser: argparse.ArgumentParser, prefix: str) -> None:
+    """The options every command takes; ``prefix`` keeps the top-level values apart from the command's."""
+    group = parser.add_argument_group("transport and configuration")
+    group.add_argument(
+        "--transport", metavar="URL", dest=prefix + "transport", default=argparse.SUPPRESS,
+        help="the transport URL (beats --config, --set and $ASYNCTASK_TRANSPORT)",
+    )
+    group.add_argument(
+        "--config", metavar="FILE", dest=prefix + "config", action="append", default=argparse.SUPPRESS,
+        help="a YAML configuration file (repeatable, merged in order)",
+    )
+    group.add_argument(
+        "--set", metavar="NAME=VALUE", dest=prefix + "set", action="append", default=argparse.SUPPRESS,
+        help="override one setting, VALUE parsed as YAML (repeatable)",
+    )
+    group.add_argument(
+        "--require", metavar="MODULE", dest=prefix + "require", action="append", default=argparse.SUPPRESS,
+        help="import MODULE so its workers register (doctor; repeatable)",
+    )
+    group.add_argument(
+        "--log-level", dest=prefix + "log_level", default=argparse.SUPPRESS,
+        choices=("debug", "info", "warning", "error"), help="logging level on stderr (default: warning)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``asynctask`` argument parser."""
+    parser = _Parser(prog=PROG, description="Inspect and administer asynctask queues.")
+    _common(parser, "top_")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
+        _common(sub, "")
+        return sub
+
+    queues = command("queues", "ready, delayed, in-flight and dead counts and the oldest ready age, per queue")
+    queues.add_argument("queues", nargs="*", metavar="QUEUE", help="only these queues (default: all known)")
+
+    submit = command("submit", "submit a task (JSON object payload), or one per line of a JSON-lines file")
+    submit.add_argument("queue", metavar="QUEUE")
+    submit.add_argument("payload", nargs="?", metavar="JSON", help="the payload, a JSON object (default: {})")
+    submit.add_argument("--file", metavar="FILE", help="a JSON-lines file, one payload per line ('-': stdin)")
+    submit.add_argument(
+        "--partial", action="store_true",
+        help="with --file: submit the good lines even when some are bad (exit 1 when any was skipped)",
+    )
+    submit.add_argument("--delay-s", type=float, default=0.0, metavar="N", help="visible after N seconds")
+    submit.add_argument("--priority", type=int, default=0, metavar="N", help="0 to 9, higher first (default 0)")
+
+    purge = command("purge", "drop the ready and delayed tasks of a queue (asks unless --yes)")
+    purge.add_argument("queue", metavar="QUEUE")
+    purge.add_argument("-y", "--yes", action="store_true", help="do not ask")
+
+    dead = command("dead", "dead letters: list, show, replay or purge them")
+    dead.add_argument("action", choices=("list", "show", "replay", "purge"))
+    dead.add_argument("queue", metavar="QUEUE")
+    dead.add_argument("ids", nargs="*", metavar="ID", help="dead task ids (default for list/replay/purge: all)")
+    dead.add_argument("--limit", type=int, default=100, metavar="N", help="list: at most N (default 100)")
+    dead.add_argument("-y", "--yes", action="store_true", help="purge: do not ask")
+
+    doctor = command("doctor", "check the configuration, the transport and the workers; exit 1 when something is wrong")
+    doctor.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    return parser
+
+
+def _option(args: argparse.Namespace, name: str) -> list[str]:
+    """A repeatable option's values, before the command then after it."""
+    return list(getattr(args, "top_" + name, [])) + list(getattr(args, name, []))
+
+
+def _log_level(args: argparse.Namespace) -> str:
+    return str(getattr(args, "log_level", None) or getattr(args, "top_log_level", None) or "warning")
+
+
+_COMMANDS: dict[str, Callable[[Transport, argparse.Namespace], int]] = {
+    "queues": admin_commands.cmd_queues,
+    "submit": admin_commands.cmd_submit,
+    "purge": admin_commands.cmd_purge,
+    "dead": admin_commands.cmd_dead,
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command; raises AsyncTaskError / CommandError for ``main`` to report."""
+    transport_url = getattr(args, "transport", None) or getattr(args, "top_transport", None)
+    resolved = admin_settings.resolve(
+        transport_url,
+        _option(args, "config"),
+        _option(args, "set"),
+        _option(args, "require"),
+        keep_error=args.command == "doctor",
+    )
+    if args.command == "doctor":
+        return doctor(resolved, args)
+    with get_transport(resolved.transport_url) as transport:
+        return _COMMANDS[args.command](transport, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``asynctask`` console script: parse, run, and turn every error into one line and a code."""
+    args = build_parser().parse_args(argv)
+    level = _log_level(args)
+    logging.basicConfig(level=getattr(logging, level.upper()), format="%(name)s: %(levelname)s: %(message)s")
+    try:
+        return run(args)
+    except CommandError as exc:
+        return _fail(exc.message, exc.code)
+    except AsyncTaskError as exc:
+        return _fail(exc.message, exit_code_for(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        # Output piped into a command that stopped reading (``| head``): not an error of ours.
+        sys.stderr.close()
+        return EXIT_OK
+    except Exception as exc:
+        logger.debug("unexpected error", exc_info=True)
+        return _fail(
+            f"unexpected {type(exc).__name__}: {exc} (rerun with --log-level debug for the traceback)",
+            EXIT_INTERNAL,
+        )
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"{PROG}: error: {one_line(message)}\n")
+    sys.stderr.flush()
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
