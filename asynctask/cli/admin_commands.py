@@ -97,7 +97,10 @@ def cmd_queues(transport: Transport, args: argparse.Namespace) -> int:
 def parse_payload(text: str, where: str) -> dict[str, Any]:
     """Parse one payload: a JSON object.  Raises CommandError (EXIT_USAGE) naming ``where``."""
     try:
-        value = json.loads(text)
+        value = json.loads(text.rstrip("\r\n"))
+    except json.JSONDecodeError as exc:
+        position = f"line {exc.lineno} column {exc.colno}" if "\n" in text.rstrip("\r\n") else f"column {exc.colno}"
+        raise CommandError(f"{where}: bad JSON: {exc.msg} at {position}", EXIT_USAGE) from None
     except ValueError as exc:
         raise CommandError(f"{where}: bad JSON: {exc}", EXIT_USAGE) from None
     if not isinstance(value, dict):
