@@ -1,0 +1,322 @@
+"""Prometheus metrics and a health check for ``asynctask-workers --metrics-port N``.
+
+The supervisor owns one :class:`WorkerMetrics`.  It feeds it the messages its children send
+(:mod:`asynctask.workers.protocol`) through :meth:`WorkerMetrics.observe`, and tells it when a child
+starts, exits and is restarted; :meth:`WorkerMetrics.serve` answers HTTP on a daemon thread:
+
+``GET /metrics``
+    Prometheus text format (``prometheus_client``, an optional dependency: ``asynctask[metrics]``):
+
+    ====================================================  =========================================
+    ``asynctask_tasks_processed_total{queue,worker}``      tasks processed and acked
+    ``asynctask_tasks_failed_total{queue,worker}``         failed attempts (retried or dead-lettered)
+    ``asynctask_tasks_retried_total{queue,worker}``        failed attempts given back with a delay
+    ``asynctask_tasks_dead_lettered_total{queue,worker}``  tasks sent to the dead-letter store
+    ``asynctask_tasks_killed_total{queue,worker,signal}``  tasks whose child died while running them
+    ``asynctask_tasks_in_flight{queue,worker}``            tasks the children hold now
+    ``asynctask_task_processing_seconds{queue,worker}``    histogram of processing time
+    ``asynctask_child_restarts_total{queue,worker}``       children restarted after dying
+    ``asynctask_child_recycles_total{queue,worker}``       children replaced on purpose (max tasks/memory)
+    ``asynctask_children{queue,worker}``                   children alive
+    ``asynctask_queue_depth{queue,state}``                 ready / delayed / in_flight / dead, read from
+                                                           the transport at scrape time
+    ``asynctask_queue_oldest_ready_age_seconds{queue}``    age of the oldest ready task
+    ``asynctask_transport_up``                             1 when the last depth read answered
+    ====================================================  =========================================
+
+``GET /healthz``
+    200 and ``{"status": "ok", ...}``, or 503 and ``{"status": "stuck", "stuck": [...]}`` when a child
+    is alive but has not fetched (nor polled an empty queue) for ``stale_after_s`` seconds while its
+    queue has ready tasks.  A child inside a task with a ``timeout_s`` gets that much longer.
+
+Queue depths come from a transport the metrics thread opens itself (``transport_factory``), read at
+most once per ``depth_cache_s`` so frequent scrapes do not load the server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from asynctask.errors import AsyncTaskError, ConfigurationError
+from asynctask.task import QueueStats
+from asynctask.transports.base import Transport
+
+logger = logging.getLogger(__name__)
+
+#: Processing-time histogram buckets (seconds): from a no-op task to a long job.
+BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+#: Default seconds without a fetch (while the queue has ready tasks) before /healthz fails.
+DEFAULT_STALE_AFTER_S = 300.0
+
+
+def _prometheus() -> Any:
+    try:
+        import prometheus_client  # noqa: PLC0415 - optional dependency, imported when metrics are asked for
+    except ImportError:
+        raise ConfigurationError(
+            "--metrics-port needs prometheus_client: pip install 'asynctask[metrics]'"
+        ) from None
+    return prometheus_client
+
+
+@dataclass
+class _Child:
+    key: str
+    queue: str
+    worker: str
+    last_fetch: float
+    task_started: float | None = None
+    task_timeout_s: float | None = None
+    held: int = 0
+
+
+class WorkerMetrics:
+    """Counters, gauges and health of the children of one supervisor (thread-safe).
+
+    ``transport_factory`` opens the transport the depth gauges read (called lazily, on the metrics
+    thread); ``queues`` lists the queues to report depth for.  ``clock`` is monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        queues: Iterable[str],
+        transport_factory: Callable[[], Transport] | None = None,
+        *,
+        stale_after_s: float = DEFAULT_STALE_AFTER_S,
+        depth_cache_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        prom = _prometheus()
+        self.queues = sorted(set(queues))
+        self.stale_after_s = stale_after_s
+        self.depth_cache_s = depth_cache_s
+        self.clock = clock
+        self._factory = transport_factory
+        self._transport: Transport | None = None
+        self._lock = threading.Lock()
+        self._children: dict[str, _Child] = {}
+        self._depth: dict[str, QueueStats] = {}
+        self._depth_at = -1e18
+        self._transport_up = 0.0
+        self.registry = prom.CollectorRegistry(auto_describe=True)
+        labels = ("queue", "worker")
+
+        def counter(name: str, doc: str, extra: Sequence[str] = ()) -> Any:
+            return prom.Counter(name, doc, [*labels, *extra], registry=self.registry)
+
+        self.processed = counter("asynctask_tasks_processed", "Tasks processed and acknowledged.")
+        self.failed = counter("asynctask_tasks_failed", "Failed attempts (retried or dead-lettered).")
+        self.retried = counter("asynctask_tasks_retried", "Failed attempts given back to be retried.")
+        self.dead_lettered = counter("asynctask_tasks_dead_lettered", "Tasks sent to the dead-letter store.")
+        self.killed = counter(
+            "asynctask_tasks_killed", "Tasks whose child process died while running them.", ("signal",)
+        )
+        self.restarts = counter("asynctask_child_restarts", "Children restarted after dying.")
+        self.recycles = counter("asynctask_child_recycles", "Children replaced on purpose (max tasks or memory).")
+        self.in_flight = prom.Gauge(
+            "asynctask_tasks_in_flight", "Tasks the children hold now.", labels, registry=self.registry
+        )
+        self.children = prom.Gauge("asynctask_children", "Children alive.", labels, registry=self.registry)
+        self.processing = prom.Histogram(
+            "asynctask_task_processing_seconds", "Processing time of a task.", labels,
+            buckets=BUCKETS, registry=self.registry,
+        )
+        self.registry.register(_DepthCollector(self, prom))
+
+    # -- feeding ---------------------------------------------------------------------------------
+
+    def child_started(self, key: str, queue: str, worker: str) -> None:
+        """A child (``key`` unique among live children, e.g. its pid) was spawned for queue/worker."""
+        with self._lock:
+            self._children[key] = _Child(key, queue, worker, self.clock())
+        self.children.labels(queue, worker).inc()
+
+    def child_exited(
+        self, key: str, *, restarted: bool = False, recycled: bool = False, signal_name: str | None = None
+    ) -> None:
+        """A child left.  ``restarted``: it died and will be replaced; ``recycled``: replaced on purpose;
+        ``signal_name``: it was killed by that signal while holding a started task (counted as killed)."""
+        with self._lock:
+            child = self._children.pop(key, None)
+        if child is None:
+            return
+        labels = (child.queue, child.worker)
+        self.children.labels(*labels).dec()
+        if child.held:
+            self.in_flight.labels(*labels).dec(child.held)
+        if restarted:
+            self.restarts.labels(*labels).inc()
+        if recycled:
+            self.recycles.labels(*labels).inc()
+        if signal_name and child.task_started is not None:
+            self.killed.labels(*labels, signal_name).inc()
+
+    def task_dead_lettered(self, queue: str, worker: str, count: int = 1) -> None:
+        """The supervisor itself dead-lettered ``count`` tasks (e.g. after repeated child deaths)."""
+        self.dead_lettered.labels(queue, worker).inc(count)
+        self.failed.labels(queue, worker).inc(count)
+
+    def observe(self, key: str, message: Sequence[Any]) -> None:
+        """Account one protocol message from child ``key`` (unknown kinds are ignored)."""
+        with self._lock:
+            child = self._children.get(key)
+            if child is None or not message:
+                return
+            kind = message[0]
+            now = self.clock()
+            labels = (child.queue, child.worker)
+            if kind in ("fetched", "polled", "ready"):
+                child.last_fetch = now
+            if kind == "fetched":
+                count = len(message[1])
+                child.held += count
+                self.in_flight.labels(*labels).inc(count)
+            elif kind == "started":
+                child.task_started = now
+                child.task_timeout_s = message[3] if len(message) > 3 else None
+            elif kind == "finished":
+                entries = message[1]
+                child.task_started = None
+                child.held = max(child.held - len(entries), 0)
+                self.in_flight.labels(*labels).dec(len(entries))
+                for _task_id, outcome, duration in entries:
+                    self._outcome(labels, outcome, float(duration))
+
+    def _outcome(self, labels: tuple[str, str], outcome: str, duration_s: float) -> None:
+        if outcome == "acked":
+            self.processed.labels(*labels).inc()
+            self.processing.labels(*labels).observe(duration_s)
+        elif outcome == "retried":
+            self.failed.labels(*labels).inc()
+            self.retried.labels(*labels).inc()
+            self.processing.labels(*labels).observe(duration_s)
+        elif outcome == "dead":
+            self.failed.labels(*labels).inc()
+            self.dead_lettered.labels(*labels).inc()
+            self.processing.labels(*labels).observe(duration_s)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def depths(self) -> dict[str, QueueStats]:
+        """Per-queue stats, read from the transport at most once per ``depth_cache_s``."""
+        with self._lock:
+            if self.clock() - self._depth_at < self.depth_cache_s or self._factory is None:
+                return dict(self._depth)
+            try:
+                if self._transport is None:
+                    self._transport = self._factory()
+                self._depth = {queue: self._transport.stats(queue) for queue in self.queues}
+                self._transport_up = 1.0
+            except (AsyncTaskError, OSError) as exc:
+                logger.warning("metrics: reading queue depths failed: %s", exc)
+                self._transport_up = 0.0
+                if self._transport is not None:
+                    self._transport.close()
+                    self._transport = None
+            self._depth_at = self.clock()
+            return dict(self._depth)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, details): unhealthy when a live child is stuck (see the module docstring)."""
+        depths = self.depths()
+        now = self.clock()
+        stuck = []
+        with self._lock:
+            children = list(self._children.values())
+        for child in children:
+            allowed = self.stale_after_s
+            if child.task_started is not None and child.task_timeout_s:
+                allowed += child.task_timeout_s
+            idle = now - child.last_fetch
+            ready = depths[child.queue].ready if child.queue in depths else 0
+            if idle > allowed and ready > 0:
+                stuck.append(
+                    {"child": child.key, "queue": child.queue, "worker": child.worker,
+                     "seconds_since_fetch": round(idle, 1), "queue_ready": ready}
+                )
+        details = {"status": "stuck" if stuck else "ok", "children": len(children), "stuck": stuck,
+                   "transport_up": bool(self._transport_up) or self._factory is None}
+        return not stuck, details
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        prom = _prometheus()
+        data: bytes = prom.generate_latest(self.registry)
+        return data
+
+    # -- serving ---------------------------------------------------------------------------------
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
+        """Answer ``/metrics`` and ``/healthz`` on a daemon thread; returns the server (``shutdown()``)."""
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+                elif path in ("/healthz", "/health"):
+                    healthy, details = metrics.health()
+                    self._send(200 if healthy else 503, json.dumps(details).encode(), "application/json")
+                else:
+                    self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                logger.debug("metrics http: " + format, *args)
+
+        try:
+            server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise ConfigurationError(f"--metrics-port {port}: cannot listen on {host}:{port}: {exc.strerror}") from None
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, name="asynctask-metrics", daemon=True)
+        thread.start()
+        logger.info("metrics on http://%s:%d/metrics, health on /healthz", host, server.server_address[1])
+        return server
+
+    def close(self) -> None:
+        with self._lock:
+            if self._transport is not None:
+                self._transport.close()
+                self._transport = None
+
+
+class _DepthCollector:
+    """Reads queue depths from the transport when Prometheus scrapes."""
+
+    def __init__(self, metrics: WorkerMetrics, prom: Any) -> None:
+        self.metrics = metrics
+        self.prom = prom
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        core = self.prom.metrics_core
+        depth = core.GaugeMetricFamily("asynctask_queue_depth", "Tasks per queue and state.", labels=["queue", "state"])
+        oldest = core.GaugeMetricFamily(
+            "asynctask_queue_oldest_ready_age_seconds", "Age of the oldest ready task.", labels=["queue"]
+        )
+        for queue, stats in sorted(self.metrics.depths().items()):
+            for state in ("ready", "delayed", "in_flight", "dead"):
+                depth.add_metric([queue, state], getattr(stats, state))
+            oldest.add_metric([queue], stats.oldest_ready_age_s or 0.0)
+        up = core.GaugeMetricFamily("asynctask_transport_up", "1 when the last queue-depth read answered.")
+        up.add_metric([], self.metrics._transport_up)
+        yield depth
+        yield oldest
+        yield up

@@ -1,0 +1,107 @@
+"""asynctask.metrics fed by hand: counters from protocol messages, depth from a memory transport,
+/healthz failing for a stuck child, and both endpoints served over HTTP."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+pytest.importorskip("prometheus_client")
+
+from asynctask.metrics import WorkerMetrics
+from asynctask.transports import get_transport
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text output (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for item in family.samples:
+            if item.name == name and item.labels == labels:
+                return float(item.value)
+    return 0.0
+
+
+def test_counts_depth_and_health() -> None:
+    url = f"memory://metrics{uuid.uuid4().hex}"
+    producer = get_transport(url)
+    clock = Clock()
+    metrics = WorkerMetrics(["emails"], lambda: get_transport(url), stale_after_s=60, depth_cache_s=0, clock=clock)
+    metrics.child_started("101", "emails", "send_email")
+    metrics.observe("101", ("ready", 101))
+    metrics.observe("101", ("fetched", [{"id": "a"}, {"id": "b"}, {"id": "c"}], 0.0))
+    metrics.observe("101", ("started", "a", 0.0, None))
+    metrics.observe("101", ("finished", [("a", "acked", 0.02)]))
+    metrics.observe("101", ("finished", [("b", "retried", 0.5), ("c", "dead", 0.1)]))
+    metrics.observe("101", ("fetched", [{"id": "d"}], 0.0))
+    metrics.observe("101", ("started", "d", 0.0, None))
+    text = metrics.render().decode()
+    labels = {"queue": "emails", "worker": "send_email"}
+    assert sample(text, "asynctask_tasks_processed_total", **labels) == 1
+    assert sample(text, "asynctask_tasks_failed_total", **labels) == 2
+    assert sample(text, "asynctask_tasks_retried_total", **labels) == 1
+    assert sample(text, "asynctask_tasks_dead_lettered_total", **labels) == 1
+    assert sample(text, "asynctask_tasks_in_flight", **labels) == 1
+    assert sample(text, "asynctask_task_processing_seconds_count", **labels) == 3
+    assert sample(text, "asynctask_children", **labels) == 1
+
+    producer.submit_tasks("emails", [{}, {}])
+    producer.submit_task("emails", delay_s=60)
+    text = metrics.render().decode()
+    assert sample(text, "asynctask_queue_depth", queue="emails", state="ready") == 2
+    assert sample(text, "asynctask_queue_depth", queue="emails", state="delayed") == 1
+    assert sample(text, "asynctask_transport_up") == 1
+
+    assert metrics.health()[0]
+    clock.now += 61  # no fetch for 61 s, 2 tasks ready: stuck
+    healthy, details = metrics.health()
+    assert not healthy and details["stuck"][0]["child"] == "101"
+    producer.purge("emails")  # nothing ready: idle, not stuck
+    assert metrics.health()[0]
+
+    metrics.child_exited("101", restarted=True, signal_name="SIGSEGV")
+    text = metrics.render().decode()
+    assert sample(text, "asynctask_child_restarts_total", **labels) == 1
+    assert sample(text, "asynctask_tasks_killed_total", **labels, signal="SIGSEGV") == 1
+    assert sample(text, "asynctask_tasks_in_flight", **labels) == 0
+    assert sample(text, "asynctask_children", **labels) == 0
+    metrics.close()
+
+
+def test_serve_over_http() -> None:
+    url = f"memory://metrics{uuid.uuid4().hex}"
+    clock = Clock()
+    metrics = WorkerMetrics(["jobs"], lambda: get_transport(url), stale_after_s=5, depth_cache_s=0, clock=clock)
+    metrics.child_started("7", "jobs", "job")
+    metrics.observe("7", ("finished", [("x", "acked", 0.001)]))
+    server = metrics.serve(0, "127.0.0.1")
+    port = server.server_address[1]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        assert sample(text, "asynctask_tasks_processed_total", queue="jobs", worker="job") == 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            assert json.loads(response.read())["status"] == "ok"
+        get_transport(url).submit_task("jobs")
+        clock.now += 10
+        with pytest.raises(urllib.error.HTTPError) as failure:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert failure.value.code == 503
+        assert json.loads(failure.value.read())["status"] == "stuck"
+    finally:
+        server.shutdown()
+        server.server_close()
+        metrics.close()
