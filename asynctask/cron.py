@@ -1,0 +1,313 @@
+"""Cron entries of ``asynctask_scheduled_workers``: validation, queues and fire-time arithmetic.
+
+:func:`validate_entries` turns the entries as written into :class:`ScheduleEntry` objects (an
+APScheduler 3 ``CronTrigger`` each) or raises one-line :class:`ScheduleError` messages naming
+``source[index]``, the entry's worker or command, the field and what is allowed.  The entry format
+and the scheduling rules are described in :mod:`asynctask.scheduler`, which uses this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shlex
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.triggers.cron import CronTrigger
+
+from asynctask.config import scheduled_queue_name
+from asynctask.errors import AsyncTaskError, QueueNameError, ScheduleError
+from asynctask.task import encode_payload, validate_queue_name
+
+__all__ = [
+    "ALLOWED_KEYS",
+    "COMMAND_WORKER",
+    "CRON_FIELDS",
+    "DEFAULT_SOURCE",
+    "MISFIRE_MODES",
+    "ScheduleEntry",
+    "latest_before",
+    "next_after",
+    "scheduled_queue_name",  # re-exported from asynctask.config
+    "scheduled_queues",
+    "validate_entries",
+]
+
+logger = logging.getLogger(__name__)
+
+CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
+MISFIRE_MODES = ("skip", "once")
+OPTIONAL_KEYS = ("payload", "queue", "start_date", "end_date", "timezone", "misfire")
+ALLOWED_KEYS = ("worker", "command", *CRON_FIELDS, "crontab", *OPTIONAL_KEYS)
+#: The setting the entries come from, named in error messages.
+DEFAULT_SOURCE = "asynctask_scheduled_workers"
+#: The built-in worker that runs ``command`` entries (:mod:`asynctask.workers.command`).
+COMMAND_WORKER = "command"
+_LOOKBACK_S = (60, 3600, 86400, 32 * 86400, 367 * 86400)
+_DOW = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+@dataclass(frozen=True)
+class ScheduleEntry:
+    """One validated entry.  ``payload`` is what each fire submits (the argv included for a command)."""
+
+    index: int
+    schedule_id: str
+    worker: str
+    command: tuple[str, ...] | None
+    payload: dict[str, Any] = field(hash=False)
+    queue: str | None
+    trigger: CronTrigger = field(hash=False)
+    timezone: str
+    misfire: str
+    canonical: str = field(repr=False)
+
+    @property
+    def label(self) -> str:
+        """``worker 'x'`` or ``command 'a b'``: how messages name the entry."""
+        if self.command is not None:
+            return f"command {shlex.join(self.command)!r}"
+        return f"worker {self.worker!r}"
+
+    def queue_for(self, worker_queues: Mapping[str, str]) -> str:
+        """The queue this entry's fires go to (see the module docstring)."""
+        return self.queue or worker_queues.get(self.worker) or scheduled_queue_name(self.worker)
+
+
+# -- validation ------------------------------------------------------------------------------------
+
+
+def _fail(where: str, key: str, problem: str) -> ScheduleError:
+    return ScheduleError(f"{where}: {key}: {problem}")
+
+
+def _crontab_weekdays(expr: str) -> str:
+    """Translate a crontab weekday field (0/7 = Sunday) into APScheduler names (0 = Monday there)."""
+    days: set[int] = set()
+    for part in expr.lower().split(","):
+        body, _, step_text = part.partition("/")
+        step = int(step_text) if step_text.isdigit() and int(step_text) > 0 else None
+        if step_text and step is None:
+            raise ValueError(f"bad step in {part!r}")
+        if body == "*":
+            first, last = 0, 6
+        else:
+            ends = [_DOW.index(x[:3]) if x[:3] in _DOW else int(x) for x in body.split("-", 1)]
+            if any(not 0 <= x <= 7 for x in ends):
+                raise ValueError(f"weekday out of range in {part!r}")
+            first, last = ends[0], ends[-1]
+            if first == 7 and last == 7:
+                first = last = 0
+            if first > last:
+                raise ValueError(f"range {body!r} runs backwards")
+            if step is not None and len(ends) == 1:
+                last = 7
+        days.update(d % 7 for d in range(first, last + 1, step or 1))
+    return ",".join(_DOW[d] for d in (1, 2, 3, 4, 5, 6, 0) if d in days)
+
+
+def _parse_date(value: object, tz: ZoneInfo | timezone) -> datetime:
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, date):
+        moment = datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        moment = datetime.fromisoformat(value.strip())
+    else:
+        raise TypeError(type(value).__name__)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=tz)
+
+
+def _entry_label(entry: Mapping[str, Any]) -> str:
+    worker, command = entry.get("worker"), entry.get("command")
+    if worker is not None and command is not None:
+        return f"worker {worker!r} and command {command!r}"
+    if worker is not None:
+        return f"worker {worker!r}"
+    if command is not None:
+        return f"command {command!r}"
+    return "no worker or command"
+
+
+def _validate_entry(index: int, entry: object, source: str, known_workers: Collection[str] | None) -> ScheduleEntry:
+    if not isinstance(entry, Mapping):
+        raise ScheduleError(f"{source}[{index}]: each entry must be a mapping, not {type(entry).__name__}")
+    entry = {key: value for key, value in entry.items() if value is not None}  # null is absent
+    where = f"{source}[{index}] ({_entry_label(entry)})"
+    unknown = sorted(str(k) for k in entry if k not in ALLOWED_KEYS)
+    if unknown:
+        raise _fail(where, unknown[0], f"unknown key; allowed: {', '.join(ALLOWED_KEYS)}")
+    if ("worker" in entry) == ("command" in entry):
+        raise _fail(where, "worker/command", "exactly one of 'worker' (a registered worker) or 'command' is allowed")
+    canonical: dict[str, Any] = {}
+    command: tuple[str, ...] | None = None
+    if "worker" in entry:
+        worker = entry["worker"]
+        if not isinstance(worker, str) or not worker:
+            raise _fail(where, "worker", "a registered worker name (a non-empty string) is allowed")
+        if known_workers is not None and worker not in known_workers:
+            known = ", ".join(sorted(known_workers))
+            raise _fail(where, "worker", f"unknown worker {worker!r}; registered workers: {known}")
+        canonical["worker"] = worker
+    else:
+        worker, raw = COMMAND_WORKER, entry["command"]
+        try:
+            argv = shlex.split(raw) if isinstance(raw, str) else raw
+        except ValueError as exc:
+            raise _fail(where, "command", f"cannot split {raw!r}: {exc}") from None
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a for a in argv):
+            raise _fail(where, "command", "a non-empty command line (string) or list of non-empty strings is allowed")
+        command = tuple(argv)
+        canonical["command"] = argv
+    tz_name = entry.get("timezone", "UTC")
+    try:
+        if not isinstance(tz_name, str):
+            raise ValueError(tz_name)
+        tz: ZoneInfo | timezone = UTC if tz_name == "UTC" else ZoneInfo(tz_name)
+    except (ValueError, ZoneInfoNotFoundError):
+        allowed = "an IANA name such as 'UTC' or 'Europe/Paris' is allowed"
+        raise _fail(where, "timezone", f"unknown time zone {tz_name!r}; {allowed}") from None
+    fields = {k: entry[k] for k in CRON_FIELDS if k in entry}
+    if "crontab" in entry:
+        if fields:
+            found = ", ".join(fields)
+            raise _fail(where, "crontab", f"either crontab or cron fields are allowed, not both (found {found})")
+        crontab = entry["crontab"]
+        parts = crontab.split() if isinstance(crontab, str) else []
+        if len(parts) != 5:
+            raise _fail(where, "crontab", f"{crontab!r}: five fields 'minute hour day month day_of_week' are allowed")
+        try:
+            parts[4] = _crontab_weekdays(parts[4])
+        except ValueError as exc:
+            allowed = "0-7 (0 and 7 = Sunday) or sun-sat allowed"
+            raise _fail(where, "crontab", f"{crontab!r}: day of week: {exc}; {allowed}") from None
+        fields = dict(zip(("minute", "hour", "day", "month", "day_of_week"), parts, strict=True))
+        canonical["crontab"] = " ".join(crontab.split())
+    elif not fields:
+        raise _fail(where, "schedule", f"at least one cron field ({', '.join(CRON_FIELDS)}) or 'crontab' is needed")
+    for key, value in fields.items():
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise _fail(where, key, f"{value!r}: an integer or a cron expression string is allowed")
+        try:
+            CronTrigger(**{key: value}, timezone=UTC)
+        except ValueError as exc:
+            raise _fail(where, key, f"{value!r}: {exc}") from None
+        if "crontab" not in entry:
+            canonical[key] = str(value)
+    dates: dict[str, datetime] = {}
+    for key in ("start_date", "end_date"):
+        if entry.get(key) is not None:
+            try:
+                dates[key] = _parse_date(entry[key], tz)
+            except (TypeError, ValueError):
+                allowed = "an ISO date or date-time ('2026-01-31T03:00') is allowed"
+                raise _fail(where, key, f"{entry[key]!r}: {allowed}") from None
+            canonical[key] = dates[key].isoformat()
+    if len(dates) == 2 and dates["end_date"] < dates["start_date"]:
+        raise _fail(where, "end_date", f"{entry['end_date']!r} is before start_date {entry['start_date']!r}")
+    misfire = entry.get("misfire", "skip")
+    if misfire not in MISFIRE_MODES:
+        raise _fail(where, "misfire", f"{misfire!r}: one of {', '.join(MISFIRE_MODES)} is allowed")
+    payload = entry.get("payload") or {}
+    try:
+        encode_payload(payload)
+    except AsyncTaskError as exc:
+        raise _fail(where, "payload", exc.message) from None
+    if command is not None:
+        if "command" in payload:
+            raise _fail(where, "payload", "a command entry's payload may not hold a 'command' key")
+        payload = {"command": list(command), **payload}
+    queue = entry.get("queue")
+    try:
+        validate_queue_name(queue if queue is not None else scheduled_queue_name(worker))
+    except QueueNameError as exc:
+        raise _fail(where, "queue" if queue is not None else "worker", exc.message) from None
+    canonical.update(payload=entry.get("payload") or {}, queue=queue, timezone=tz_name, misfire=misfire)
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    trigger = CronTrigger(**fields, start_date=dates.get("start_date"), end_date=dates.get("end_date"), timezone=tz)
+    return ScheduleEntry(
+        index,
+        hashlib.sha256(text.encode()).hexdigest()[:16],
+        worker,
+        command,
+        payload,
+        queue,
+        trigger,
+        tz_name,
+        misfire,
+        text,
+    )
+
+
+def validate_entries(
+    entries: object, source: str = DEFAULT_SOURCE, *, known_workers: Collection[str] | None = None
+) -> list[ScheduleEntry]:
+    """Validate ``entries`` (a list of mappings; None is empty) into :class:`ScheduleEntry` objects.
+
+    Raises :class:`ScheduleError` with one line naming ``source[index]``, the entry's worker or
+    command, the field and what is allowed.  Worker names are checked against ``known_workers``
+    only when it is given (the ``command`` worker is always known).  Identical entries get distinct
+    ids (a ``-2``, ``-3``... suffix), so each still fires.
+    """
+    if entries is None:
+        return []
+    if not isinstance(entries, Sequence) or isinstance(entries, str):
+        raise ScheduleError(f"{source}: a list of entries is allowed, not {type(entries).__name__}")
+    known = None if known_workers is None else {*known_workers, COMMAND_WORKER}
+    result: list[ScheduleEntry] = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(entries):
+        entry = _validate_entry(index, raw, source, known)
+        seen[entry.schedule_id] = count = seen.get(entry.schedule_id, 0) + 1
+        if count > 1:
+            logger.warning("%s[%d] repeats an earlier entry; it fires separately", source, index)
+            entry = replace(entry, schedule_id=f"{entry.schedule_id}-{count}")
+        result.append(entry)
+    return result
+
+
+def scheduled_queues(entries: Sequence[ScheduleEntry], worker_queues: Mapping[str, str]) -> dict[str, str]:
+    """``{queue: worker}`` for the queues fires go to that ``worker_queues`` does not configure.
+
+    The supervisor runs a child for each of these (``scheduled_<worker>`` and explicit ``queue``s),
+    with or without ``--scheduler``, so a fire runs wherever a supervisor runs.
+    """
+    configured = set(worker_queues.values())
+    result: dict[str, str] = {}
+    for entry in entries:
+        queue = entry.queue_for(worker_queues)
+        if queue not in configured:
+            result.setdefault(queue, entry.worker)
+    return result
+
+
+# -- fire-time arithmetic -------------------------------------------------------------------------
+
+
+def next_after(trigger: CronTrigger, moment: datetime) -> datetime | None:
+    """The first fire strictly after ``moment`` (a fire time)."""
+    result: datetime | None = trigger.get_next_fire_time(moment, moment)
+    return result
+
+
+def latest_before(trigger: CronTrigger, limit: datetime, known: datetime | None) -> datetime | None:
+    """The latest fire strictly before ``limit`` (looking back at most a year, or from ``known``)."""
+    first = known
+    for seconds in _LOOKBACK_S:
+        start = limit - timedelta(seconds=seconds)
+        if known is not None and start <= known:
+            break
+        found: datetime | None = trigger.get_next_fire_time(None, start)
+        if found is not None and found < limit:
+            first = found
+            break
+    if first is None:
+        return None
+    while (following := next_after(trigger, first)) is not None and following < limit:
+        first = following
+    return first
