@@ -1,0 +1,77 @@
+"""Eager helpers for tests (rex.asynctask's): drain a queue synchronously in this process.
+
+``process_queue(queue)`` runs the worker configured for ``queue``; ``run_worker(name)`` runs a worker
+on the queue it is configured for.  Both go through the real runner (ack, retry, dead letters) on
+the transport ``get_transport()`` resolves (pass ``transport=`` to choose), stop when nothing is
+ready, and return how many tasks ran.  Retries with a delay stay in the store: set the worker's
+``retry_delay_s = 0`` in a test to see them run in the same drain.  With a ``memory://`` transport
+this is an eager mode that still encodes and decodes every payload.
+"""
+
+from __future__ import annotations
+
+from asynctask.config import Settings, load_settings
+from asynctask.errors import ConfigurationError
+from asynctask.transports import get_transport
+from asynctask.transports.base import Transport
+from asynctask.workers.base import get_worker
+from asynctask.workers.runner import HALT_IDLE, Runner
+
+__all__ = ["process_queue", "run_worker"]
+
+
+def process_queue(
+    queue: str,
+    worker_name: str | None = None,
+    *,
+    transport: Transport | None = None,
+    settings: Settings | None = None,
+) -> int:
+    """Process every ready task of ``queue`` with ``worker_name`` (default: the worker configured
+    for the queue in ``asynctask_workers``); return how many tasks ran."""
+    if worker_name is None:
+        config = settings or load_settings()
+        for entry in config.workers:
+            if entry.queue == queue:
+                worker_name = entry.worker
+                break
+        else:
+            raise ConfigurationError(f'Cannot identify worker for queue "{queue}"')
+    return _drain(queue, worker_name, transport)
+
+
+def run_worker(
+    worker_name: str,
+    queue: str | None = None,
+    *,
+    transport: Transport | None = None,
+    settings: Settings | None = None,
+) -> int:
+    """Run ``worker_name`` on ``queue`` (default: the queue it is configured for) until nothing is
+    ready; return how many tasks ran."""
+    if queue is None:
+        config = settings or load_settings()
+        for entry in config.workers:
+            if entry.worker == worker_name:
+                queue = entry.queue
+                break
+        else:
+            raise ConfigurationError(f'Cannot identify queue for worker "{worker_name}"')
+    return _drain(queue, worker_name, transport)
+
+
+def _drain(queue: str, worker_name: str, transport: Transport | None) -> int:
+    worker = get_worker(worker_name)()
+    owned = transport is None
+    store = get_transport() if transport is None else transport
+    try:
+        worker.setup()
+        try:
+            runner = Runner(store, queue, worker, halt=HALT_IDLE, max_batch=100)
+            runner.run()
+            return runner.processed
+        finally:
+            worker.teardown()
+    finally:
+        if owned:
+            store.close()

@@ -1,0 +1,149 @@
+"""``AsyncTaskWorker``, its registry, and the ``Retry`` / ``Reject`` signals.
+
+A subclass that sets ``name`` registers itself when its class statement runs (``__init_subclass__``);
+registering a second class under a taken name raises :class:`~asynctask.errors.ConfigurationError`
+naming both classes.  Lifecycle in a worker child: ``setup()`` once after the child starts,
+``process(payload)`` per task, ``teardown()`` once at exit.
+
+Class options (override in the subclass):
+
+``max_attempts`` (1)
+    deliveries a task gets; an exception with attempts left nacks it with ``retry_delay_s`` backoff,
+    on the last attempt it goes to the dead-letter store with the exception and traceback.
+``retry_delay_s`` (1.0)
+    first retry delay; doubles per attempt (capped by ``max_retry_delay_s``), with +-25 % jitter.
+``timeout_s`` (None)
+    a task running longer is stopped and counted as a failed attempt: the child interrupts Python
+    code itself, and the supervisor replaces a child stuck in C code shortly after.
+``lease_s`` (None: the transport's)
+    the lease each fetch takes; the runner extends it while the task runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from asynctask.errors import ConfigurationError, UnknownWorkerError
+from asynctask.task import Task
+
+if TYPE_CHECKING:
+    from asynctask.transports.base import Transport
+
+__all__ = ["AsyncTaskWorker", "Reject", "Retry", "TaskTimeout", "get_worker", "registered_workers"]
+
+_registry: dict[str, type[AsyncTaskWorker]] = {}
+
+
+class Retry(Exception):  # noqa: N818 - the rex-style signal name reads better in workers
+    """Raise from ``process`` to give the task back and run it again after ``delay_s``.
+
+    It retries whatever ``max_attempts`` says (bound it with ``self.task.attempts``); ``delay_s``
+    None means the worker's backoff for this attempt.
+    """
+
+    def __init__(self, delay_s: float | None = None, reason: str = "") -> None:
+        super().__init__(reason or "retry requested")
+        self.delay_s = delay_s
+        self.reason = reason
+
+
+class Reject(Exception):  # noqa: N818
+    """Raise from ``process`` to send the task to the dead-letter store at once with ``reason``."""
+
+    def __init__(self, reason: str = "rejected") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TaskTimeout(BaseException):
+    """A task ran past its worker's ``timeout_s``.
+
+    A ``BaseException`` so that a worker's ``except Exception`` cannot swallow it.
+    """
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class AsyncTaskWorker:
+    """Base class of workers.  Subclass it, set ``name`` and implement :meth:`process`."""
+
+    #: registry key used in ``asynctask_workers``; a class without one is abstract (not registered)
+    name: ClassVar[str | None] = None
+    max_attempts: ClassVar[int] = 1
+    retry_delay_s: ClassVar[float] = 1.0
+    max_retry_delay_s: ClassVar[float] = 300.0
+    timeout_s: ClassVar[float | None] = None
+    lease_s: ClassVar[float | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if name is None:
+            return
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"{_qualified(cls)}.name must be a non-empty string, not {name!r}")
+        if isinstance(cls.max_attempts, bool) or not isinstance(cls.max_attempts, int) or cls.max_attempts < 1:
+            raise ConfigurationError(f"{_qualified(cls)}.max_attempts must be an integer >= 1")
+        taken = _registry.get(name)
+        if taken is not None and _qualified(taken) != _qualified(cls):
+            raise ConfigurationError(
+                f"worker name {name!r} is registered twice: by {_qualified(taken)} and by {_qualified(cls)}"
+            )
+        _registry[name] = cls
+
+    def __init__(self) -> None:
+        self.logger = logging.getLogger(f"asynctask.worker.{self.name or type(self).__name__}")
+        self.task: Task | None = None
+        self.queue: str | None = None
+        self.transport: Transport | None = None
+
+    def bind(self, transport: Transport, queue: str) -> None:
+        """Attach the transport and queue the runner feeds this worker from (done by the runner)."""
+        self.transport = transport
+        self.queue = queue
+
+    # -- the hooks a subclass implements -------------------------------------------------------
+
+    def setup(self) -> None:
+        """Runs once in the child before the first task (open connections, load models...)."""
+
+    def process(self, payload: dict[str, Any]) -> None:
+        """Do the work of one task.  ``self.task`` is the Task being processed."""
+        raise NotImplementedError(f"{_qualified(type(self))} must implement process(payload)")
+
+    def teardown(self) -> None:
+        """Runs once at exit, after the last task (also after a failure of ``setup``)."""
+
+    # -- helpers for process() -----------------------------------------------------------------
+
+    def requeue(self, payload: dict[str, Any] | None = None, *, delay_s: float = 0, priority: int = 0) -> str:
+        """Submit ``payload`` as a new task to the queue being processed (rex.asynctask's)."""
+        if self.transport is None or self.queue is None:
+            raise RuntimeError("requeue() is only available while the worker is run by a runner")
+        return self.transport.submit_task(self.queue, payload, delay_s=delay_s, priority=priority)
+
+    @classmethod
+    def retry_delay(cls, attempts: int, rng: random.Random | None = None) -> float:
+        """The delay before the next delivery after failed attempt number ``attempts`` (1-based):
+        ``retry_delay_s * 2**(attempts-1)``, capped at ``max_retry_delay_s``, with +-25 % jitter."""
+        base = min(cls.retry_delay_s * 2 ** max(attempts - 1, 0), cls.max_retry_delay_s)
+        jitter = (rng or random).uniform(0.75, 1.25)
+        return max(float(base * jitter), 0.0)
+
+
+def registered_workers() -> dict[str, type[AsyncTaskWorker]]:
+    """A copy of the registry: worker name -> class."""
+    return dict(_registry)
+
+
+def get_worker(name: str) -> type[AsyncTaskWorker]:
+    """The class registered under ``name``; UnknownWorkerError listing the registered names otherwise."""
+    cls = _registry.get(name)
+    if cls is None:
+        known = ", ".join(sorted(_registry)) or "none"
+        raise UnknownWorkerError(f'Worker "{name}" does not exist; registered workers: {known}')
+    return cls

@@ -1,0 +1,146 @@
+"""The entry point of one worker child process (started by the supervisor with ``spawn``).
+
+The child imports the ``require`` modules, opens its own transport, runs ``setup()``, then the
+:class:`~asynctask.workers.runner.Runner` loop, reporting to the supervisor over a Pipe with the
+messages of :mod:`asynctask.workers.protocol`; ``teardown()`` runs at exit.  SIGTERM or SIGINT stop
+fetching (the task in hand finishes, the rest is given back); the supervisor kills a child that
+overstays.  A child whose supervisor disappears stops by itself.
+
+Exit status: 0 after a stop, a halt or a recycle; 1 when ``setup()`` or the loop failed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from asynctask.errors import TransportUnavailableError
+from asynctask.transports import get_transport
+from asynctask.transports.base import Transport
+from asynctask.workers import protocol as P  # noqa: N812
+from asynctask.workers.base import get_worker
+from asynctask.workers.runner import HALT_EMPTY, HALTED, MAX_TASKS, RECONNECT_FIRST_S, RECONNECT_MAX_S, Runner
+
+logger = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s"
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """Everything a child needs, picklable (it crosses the spawn boundary)."""
+
+    queue: str
+    worker: str
+    transport_url: str
+    require: tuple[str, ...] = ()
+    poll_interval_s: float = 0.5
+    halt_when_empty: bool = False
+    rate_max_calls: int | None = None
+    rate_period_s: float = 1.0
+    max_tasks: int | None = None
+    log_level: int = logging.INFO
+    quiet: bool = False
+
+
+def configure_logging(level: int, quiet: bool) -> None:
+    """Log to stderr with one format in the supervisor and every child; quiet silences everything."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(logging.CRITICAL + 10 if quiet else level)
+
+
+def _watch_parent(parent_pid: int, stop: threading.Event) -> None:
+    while not stop.wait(1.0):
+        if os.getppid() != parent_pid:
+            logger.warning("the supervisor (pid %d) is gone; stopping", parent_pid)
+            stop.set()
+
+
+def _open_transport(url: str, stop: threading.Event) -> Transport | None:
+    delay = RECONNECT_FIRST_S
+    logged = False
+    while not stop.is_set():
+        try:
+            return get_transport(url)
+        except TransportUnavailableError as exc:
+            if not logged:
+                logger.error("transport unavailable: %s; retrying with backoff", exc)
+                logged = True
+        stop.wait(delay)
+        delay = min(delay * 2, RECONNECT_MAX_S)
+    return None
+
+
+def child_main(spec: ChildSpec, conn: Connection, parent_pid: int) -> None:
+    """Run one worker on one queue until stopped or halted; exits the process."""
+    configure_logging(spec.log_level, spec.quiet)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    threading.Thread(target=_watch_parent, args=(parent_pid, stop), name="asynctask-parent", daemon=True).start()
+
+    def report(message: P.Message) -> None:
+        try:
+            conn.send(message)
+        except OSError:
+            stop.set()
+
+    for module in spec.require:
+        importlib.import_module(module)
+    worker = get_worker(spec.worker)()
+    transport = _open_transport(spec.transport_url, stop)
+    if transport is None:
+        sys.exit(0)
+    started = time.monotonic()
+    try:
+        worker.bind(transport, spec.queue)
+        try:
+            worker.setup()
+        except Exception:
+            logger.exception("setup() of worker %s failed on queue %s", spec.worker, spec.queue)
+            worker.teardown()
+            sys.exit(1)
+        logger.info("worker %s started on queue %s", spec.worker, spec.queue)
+        report((P.READY, os.getpid()))
+        runner = Runner(
+            transport,
+            spec.queue,
+            worker,
+            poll_interval_s=spec.poll_interval_s,
+            halt=HALT_EMPTY if spec.halt_when_empty else None,
+            rate_max_calls=spec.rate_max_calls,
+            rate_period_s=spec.rate_period_s,
+            max_tasks=spec.max_tasks,
+            report=report,
+            stop=stop,
+        )
+        try:
+            outcome = runner.run()
+        finally:
+            worker.teardown()
+        logger.info("worker %s on queue %s %s after %d task(s) in %.1f s", spec.worker, spec.queue, outcome,
+                    runner.processed, time.monotonic() - started)
+        if outcome == HALTED:
+            report((P.HALTED,))
+        elif outcome == MAX_TASKS:
+            report((P.RECYCLE, "max_tasks_per_child"))
+    finally:
+        transport.close()
+        conn.close()
+    sys.exit(0)

@@ -1,0 +1,155 @@
+"""The supervisor's bookkeeping for one worker child, readable by metrics and health checks.
+
+:class:`ChildState` is updated from the child's messages (:mod:`asynctask.workers.protocol`): what
+it holds, what it runs since when, when it last fetched, how many tasks ended how, how often it was
+restarted.  It outlives the processes of its slot: a restarted child reuses it.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from asynctask.config import COMMAND_WORKER, Settings, check_worker_names
+from asynctask.errors import ConfigurationError
+from asynctask.workers import protocol as P  # noqa: N812
+from asynctask.workers.base import registered_workers
+from asynctask.workers.child import ChildSpec
+
+__all__ = ["ChildState", "describe_exit", "hard_timeout_s", "import_requires"]
+
+
+def hard_timeout_s(timeout_s: float) -> float:
+    """When the supervisor kills a child running one task: ``timeout_s`` plus max(1 s, 10 %)."""
+    return timeout_s + max(1.0, timeout_s * 0.1)
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """``exited with code N`` or ``was killed by signal SIGNAME`` (for log lines and dead reasons)."""
+    if exitcode is None:
+        return "is still running"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = str(-exitcode)
+        return f"was killed by signal {name}"
+    return f"exited with code {exitcode}"
+
+
+def import_requires(settings: Settings) -> tuple[str, ...]:
+    """Import ``settings.require`` (so workers register) and check every worker name.
+
+    Returns the modules a child must import (``asynctask.scheduler`` added when ``command`` entries
+    need its built-in worker).  Raises ConfigurationError with one line naming the problem.
+    """
+    modules = list(settings.require)
+    if any(entry.get("command") is not None for entry in settings.scheduled_workers):
+        modules.append("asynctask.scheduler")
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ConfigurationError:
+            raise
+        except Exception as exc:
+            raise ConfigurationError(
+                f"asynctask_require: cannot import module {module!r}: {type(exc).__name__}: {exc}"
+            ) from None
+    known = registered_workers()
+    check_worker_names(settings, known)
+    if modules[len(settings.require):] and COMMAND_WORKER not in known:
+        raise ConfigurationError(f"asynctask_scheduled_workers: command entries need the {COMMAND_WORKER!r} worker")
+    return tuple(modules)
+
+
+@dataclass
+class ChildState:
+    """One slot of the supervisor: a (queue, worker, slot) and the process currently filling it."""
+
+    spec: ChildSpec
+    slot: int
+    max_attempts: int = 1
+    timeout_s: float | None = None
+    process: BaseProcess | None = None
+    conn: Connection | None = None
+    pid: int | None = None
+    restarts: int = 0
+    backoff_s: float = 1.0
+    started_at: float = 0.0
+    next_start_at: float = 0.0
+    ready: bool = False
+    #: wall time of the last fetch (with or without tasks); None before the first
+    last_fetch_at: float | None = None
+    #: task id -> Task.to_dict() of every task the child holds
+    held: dict[str, dict[str, Any]] = field(default_factory=dict)
+    started_ids: set[str] = field(default_factory=set)
+    #: (task id, monotonic time the supervisor learnt it started, timeout_s) of the task in hand
+    running: tuple[str, float, float | None] | None = None
+    kill_at: float | None = None
+    kill_cause: str | None = None
+    killing: bool = False
+    halted: bool = False
+    recycling: bool = False
+    #: True once this slot must not be (re)started: halted, or shutting down
+    done: bool = False
+    #: outcome -> count over the slot's life (acked, retried, dead, released, lost)
+    counts: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    @property
+    def queue(self) -> str:
+        return self.spec.queue
+
+    @property
+    def worker(self) -> str:
+        return self.spec.worker
+
+    def attach(self, process: BaseProcess, conn: Connection) -> None:
+        self.process, self.conn, self.pid = process, conn, process.pid
+        self.started_at = time.monotonic()
+        self.ready = self.halted = self.recycling = self.killing = False
+        self.kill_cause = None
+
+    def detach(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.process = self.conn = None
+        self.held.clear()
+        self.started_ids.clear()
+        self.running = None
+        self.kill_at = None
+
+    def handle(self, message: P.Message) -> None:
+        """Update the bookkeeping from one child message."""
+        kind = message[0]
+        if kind == P.FETCHED:
+            for data in message[1]:
+                self.held[data["id"]] = data
+            self.last_fetch_at = message[2]
+        elif kind == P.POLLED:
+            self.last_fetch_at = message[1]
+        elif kind == P.STARTED:
+            task_id, timeout = message[1], message[3]
+            now = time.monotonic()
+            self.started_ids.add(task_id)
+            self.running = (task_id, now, timeout)
+            self.kill_at = now + hard_timeout_s(timeout) if timeout else None
+        elif kind == P.FINISHED:
+            for task_id, outcome, _ in message[1]:
+                self.held.pop(task_id, None)
+                self.started_ids.discard(task_id)
+                self.counts[outcome] += 1
+                if self.running is not None and self.running[0] == task_id:
+                    self.running = None
+                    self.kill_at = None
+        elif kind == P.HALTED:
+            self.halted = True
+        elif kind == P.RECYCLE:
+            self.recycling = True
+        elif kind == P.READY:
+            self.ready = True

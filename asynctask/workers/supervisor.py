@@ -1,0 +1,371 @@
+"""The supervisor of ``asynctask-workers``: spawn, watch, restart, give back, shut down in time.
+
+* One child process per (queue, worker) pair, ``processes: N`` where configured, plus one per
+  scheduled worker configured on no queue (on ``scheduled_<worker>``).  Children are started with
+  the ``spawn`` method and open their own transport (:mod:`asynctask.workers.child`).
+* Each child reports what it fetched, started and finished (:mod:`asynctask.workers.protocol`), so
+  when a child dies the supervisor gives its tasks back at once through its own transport: the task
+  it was running is nacked with the attempt counted (dead-lettered with the exit code or signal in
+  the reason once ``max_attempts`` is reached), the ones it had not started are nacked uncounted.
+  On transports without portable receipts (AMQP) the broker returns them itself.
+* A dead child is restarted after 1 s, doubling to 60 s, reset after a minute of health; a log line
+  names the queue, the worker and the exit code or signal.
+* ``timeout_s``: a child still running a task ``timeout_s`` (+ a grace of max(1 s, 10 %)) after it
+  started it is killed; the task counts as a failed attempt and the child is replaced at once.
+* SIGTERM/SIGINT: children stop fetching, finish the task in hand within
+  ``asynctask_shutdown_timeout``, give back the rest, exit; the supervisor exits 0.  A second signal
+  or the end of the grace period kills them (their tasks are given back) and exits with 4.
+* ``halt_when_empty``: exit 0 once every child has reported ``halted`` and left.
+
+Seams: ``scheduler=True`` runs ``asynctask.scheduler.Scheduler(entries=..., transport_url=...,
+worker_queues=...).run(stop_event)`` in a thread; ``metrics_port`` calls
+``asynctask.metrics.serve_metrics(supervisor, port)``; ``listeners`` get every child message.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from asynctask.config import Settings, scheduled_queue_name
+from asynctask.errors import TransportError
+from asynctask.task import Task
+from asynctask.transports import get_transport
+from asynctask.workers import protocol as P  # noqa: N812
+from asynctask.workers.base import get_worker
+from asynctask.workers.child import ChildSpec, child_main
+from asynctask.workers.state import ChildState, describe_exit, import_requires
+
+logger = logging.getLogger(__name__)
+
+#: Exit codes of ``asynctask-workers`` (the CLI returns these).
+EXIT_OK = 0  #: clean: halted when empty, or stopped by a signal with every task finished
+EXIT_ERROR = 1  #: an unexpected internal error (a traceback was logged)
+EXIT_USAGE = 2  #: bad usage or configuration (one line on stderr)
+EXIT_UNAVAILABLE = 3  #: the transport could not be reached at start
+EXIT_FORCED = 4  #: shutdown forced (second signal or grace period over): children were killed
+
+RESTART_FIRST_S = 1.0
+RESTART_MAX_S = 60.0
+HEALTHY_AFTER_S = 60.0
+
+Listener = Callable[[ChildState, P.Message], None]
+
+
+class Supervisor:
+    """Runs the configured workers until halted or signalled; :meth:`run` returns an exit code."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        transport_url: str | None = None,
+        halt_when_empty: bool = False,
+        scheduler: bool = False,
+        metrics_port: int | None = None,
+        log_level: int = logging.INFO,
+        quiet: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.transport_url = transport_url or settings.transport_url
+        self.halt_when_empty = halt_when_empty
+        self.scheduler = scheduler
+        self.metrics_port = metrics_port
+        self.listeners: list[Listener] = []
+        self.metrics: Any = None  # asynctask.metrics.WorkerMetrics with --metrics-port
+        self.stop_event = threading.Event()
+        self._signals = 0
+        self._forced = False
+        self._context = multiprocessing.get_context("spawn")
+        requires = import_requires(settings)
+        self.children: list[ChildState] = []
+        pairs = [(e.queue, e.worker, e.processes, e.rate_max_calls, e.rate_period) for e in settings.workers]
+        pairs += [(scheduled_queue_name(w), w, 1, None, 1.0) for w in settings.scheduled_only_workers()]
+        for queue, worker, processes, rate_max_calls, rate_period in pairs:
+            cls = get_worker(worker)
+            spec = ChildSpec(
+                queue=queue,
+                worker=worker,
+                transport_url=self.transport_url,
+                require=requires,
+                poll_interval_s=settings.poll_interval_ms / 1000,
+                halt_when_empty=halt_when_empty,
+                rate_max_calls=rate_max_calls,
+                rate_period_s=rate_period,
+                max_tasks=settings.max_tasks_per_child,
+                log_level=log_level,
+                quiet=quiet,
+            )
+            for slot in range(processes):
+                self.children.append(ChildState(spec, slot, cls.max_attempts, cls.timeout_s))
+        self.transport = get_transport(self.transport_url)
+
+    # -- public ------------------------------------------------------------------------------
+
+    def probe(self) -> None:
+        """Raise TransportUnavailableError (or another TransportError) when the transport does not answer."""
+        self.transport.stats(self.children[0].queue if self.children else "asynctask_probe")
+
+    def request_stop(self) -> None:
+        """Ask for a graceful shutdown, as SIGTERM does (safe from another thread)."""
+        self._signals += 1
+        self._wake()
+
+    def run(self) -> int:
+        """Supervise until halted or signalled; returns one of the EXIT_* codes."""
+        read_fd, self._wake_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        os.set_blocking(self._wake_fd, False)
+        on_main = threading.current_thread() is threading.main_thread()
+        previous: dict[int, Any] = {}
+        if on_main:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous[signum] = signal.signal(signum, self._on_signal)
+            previous_fd = signal.set_wakeup_fd(self._wake_fd, warn_on_full_buffer=False)
+        try:
+            self._start_extras()
+            return self._loop(read_fd)
+        finally:
+            self.stop_event.set()
+            self._kill_all("supervisor exiting")
+            if on_main:
+                signal.set_wakeup_fd(previous_fd)
+                for number, handler in previous.items():
+                    signal.signal(number, handler)
+            os.close(read_fd)
+            os.close(self._wake_fd)
+            self.transport.close()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._signals += 1
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_fd, b"\0")
+        except (OSError, AttributeError):
+            pass
+
+    def _start_extras(self) -> None:
+        if self.scheduler:
+            try:
+                from asynctask.scheduler import Scheduler  # noqa: PLC0415 - optional, lazily
+            except ImportError as exc:
+                logger.warning("scheduler not available (%s)", exc)
+            else:
+                scheduler = Scheduler(
+                    entries=list(self.settings.scheduled_workers),
+                    transport_url=self.transport_url,
+                    worker_queues={
+                        **{w: scheduled_queue_name(w) for w in self.settings.scheduled_only_workers()},
+                        **self.settings.worker_queues,
+                    },
+                )
+                threading.Thread(target=scheduler.run, args=(self.stop_event,), name="asynctask-scheduler",
+                                 daemon=True).start()
+        if self.metrics_port is not None:
+            try:
+                from asynctask.metrics import WorkerMetrics  # noqa: PLC0415 - optional, lazily
+            except ImportError as exc:
+                logger.warning("metrics not available (%s)", exc)
+            else:
+                url = self.transport_url
+                self.metrics = WorkerMetrics({c.queue for c in self.children}, lambda: get_transport(url))
+                self.metrics.serve(self.metrics_port)
+
+    def _loop(self, read_fd: int) -> int:
+        grace_until: float | None = None
+        handled_signals = 0
+        while True:
+            now = time.monotonic()
+            if self._signals > handled_signals:
+                handled_signals = self._signals
+                if grace_until is None:
+                    grace_until = now + self.settings.shutdown_timeout_s
+                    self._begin_shutdown()
+                else:
+                    logger.warning("second signal: killing the workers now")
+                    self._forced = True
+                    self._kill_all("killed by a second signal")
+                    return EXIT_FORCED
+            if grace_until is not None and now >= grace_until:
+                logger.warning("shutdown grace of %.1f s is over: killing the workers",
+                               self.settings.shutdown_timeout_s)
+                self._kill_all("killed at the end of the shutdown grace period")
+                return EXIT_FORCED
+            if grace_until is None:
+                for child in self.children:
+                    if child.process is None and not child.done and now >= child.next_start_at:
+                        self._start(child)
+            self._check_timeouts(now)
+            if all(child.done and child.process is None for child in self.children):
+                if grace_until is not None:
+                    logger.info("all workers stopped; exiting")
+                else:
+                    logger.info("all queues are empty; exiting")
+                return EXIT_OK
+            waits: list[Any] = [read_fd]
+            for child in self.children:
+                if child.process is not None and child.conn is not None:
+                    waits += [child.conn, child.process.sentinel]
+            deadline = self._next_deadline(now, grace_until)
+            ready = multiprocessing.connection.wait(waits, timeout=max(deadline - time.monotonic(), 0.0))
+            if read_fd in ready:
+                try:
+                    os.read(read_fd, 512)
+                except BlockingIOError:
+                    pass
+            for child in self.children:
+                if child.process is not None:
+                    self._drain(child)
+                    if child.process.exitcode is not None:
+                        self._reap(child)
+
+    def _next_deadline(self, now: float, grace_until: float | None) -> float:
+        deadline = now + self.settings.check_child_interval_ms / 1000
+        if grace_until is not None:
+            deadline = min(deadline, grace_until)
+        for child in self.children:
+            if child.process is None and not child.done:
+                deadline = min(deadline, child.next_start_at)
+            if child.kill_at is not None:
+                deadline = min(deadline, child.kill_at)
+        return deadline
+
+    def _start(self, child: ChildState) -> None:
+        parent_conn, child_conn = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=child_main,
+            args=(child.spec, child_conn, os.getpid()),
+            name=f"{child.queue}:{child.worker}#{child.slot}",
+            daemon=False,
+        )
+        process.start()
+        child_conn.close()
+        child.attach(process, parent_conn)
+        if self.metrics is not None:
+            self.metrics.child_started(str(process.pid), child.queue, child.worker)
+        logger.info("started worker %s on queue %s (pid %s)", child.worker, child.queue, process.pid)
+
+    def _drain(self, child: ChildState) -> None:
+        conn = child.conn
+        if conn is None:
+            return
+        try:
+            while conn.poll():
+                message = conn.recv()
+                child.handle(message)
+                if self.metrics is not None:
+                    self.metrics.observe(str(child.pid), message)
+                for listener in self.listeners:
+                    listener(child, message)
+        except (EOFError, OSError):
+            pass
+
+    def _check_timeouts(self, now: float) -> None:
+        for child in self.children:
+            if child.kill_at is not None and now >= child.kill_at and child.process is not None and not child.killing:
+                task_id = child.running[0] if child.running else "?"
+                logger.error("task %s on queue %s ran past timeout_s=%s: killing worker %s (pid %s)", task_id,
+                             child.queue, child.timeout_s, child.worker, child.pid)
+                child.kill_cause = f"TaskTimeout: the task ran longer than timeout_s={child.timeout_s}; child killed"
+                child.killing = True
+                child.process.kill()
+
+    def _begin_shutdown(self) -> None:
+        logger.info("stopping: waiting up to %.1f s for running tasks", self.settings.shutdown_timeout_s)
+        self.stop_event.set()
+        for child in self.children:
+            child.done = True
+            if child.process is not None and child.process.pid is not None:
+                try:
+                    os.kill(child.process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    def _kill_all(self, cause: str) -> None:
+        for child in self.children:
+            if child.process is not None:
+                child.done = True
+                child.kill_cause = child.kill_cause or cause
+                child.process.kill()
+                child.process.join(5)
+                self._drain(child)
+                self._reap(child)
+
+    def _reap(self, child: ChildState) -> None:
+        process = child.process
+        assert process is not None
+        process.join(0.1)
+        self._drain(child)
+        exitcode = process.exitcode
+        how = describe_exit(exitcode)
+        cause = child.kill_cause or f"worker child {how}"
+        lived = time.monotonic() - child.started_at
+        running = child.running
+        self._give_back(child, cause)
+        child.running = running
+        timed_out = child.kill_cause is not None and child.kill_cause.startswith("TaskTimeout")
+        halted, recycling = child.halted, child.recycling
+        if self.metrics is not None:
+            killed_by = signal.Signals(-exitcode).name if exitcode is not None and exitcode < 0 else None
+            self.metrics.child_exited(
+                str(child.pid),
+                restarted=not (halted or child.done or recycling),
+                recycled=recycling,
+                signal_name=killed_by if child.running is not None else None,
+            )
+        child.detach()
+        if halted:
+            child.done = True
+            logger.info("worker %s on queue %s halted: the queue is empty", child.worker, child.queue)
+            return
+        if child.done:
+            if exitcode != 0:
+                logger.warning("worker %s on queue %s (pid %s) %s during shutdown", child.worker, child.queue,
+                               process.pid, how)
+            return
+        if timed_out or recycling:
+            delay = 0.0
+        else:
+            if lived >= HEALTHY_AFTER_S:
+                child.backoff_s = RESTART_FIRST_S
+            delay = child.backoff_s
+            child.backoff_s = min(child.backoff_s * 2, RESTART_MAX_S)
+        child.restarts += 1
+        child.next_start_at = time.monotonic() + delay
+        logger.warning("worker %s on queue %s (pid %s) %s; restarting in %.1f s", child.worker, child.queue,
+                       process.pid, how, delay)
+
+    def _give_back(self, child: ChildState, cause: str) -> None:
+        if not child.held:
+            return
+        if not self.transport.portable_receipts:
+            logger.info("%d task(s) of the dead worker %s go back through the broker", len(child.held), child.worker)
+            return
+        for task_id, data in list(child.held.items()):
+            task = Task.from_dict(data)
+            try:
+                if task_id in child.started_ids and task_id == (child.running[0] if child.running else None):
+                    if task.attempts >= child.max_attempts:
+                        logger.error("task %s on %s dead-lettered: %s (attempt %d of %d)", task.id, task.queue,
+                                     cause, task.attempts, child.max_attempts)
+                        self.transport.dead(task, f"{cause} while running the task (attempt {task.attempts}"
+                                                  f" of {child.max_attempts})")
+                        if self.metrics is not None:
+                            self.metrics.task_dead_lettered(child.queue, child.worker)
+                    else:
+                        logger.warning("task %s on %s given back: %s while running it", task.id, task.queue, cause)
+                        self.transport.nack(task)
+                else:
+                    self.transport.nack(task, count_attempt=False)
+            except TransportError as exc:
+                logger.error("cannot give back task %s (its lease will): %s", task.id, exc)
+        child.held.clear()
