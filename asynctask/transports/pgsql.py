@@ -1,0 +1,439 @@
+"""The PostgreSQL transport (psycopg2).
+
+URL forms::
+
+    pgsql:dbname                                  libpq defaults (PGHOST, PGPORT, PGUSER...) for the rest
+    pgsql://user:password@host:port/dbname
+    postgresql://user:password@host:port/dbname   (alias)
+    postgres://user:password@host:port/dbname     (alias)
+
+Options (query parameters): ``schema`` (default ``asynctask``; lowercase letters, digits and ``_``,
+at most 40 characters), ``lease_s`` (default lease), ``sslmode`` and ``connect_timeout`` (passed
+to libpq; connect_timeout defaults to 5 s).
+
+Storage, all inside the one schema (created on first use, in one transaction under
+``pg_advisory_xact_lock``, so several processes starting at once do not race):
+
+* ``schema_version (version, applied_at)``: one row per applied schema version, so later releases
+  can migrate forward (``pgsql_schema_<n>.sql`` beside this module, applied in order);
+* ``queues (name)``: every queue that holds or held a task;
+* ``tasks (rowid, id, receipt, visible_at, enqueued_at, attempts, priority, queue, body)`` with the
+  index ``tasks_fetch_order (queue, priority DESC, visible_at, rowid)`` that the fetch's ORDER BY
+  walks.  A row is ready when ``visible_at <= now()``; in flight while it has a ``receipt`` and a
+  future ``visible_at`` (the lease end); delayed with no receipt and a future ``visible_at``.  An
+  expired lease is thus ready again in the very statement that fetches, with no daemon;
+* ``dead (id, n, dead_at, attempts, priority, queue, reason, body)`` with index
+  ``dead_queue_order (queue, n)``;
+* ``claims (key, expires_at)`` for ``claim_once``.
+
+No functions or triggers are created.  The statements are in ``pgsql_queries.sql``, PREPAREd once per
+connection.  A fetch is one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)`` that sets
+the lease and a new receipt; ack is a receipt-checked ``DELETE`` (``ack_tasks``: one statement for
+the batch), so an ack after a lost lease never deletes the new delivery.
+
+Waiting: statements that make a task ready (submit, nack, replay) ``pg_notify`` the queue's channel
+(``asynctask_`` + md5 of schema and queue) within the same statement.  A blocked ``get_task`` LISTENs
+on a second, lazily opened connection and wakes on a notification, at the next delayed or lease
+due time, or after a safety poll of 2 s at most.
+
+Connections: one persistent connection per transport instance for statements (autocommit, durable
+server settings untouched), guarded by a lock so threads may share the instance, plus the
+listening connection above for waiting consumers.  A connection lost to a server restart is
+reopened on the next call (once right away, for a connection that worked before; then with
+backoff from 0.1 s to 5 s between attempts); until then calls raise
+:class:`~asynctask.errors.TransportUnavailableError` naming host, port and database (one line,
+password masked).  The loss is logged once as a warning and the recovery once as info.
+A forked child must open its own transport; the parent's connections are never used there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import select
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+
+from asynctask.errors import TaskDecodeError, TransportError, TransportUnavailableError, TransportURLError
+from asynctask.task import DeadTask, QueueStats, Task, decode_payload, validate_queue_name
+from asynctask.transports.base import (
+    Backoff,
+    Transport,
+    dead_reason_for_undecodable,
+    option_positive_float,
+    parse_url,
+    take_options,
+    validate_claim,
+)
+
+logger = logging.getLogger(__name__)
+
+Connection = psycopg2.extensions.connection
+
+#: The schema version this module writes; ``pgsql_schema_<n>.sql`` for every n up to it must exist.
+SCHEMA_VERSION = 1
+#: Longest a blocked fetch sleeps without checking the table again.
+SAFETY_POLL_S = 2.0
+_SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,39}\Z")
+_HEX_ID_RE = re.compile(r"[0-9a-f]{32}\Z")
+_STATEMENT_RE = re.compile(r"^-- name: (\w+) \(([^)]*)\)\n", re.MULTILINE)
+_RETRY_MIN_S, _RETRY_MAX_S = 0.1, 5.0
+
+
+def _option_schema(name: str, value: str) -> str:
+    if not _SCHEMA_RE.match(value):
+        raise TransportURLError(
+            f"option {name}={value!r}: 1 to 40 lowercase letters, digits and underscores, not starting with a digit"
+        )
+    return value
+
+
+def _option_text(name: str, value: str) -> str:
+    return value
+
+
+def _load_statements(schema: str) -> dict[str, tuple[str, int]]:
+    """name -> (PREPARE statement, parameter count), from pgsql_queries.sql."""
+    text = resources.files(__package__).joinpath("pgsql_queries.sql").read_text("utf-8")
+    parts = _STATEMENT_RE.split(text)
+    statements = {}
+    for index in range(1, len(parts), 3):
+        name, types, body = parts[index], parts[index + 1], parts[index + 2]
+        body = re.sub(r"^--.*$", "", body, flags=re.MULTILINE).strip().rstrip(";")
+        count = len([t for t in types.split(",") if t.strip()])
+        signature = f"asynctask_{name} ({types})" if count else f"asynctask_{name}"
+        statements[name] = (f"PREPARE {signature} AS {body.replace('@schema@', schema)}", count)
+    return statements
+
+
+def _schema_ddl(version: int, schema: str) -> str:
+    ddl = resources.files(__package__).joinpath(f"pgsql_schema_{version}.sql").read_text("utf-8")
+    return ddl.replace("@schema@", schema)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class PgsqlTransport(Transport):
+    """Tasks in PostgreSQL tables; thread-safe (one locked connection per instance)."""
+
+    schemes = ("pgsql", "postgresql", "postgres")
+
+    def __init__(self, url: str = "pgsql:asynctask") -> None:
+        super().__init__(url)
+        parsed = parse_url(url)
+        options = take_options(
+            parsed,
+            {
+                "schema": _option_schema,
+                "lease_s": option_positive_float,
+                "sslmode": _option_text,
+                "connect_timeout": option_positive_float,
+            },
+        )
+        self.lease_s = options.get("lease_s", self.lease_s)
+        self.schema: str = options.get("schema", "asynctask")
+        if parsed.host is None and not url.lower().startswith(f"{parsed.scheme}://"):
+            dbname = parsed.path  # pgsql:dbname
+        else:
+            dbname = parsed.path.lstrip("/")
+        if not dbname:
+            raise TransportURLError(f"transport URL {parsed.masked!r} names no database")
+        self._dsn: dict[str, Any] = {"dbname": dbname, "connect_timeout": int(options.get("connect_timeout", 5))}
+        self._dsn.update(
+            {k: v for k, v in (("host", parsed.host), ("port", parsed.port), ("user", parsed.username),
+                               ("password", parsed.password), ("sslmode", options.get("sslmode"))) if v is not None}
+        )
+        host = parsed.host or os.environ.get("PGHOST") or "local socket"
+        port = parsed.port or os.environ.get("PGPORT") or 5432
+        self.where = f"PostgreSQL at {host}:{port}, database {dbname!r} ({parsed.masked})"
+        self._quoted_schema = f'"{self.schema}"'
+        self._statements = _load_statements(self._quoted_schema)
+        self._lock = threading.RLock()
+        self._conn: Connection | None = None
+        self._prepared: set[str] = set()
+        self._pid = os.getpid()
+        self._retry_at = 0.0
+        self._retry_delay = 0.0
+        self._lost = False
+        self._registered: set[str] = set()
+        self._claims = 0
+        self._listen_lock = threading.Lock()
+        self._listener: Connection | None = None
+        self._listening: set[str] = set()
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _unavailable(self, exc: BaseException) -> TransportUnavailableError:
+        return TransportUnavailableError(f"{self.where} cannot be reached: {_one_line(exc)}")
+
+    def _open(self) -> Connection:
+        """A new autocommit connection, with backoff between failed attempts (caller holds a lock)."""
+        if os.getpid() != self._pid:  # forked: never touch the parent's sockets
+            self._pid, self._conn, self._listener = os.getpid(), None, None
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        try:
+            conn: Connection = psycopg2.connect(application_name="asynctask", **self._dsn)
+            conn.autocommit = True
+            self._ensure_schema(conn)
+        except psycopg2.Error as exc:
+            self._retry_delay = min(max(self._retry_delay * 2, _RETRY_MIN_S), _RETRY_MAX_S)
+            self._retry_at = time.monotonic() + self._retry_delay
+            if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+                logger.debug("cannot connect to %s: %s", self.where, _one_line(exc))
+                raise self._unavailable(exc) from None
+            raise TransportError(f"{self.where}: {_one_line(exc)}") from None
+        if self._lost:
+            logger.info("reconnected to %s", self.where)
+        self._lost, self._retry_delay, self._retry_at = False, 0.0, 0.0
+        return conn
+
+    def _ensure_schema(self, conn: Connection) -> None:
+        """Create or migrate the schema (under an advisory lock) unless it is current."""
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s)", (f"{self._quoted_schema}.schema_version",))
+            if cur.fetchone() == (None,) or self._version(cur) < SCHEMA_VERSION:
+                conn.autocommit = False
+                with conn:
+                    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"asynctask schema {self.schema}",))
+                    cur.execute("SELECT to_regclass(%s)", (f"{self._quoted_schema}.schema_version",))
+                    current = 0 if cur.fetchone() == (None,) else self._version(cur)
+                    for version in range(current + 1, SCHEMA_VERSION + 1):
+                        logger.info("creating schema %s version %d in %s", self.schema, version, self.where)
+                        cur.execute(_schema_ddl(version, self._quoted_schema))
+                        cur.execute(f"INSERT INTO {self._quoted_schema}.schema_version (version) VALUES (%s)",
+                                    (version,))
+                conn.autocommit = True
+            elif self._version(cur) > SCHEMA_VERSION:
+                raise TransportError(
+                    f"{self.where}: schema {self.schema!r} has version {self._version(cur)}, newer than this"
+                    f" asynctask understands ({SCHEMA_VERSION}); upgrade asynctask"
+                )
+
+    def _version(self, cur: psycopg2.extensions.cursor) -> int:
+        cur.execute(f"SELECT coalesce(max(version), 0) FROM {self._quoted_schema}.schema_version")
+        row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    def _drop(self, exc: BaseException) -> None:
+        if not self._lost:
+            logger.warning("lost the connection to %s (%s); reconnecting with backoff", self.where, _one_line(exc))
+        self._lost = True
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg2.Error:
+                pass
+        self._conn = None
+        self._prepared.clear()
+
+    def _run(self, name: str, *args: Any, rows: bool = False) -> Any:
+        """Execute the prepared statement ``name``; return its rows (``rows=True``) or its rowcount."""
+        prepare, count = self._statements[name]
+        execute = f"EXECUTE asynctask_{name} ({', '.join(['%s'] * count)})" if count else f"EXECUTE asynctask_{name}"
+        with self._lock:
+            fresh = False
+            while True:
+                if self._conn is None or os.getpid() != self._pid:
+                    self._conn, fresh = self._open(), True
+                conn = self._conn
+                try:
+                    with conn.cursor() as cur:
+                        if name not in self._prepared:
+                            cur.execute(prepare)
+                            self._prepared.add(name)
+                        cur.execute(execute, args)
+                        return cur.fetchall() if rows else cur.rowcount
+                except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                    if not conn.closed:  # e.g. a deadlock or a cancelled statement: the connection is fine
+                        raise TransportError(f"{self.where}: {_one_line(exc)}") from None
+                    self._drop(exc)
+                    if fresh:  # a connection that worked before is retried once, right away
+                        raise self._unavailable(exc) from None
+                except psycopg2.Error as exc:
+                    raise TransportError(f"{self.where}: {_one_line(exc)}") from None
+
+    def close(self) -> None:
+        with self._lock, self._listen_lock:
+            for conn in (self._conn, self._listener):
+                if conn is not None and os.getpid() == self._pid:
+                    conn.close()
+            self._conn = self._listener = None
+            self._prepared.clear()
+            self._listening.clear()
+
+    def _channel(self, queue: str) -> str:
+        return "asynctask_" + hashlib.md5(f"{self.schema}.{queue}".encode(), usedforsecurity=False).hexdigest()
+
+    # -- producing -------------------------------------------------------------------------
+
+    def _submit(self, queue: str, bodies: list[str], delay_s: float, priority: int) -> list[str]:
+        if queue not in self._registered:
+            self._run("register", queue)
+            self._registered.add(queue)
+        if len(bodies) == 1:
+            task_id = uuid.uuid4().hex
+            self._run("submit_one", task_id, queue, priority, delay_s, bodies[0], self._channel(queue))
+            return [task_id]
+        ids = [uuid.uuid4().hex for _ in bodies]
+        self._run("submit_many", ids, queue, priority, delay_s, bodies, self._channel(queue))
+        return ids
+
+    # -- consuming -------------------------------------------------------------------------
+
+    def _fetch(self, queue: str, max_count: int, lease_s: float) -> list[Task]:
+        while True:
+            token = int.from_bytes(os.urandom(8), "big") >> 1
+            rows = self._run("fetch", queue, max_count, token, lease_s, rows=True)
+            tasks = []
+            for rowid, task_id, body, attempts, enqueued_at, priority in rows:
+                receipt = f"{rowid}.{token}"
+                try:
+                    payload = decode_payload(body)
+                except TaskDecodeError as exc:
+                    logger.warning("task %s on queue %s does not decode; moved to dead letters", task_id, queue)
+                    self._run("bury", rowid, token, dead_reason_for_undecodable(exc))
+                    continue
+                tasks.append(Task(task_id, queue, payload, attempts, enqueued_at, priority, receipt))
+            if tasks or len(rows) < max_count:
+                return tasks
+
+    def _get_tasks(self, queue: str, max_count: int, timeout_s: float, lease_s: float) -> list[Task]:
+        tasks = self._fetch(queue, max_count, lease_s)
+        if tasks or timeout_s <= 0:
+            return tasks
+        deadline = time.monotonic() + timeout_s
+        if not self._listen_lock.acquire(timeout=min(timeout_s, 0.01)):
+            # Another thread of this instance is waiting on the listener: poll with backoff.
+            backoff = Backoff(timeout_s, first_s=0.01, max_s=0.25)
+            while backoff.wait():
+                tasks = self._fetch(queue, max_count, lease_s)
+                if tasks:
+                    return tasks
+            return self._fetch(queue, max_count, lease_s)
+        try:
+            channel = self._channel(queue)
+            while True:
+                self._listen(channel)
+                tasks = self._fetch(queue, max_count, lease_s)
+                remaining = deadline - time.monotonic()
+                if tasks or remaining <= 0:
+                    return tasks
+                due = self._run("next_due", queue, rows=True)[0][0]
+                wait = min(remaining, SAFETY_POLL_S, SAFETY_POLL_S if due is None else max(due, 0.001))
+                self._wait(channel, wait)
+        finally:
+            self._listen_lock.release()
+
+    def _listen(self, channel: str) -> None:
+        """LISTEN on ``channel`` on the listener connection and drop pending notifications (listen lock held)."""
+        try:
+            if self._listener is None or self._listener.closed or os.getpid() != self._pid:
+                with self._lock:
+                    self._listener = self._open()
+                self._listening.clear()
+            if channel not in self._listening:
+                with self._listener.cursor() as cur:
+                    cur.execute(f'LISTEN "{channel}"')
+                self._listening.add(channel)
+            self._listener.poll()
+            self._listener.notifies.clear()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            self._listener = None
+            raise self._unavailable(exc) from None
+
+    def _wait(self, channel: str, timeout_s: float) -> None:
+        """Block until a notification on ``channel`` or ``timeout_s`` (listen lock held)."""
+        listener = self._listener
+        assert listener is not None
+        deadline = time.monotonic() + timeout_s
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                if select.select([listener], [], [], remaining)[0]:
+                    listener.poll()
+                    if any(note.channel == channel for note in listener.notifies):
+                        listener.notifies.clear()
+                        return
+                    listener.notifies.clear()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError, OSError, ValueError):
+            self._listener = None  # reopened by the next _listen; the fetch reports a lost server
+
+    @staticmethod
+    def _receipt(task: Task) -> tuple[int, int] | None:
+        rowid, _, token = task.receipt.partition(".")
+        try:
+            return int(rowid), int(token)
+        except ValueError:
+            return None
+
+    def ack(self, task: Task) -> None:
+        receipt = self._receipt(task)
+        if receipt is not None:
+            self._run("ack", *receipt)
+
+    def ack_tasks(self, tasks: Sequence[Task]) -> None:
+        """Ack many tasks in one statement."""
+        receipts = [r for r in map(self._receipt, tasks) if r is not None]
+        if len(receipts) == 1:
+            self._run("ack", *receipts[0])
+        elif receipts:
+            self._run("ack_many", [r[0] for r in receipts], [r[1] for r in receipts])
+
+    def nack(self, task: Task, *, delay_s: float = 0, count_attempt: bool = True) -> None:
+        receipt = self._receipt(task)
+        if receipt is not None:
+            self._run("nack", *receipt, float(delay_s), 0 if count_attempt else 1, self._channel(task.queue))
+
+    def extend(self, task: Task, lease_s: float) -> bool:
+        receipt = self._receipt(task)
+        return receipt is not None and self._run("extend", *receipt, float(lease_s)) == 1
+
+    def dead(self, task: Task, reason: str) -> None:
+        receipt = self._receipt(task)
+        if receipt is not None:
+            self._run("bury", *receipt, str(reason))
+
+    # -- inspecting and administering --------------------------------------------------------
+
+    def stats(self, queue: str) -> QueueStats:
+        validate_queue_name(queue)
+        ready, delayed, in_flight, dead, age = self._run("stats", queue, rows=True)[0]
+        return QueueStats(ready, delayed, in_flight, dead, None if age is None else max(age, 0.0))
+
+    def queues(self) -> list[str]:
+        return [row[0] for row in self._run("queues", rows=True)]
+
+    def purge(self, queue: str) -> int:
+        validate_queue_name(queue)
+        return int(self._run("purge", queue))
+
+    def dead_tasks(self, queue: str, limit: int = 100) -> list[DeadTask]:
+        validate_queue_name(queue)
+        return [DeadTask(*row) for row in self._run("dead_tasks", queue, int(limit), rows=True)]
+
+    def replay_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        validate_queue_name(queue)
+        chosen = None if ids is None else [i for i in ids if isinstance(i, str) and _HEX_ID_RE.match(i)]
+        if chosen is not None and not chosen:
+            return 0
+        return int(self._run("replay", queue, chosen, self._channel(queue), rows=True)[0][0])
+
+    def claim_once(self, key: str, ttl_s: float) -> bool:
+        key, ttl = validate_claim(key, ttl_s)
+        claimed = bool(self._run("claim", key, ttl, rows=True))
+        self._claims += 1
+        if self._claims % 100 == 0:
+            self._run("forget_claims")
+        return claimed

@@ -1,0 +1,109 @@
+-- Statements of asynctask.transports.pgsql.  Each starts with "-- name: <name> (<parameter types>)"
+-- and is PREPAREd once per connection; @schema@ is the quoted schema name.  Statements that make
+-- tasks ready send the NOTIFY themselves, so no extra round trip is needed.
+
+-- name: register (text)
+INSERT INTO @schema@.queues (name) VALUES ($1) ON CONFLICT DO NOTHING;
+
+-- name: submit_one (uuid, text, smallint, float8, text, text)
+WITH i AS (
+    INSERT INTO @schema@.tasks (id, queue, priority, visible_at, body)
+    VALUES ($1, $2, $3, now() + $4 * interval '1 second', $5)
+)
+SELECT pg_notify($6, '');
+
+-- name: submit_many (text[], text, smallint, float8, text[], text)
+WITH i AS (
+    INSERT INTO @schema@.tasks (id, queue, priority, visible_at, body)
+    SELECT u.id::uuid, $2, $3, now() + $4 * interval '1 second', u.body FROM unnest($1, $5) AS u (id, body)
+)
+SELECT pg_notify($6, '');
+
+-- name: fetch (text, integer, bigint, float8)
+WITH taken AS (
+    UPDATE @schema@.tasks AS t
+    SET receipt = $3, visible_at = now() + $4 * interval '1 second', attempts = t.attempts + 1
+    FROM (
+        SELECT rowid, visible_at FROM @schema@.tasks
+        WHERE queue = $1 AND visible_at <= now()
+        ORDER BY priority DESC, visible_at, rowid
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    WHERE t.rowid = c.rowid
+    RETURNING t.rowid, t.id, t.body, t.attempts, t.enqueued_at, t.priority, c.visible_at AS ready_at
+)
+SELECT rowid, translate(id::text, '-', ''), body, attempts, extract(epoch FROM enqueued_at)::float8, priority
+FROM taken ORDER BY priority DESC, ready_at, rowid;
+
+-- name: next_due (text)
+SELECT extract(epoch FROM min(visible_at) - now())::float8
+FROM @schema@.tasks WHERE queue = $1 AND visible_at > now();
+
+-- name: ack (bigint, bigint)
+DELETE FROM @schema@.tasks WHERE rowid = $1 AND receipt = $2;
+
+-- name: ack_many (bigint[], bigint[])
+DELETE FROM @schema@.tasks AS t USING unnest($1, $2) AS a (rowid, receipt)
+WHERE t.rowid = a.rowid AND t.receipt = a.receipt;
+
+-- name: nack (bigint, bigint, float8, integer, text)
+WITH u AS (
+    UPDATE @schema@.tasks
+    SET receipt = NULL, visible_at = now() + $3 * interval '1 second', attempts = attempts - $4
+    WHERE rowid = $1 AND receipt = $2
+    RETURNING 1
+)
+SELECT pg_notify($5, '') FROM u;
+
+-- name: extend (bigint, bigint, float8)
+UPDATE @schema@.tasks SET visible_at = now() + $3 * interval '1 second'
+WHERE rowid = $1 AND receipt = $2;
+
+-- name: bury (bigint, bigint, text)
+WITH d AS (
+    DELETE FROM @schema@.tasks WHERE rowid = $1 AND receipt = $2
+    RETURNING id, queue, priority, attempts, body
+)
+INSERT INTO @schema@.dead (id, queue, priority, attempts, reason, body)
+SELECT id, queue, priority, attempts, $3, body FROM d
+ON CONFLICT (id) DO UPDATE SET
+    queue = excluded.queue, priority = excluded.priority, attempts = excluded.attempts,
+    reason = excluded.reason, body = excluded.body, dead_at = excluded.dead_at;
+
+-- name: stats (text)
+SELECT count(*) FILTER (WHERE visible_at <= now()),
+       count(*) FILTER (WHERE visible_at > now() AND receipt IS NULL),
+       count(*) FILTER (WHERE visible_at > now() AND receipt IS NOT NULL),
+       (SELECT count(*) FROM @schema@.dead WHERE queue = $1),
+       extract(epoch FROM now() - min(enqueued_at) FILTER (WHERE visible_at <= now()))::float8
+FROM @schema@.tasks WHERE queue = $1;
+
+-- name: queues ()
+SELECT name FROM @schema@.queues ORDER BY name;
+
+-- name: purge (text)
+DELETE FROM @schema@.tasks WHERE queue = $1 AND (receipt IS NULL OR visible_at <= now());
+
+-- name: dead_tasks (text, integer)
+SELECT translate(id::text, '-', ''), queue, body, reason, attempts, extract(epoch FROM dead_at)::float8
+FROM @schema@.dead WHERE queue = $1 ORDER BY n LIMIT $2;
+
+-- name: replay (text, text[], text)
+WITH d AS (
+    DELETE FROM @schema@.dead WHERE queue = $1 AND ($2 IS NULL OR id = ANY ($2::uuid[]))
+    RETURNING n, id, priority, body
+), i AS (
+    INSERT INTO @schema@.tasks (id, queue, priority, body)
+    SELECT id, $1, priority, body FROM d ORDER BY n
+    RETURNING 1
+)
+SELECT count(*), pg_notify($3, '') FROM i;
+
+-- name: claim (text, float8)
+INSERT INTO @schema@.claims (key, expires_at) VALUES ($1, now() + $2 * interval '1 second')
+ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at WHERE claims.expires_at <= now()
+RETURNING 1;
+
+-- name: forget_claims ()
+DELETE FROM @schema@.claims WHERE expires_at < now() - interval '1 hour';
