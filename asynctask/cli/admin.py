@@ -22,7 +22,7 @@ Every user error prints ONE line on stderr, ``asynctask: error: ...``, and exits
 2     bad usage or input: unknown option, bad queue name, bad JSON, bad line in a file, bad or
       unknown transport URL, invalid configuration, a destructive command without ``--yes`` and
       no terminal to ask on
-3     the transport's server cannot be reached
+3     the transport cannot be reached or opened (server down, store directory not creatable)
 4     unknown queue (one the transport does not know) or unknown dead task id
 5     the transport failed an operation for another reason
 70    unexpected internal error (a bug: rerun with ``--log-level debug`` for the traceback)
@@ -38,7 +38,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from asynctask.errors import AsyncTaskError
+from asynctask.errors import AsyncTaskError, TransportError
 from asynctask.transports import get_transport
 from asynctask.transports.base import Transport
 
@@ -48,6 +48,7 @@ from .admin_output import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_UNAVAILABLE,
     EXIT_USAGE,
     CommandError,
     exit_code_for,
@@ -165,7 +166,13 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.command == "doctor":
         return doctor(resolved, args)
-    with get_transport(resolved.transport_url) as transport:
+    try:
+        transport = get_transport(resolved.transport_url)
+    except TransportError as exc:
+        # A store that cannot be opened (a server that does not answer, a directory that cannot be
+        # created) is "unreachable" whatever the transport calls it.
+        raise CommandError(exc.message, EXIT_UNAVAILABLE) from None
+    with transport:
         return _COMMANDS[args.command](transport, args)
 
 
