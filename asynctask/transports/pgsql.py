@@ -203,26 +203,36 @@ class PgsqlTransport(Transport):
     def _ensure_schema(self, conn: Connection) -> None:
         """Create or migrate the schema (under an advisory lock) unless it is current."""
         with conn.cursor() as cur:
-            cur.execute("SELECT to_regclass(%s)", (f"{self._quoted_schema}.schema_version",))
-            if cur.fetchone() == (None,) or self._version(cur) < SCHEMA_VERSION:
+            current = self._version(cur)
+            if current < SCHEMA_VERSION:
                 conn.autocommit = False
                 with conn:
                     cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"asynctask schema {self.schema}",))
-                    cur.execute("SELECT to_regclass(%s)", (f"{self._quoted_schema}.schema_version",))
-                    current = 0 if cur.fetchone() == (None,) else self._version(cur)
-                    for version in range(current + 1, SCHEMA_VERSION + 1):
+                    for version in range(self._version(cur) + 1, SCHEMA_VERSION + 1):
                         logger.info("creating schema %s version %d in %s", self.schema, version, self.where)
                         cur.execute(_schema_ddl(version, self._quoted_schema))
-                        cur.execute(f"INSERT INTO {self._quoted_schema}.schema_version (version) VALUES (%s)",
-                                    (version,))
+                        cur.execute(
+                            f"INSERT INTO {self._quoted_schema}.schema_version (version) VALUES (%s)"
+                            " ON CONFLICT DO NOTHING",
+                            (version,),
+                        )
                 conn.autocommit = True
-            elif self._version(cur) > SCHEMA_VERSION:
+            elif current > SCHEMA_VERSION:
                 raise TransportError(
-                    f"{self.where}: schema {self.schema!r} has version {self._version(cur)}, newer than this"
+                    f"{self.where}: schema {self.schema!r} has version {current}, newer than this"
                     f" asynctask understands ({SCHEMA_VERSION}); upgrade asynctask"
                 )
 
     def _version(self, cur: psycopg2.extensions.cursor) -> int:
+        """The schema's version, 0 when absent.  Reads pg_tables (a fresh MVCC snapshot, unlike
+        to_regclass's catalog cache, which may not yet see a schema another session just made)."""
+        cur.execute(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = 'schema_version')",
+            (self.schema,),
+        )
+        row = cur.fetchone()
+        if not row or not row[0]:
+            return 0
         cur.execute(f"SELECT coalesce(max(version), 0) FROM {self._quoted_schema}.schema_version")
         row = cur.fetchone()
         return int(row[0]) if row else 0
