@@ -1,0 +1,453 @@
+"""The Redis transport: ``redis://``, ``rediss://`` (TLS) and ``redis+unix://``.
+
+URL forms::
+
+    redis://[[user]:password@]host[:port][/db][?options]
+    rediss://[[user]:password@]host[:port][/db][?options]         TLS
+    redis+unix://[[user]:password@]/path/to/redis.sock[?db=N&options]
+
+Options (URL query): ``key_prefix`` (default ``asynctask``; letters, digits and ``_.:-``),
+``lease_s`` (default lease, seconds), ``socket_timeout_s`` (default 10: a server that does not
+answer for that long counts as unavailable), ``db`` (``redis+unix`` only); with ``rediss``
+also ``ssl_cert_reqs`` (``required``, ``optional`` or ``none``) and ``ssl_ca_certs`` (a file).
+
+Layout: every key of one queue starts with ``{<key_prefix>:<queue>}:``; the braces are a Redis Cluster
+hash tag, so all keys of a queue share one slot and each Lua script runs on a cluster too.  With
+``Q = {<key_prefix>:<queue>}:``::
+
+    Q task:<id>     hash: b (body, JSON text), p (priority), e (enqueued at, µs), a (deliveries so far);
+                    a dead task's hash also has x (reason) and d (died at, µs)
+    Q ready:<p>     list per priority 0..9 of ready task ids: LPUSH at the back, RPOP from the front
+    Q delayed       sorted set: task id -> due time (µs)
+    Q leased        sorted set: receipt "<seq>:<id>" -> lease end (µs); a delivery is current while
+                    its receipt is a member
+    Q dead          sorted set: task id -> died at (µs)
+    Q wake          list of wake-up tokens a waiting fetch BLPOPs on (pushed by submit, nack, replay)
+    Q seq           counter naming fetches (the <seq> of receipts)
+    <key_prefix>:queues         set of the queue names ever submitted to (for ``queues()``)
+    <key_prefix>:claim:<key>    ``claim_once`` keys (SET NX PX)
+
+Every operation is one Lua script (``redis_*.lua`` beside this module, each prefixed with
+``redis_common.lua``), run by EVALSHA, so a client dying between two steps never loses or
+duplicates a task; times come from the server's clock (TIME).  A fetch first moves due delayed
+tasks and expired leases back to their ready lists (at most 1000 of each per call: no daemon),
+then pops up to ``max_count`` ids from the highest priority down and records their leases.  When
+nothing is ready, the client blocks with BLPOP on ``Q wake`` for the remaining timeout, capped at
+the moment the next delayed task or lease is due (a lease taken by another consumer after the wait
+began is noticed when the wait ends); a submit pushes a token, so an idle worker wakes at once.
+
+Submitting checks that the id is not stored yet, so a call retried after a lost reply stores a task
+once.  A ready-list entry that is not a stored id, and a body that does not decode, go to the
+dead letters.  With persistence (AOF) a restarted server has every submitted task and no acked
+one; connection errors are raised as :class:`~asynctask.errors.TransportUnavailableError`
+("cannot reach Redis at host:port: reason") and the next call reconnects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import NoScriptError
+from redis.retry import Retry
+
+from asynctask.errors import TaskDecodeError, TransportError, TransportUnavailableError, TransportURLError
+from asynctask.task import (
+    DeadTask,
+    QueueStats,
+    Task,
+    decode_payload,
+    encode_payload,
+    validate_delay,
+    validate_priority,
+    validate_queue_name,
+)
+from asynctask.transports.base import (
+    ParsedURL,
+    Transport,
+    dead_reason_for_undecodable,
+    option_positive_float,
+    parse_url,
+    take_options,
+    validate_claim,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Most delayed tasks and most expired leases one fetch (or stats) moves back to ready.
+PROMOTE_BOUND = 1000
+#: Tasks per EVALSHA of a batched submit; the chunks of one call go in one pipeline.
+SUBMIT_CHUNK = 1000
+#: Tasks purged or replayed per script call (keeps each call short on the server).
+ADMIN_CHUNK = 1000
+DEFAULT_SOCKET_TIMEOUT_S = 10.0
+
+_PREFIX_RE = re.compile(r"[A-Za-z0-9_.:-]{1,100}\Z")
+_SCRIPTS = ("submit", "fetch", "ack", "nack", "extend", "dead", "stats", "purge", "dead_list", "replay")
+
+
+def _option_prefix(name: str, value: str) -> str:
+    if _PREFIX_RE.match(value) is None:
+        raise TransportURLError(f"option {name}={value!r}: 1 to 100 letters, digits, '_', '.', ':' or '-'")
+    return value
+
+
+def _option_db(name: str, value: str) -> int:
+    if not value.isdigit():
+        raise TransportURLError(f"option {name}={value!r}: a database number >= 0 is allowed")
+    return int(value)
+
+
+def _option_cert_reqs(name: str, value: str) -> str:
+    if value not in ("required", "optional", "none"):
+        raise TransportURLError(f"option {name}={value!r}: one of required, optional, none is allowed")
+    return value
+
+
+def _option_text(name: str, value: str) -> str:
+    return value
+
+
+class _Script:
+    """A Lua script: its text (common head included) and SHA1, loaded again on NOSCRIPT."""
+
+    def __init__(self, name: str) -> None:
+        folder = resources.files("asynctask.transports")
+        head = folder.joinpath("redis_common.lua").read_text(encoding="utf-8")
+        self.name = name
+        self.text = head + "\n" + folder.joinpath(f"redis_{name}.lua").read_text(encoding="utf-8")
+        self.sha = hashlib.sha1(self.text.encode()).hexdigest()
+
+
+_loaded: dict[str, _Script] = {}
+
+
+def _script(name: str) -> _Script:
+    script = _loaded.get(name)
+    if script is None:
+        script = _loaded[name] = _Script(name)
+    return script
+
+
+class RedisTransport(Transport):
+    """Queues in Redis (5.0+ for the scripts, 6.2+ for RPOP with a count).  Thread-safe."""
+
+    schemes = ("redis", "rediss", "redis+unix")
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        parsed = parse_url(url)
+        parsers: dict[str, Any] = {
+            "key_prefix": _option_prefix,
+            "lease_s": option_positive_float,
+            "socket_timeout_s": option_positive_float,
+        }
+        if parsed.scheme == "redis+unix":
+            parsers["db"] = _option_db
+        if parsed.scheme == "rediss":
+            parsers["ssl_cert_reqs"] = _option_cert_reqs
+            parsers["ssl_ca_certs"] = _option_text
+        options = take_options(parsed, parsers)
+        self.lease_s = options.get("lease_s", self.lease_s)
+        self.key_prefix: str = options.get("key_prefix", "asynctask")
+        self.socket_timeout_s: float = options.get("socket_timeout_s", DEFAULT_SOCKET_TIMEOUT_S)
+        # A blocking wait must end before the socket timeout would call the server unreachable.
+        self._max_block_s = max(self.socket_timeout_s - 1.0, self.socket_timeout_s / 2)
+        self._password = parsed.password
+        self._client = self._connect(parsed, options)
+        self._where = self._address(parsed)
+        self._bases: dict[str, str] = {}
+        self._registered: set[str] = set()
+        self._s = {name: _script(name) for name in _SCRIPTS}
+        self._execute("PING")
+
+    # -- connection ----------------------------------------------------------------------------
+
+    def _connect(self, parsed: ParsedURL, options: dict[str, Any]) -> redis.Redis:
+        common: dict[str, Any] = {
+            "username": parsed.username,
+            "password": parsed.password,
+            "socket_timeout": self.socket_timeout_s,
+            "socket_connect_timeout": min(self.socket_timeout_s, 5.0),
+            "retry": Retry(ExponentialBackoff(cap=0.1, base=0.01), 2),
+            "decode_responses": False,
+            "health_check_interval": 0,
+        }
+        if parsed.scheme == "redis+unix":
+            if not parsed.path:
+                raise TransportURLError(f"transport URL {parsed.masked!r} names no socket path")
+            return redis.Redis(unix_socket_path=parsed.path, db=options.get("db", 0), **common)
+        db_text = parsed.path.strip("/")
+        if db_text and not db_text.isdigit():
+            raise TransportURLError(f"transport URL {parsed.masked!r}: the path must be a database number")
+        if parsed.scheme == "rediss":
+            common["ssl"] = True
+            common["ssl_cert_reqs"] = options.get("ssl_cert_reqs", "required")
+            if "ssl_ca_certs" in options:
+                common["ssl_ca_certs"] = options["ssl_ca_certs"]
+        return redis.Redis(
+            host=parsed.host or "localhost", port=parsed.port or 6379, db=int(db_text or 0), **common
+        )
+
+    @staticmethod
+    def _address(parsed: ParsedURL) -> str:
+        if parsed.scheme == "redis+unix":
+            return parsed.path
+        return f"{parsed.host or 'localhost'}:{parsed.port or 6379}"
+
+    def _unavailable(self, exc: Exception) -> TransportUnavailableError:
+        reason = str(exc) or type(exc).__name__
+        # redis-py says "Error 111 connecting to host:port. Connection refused.": keep the reason.
+        match = re.match(r"Error -?\d+ connecting to \S+?\. (.*)", reason)
+        if match:
+            reason = match.group(1)
+        reason = reason.rstrip(".") or type(exc).__name__
+        if self._password:
+            reason = reason.replace(self._password, "***")
+        return TransportUnavailableError(f"cannot reach Redis at {self._where}: {reason}")
+
+    def _execute(self, *args: Any) -> Any:
+        try:
+            return self._client.execute_command(*args)  # type: ignore[no-untyped-call]
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._unavailable(exc) from None
+        except NoScriptError:
+            raise
+        except redis.RedisError as exc:
+            raise TransportError(f"Redis at {self._where} failed: {exc}") from None
+
+    def _eval(self, script: _Script, base: str, *args: Any) -> Any:
+        try:
+            return self._execute("EVALSHA", script.sha, 1, base, *args)
+        except NoScriptError:
+            self._execute("SCRIPT", "LOAD", script.text)
+            return self._execute("EVALSHA", script.sha, 1, base, *args)
+
+    def _pipeline(self, calls: list[tuple[_Script, str, tuple[Any, ...]]]) -> list[Any]:
+        """Run several scripts in one round trip (each call atomic on its own)."""
+        for attempt in (1, 2):
+            pipe = self._client.pipeline(transaction=False)
+            for script, base, args in calls:
+                pipe.execute_command("EVALSHA", script.sha, 1, base, *args)  # type: ignore[no-untyped-call]
+            try:
+                return pipe.execute()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                for script in {script.name: script for script, _, _ in calls}.values():
+                    self._execute("SCRIPT", "LOAD", script.text)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise self._unavailable(exc) from None
+            except redis.RedisError as exc:
+                raise TransportError(f"Redis at {self._where} failed: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def _base(self, queue: str) -> str:
+        base = self._bases.get(queue)
+        if base is None:
+            validate_queue_name(queue)
+            base = self._bases[queue] = f"{{{self.key_prefix}:{queue}}}:"
+        return base
+
+    def _register(self, queue: str) -> None:
+        if queue not in self._registered:
+            self._execute("SADD", f"{self.key_prefix}:queues", queue)
+            self._registered.add(queue)
+
+    # -- producing -----------------------------------------------------------------------------
+
+    def submit_task(
+        self, queue: str, payload: dict[str, Any] | None = None, *, delay_s: float = 0, priority: int = 0
+    ) -> str:
+        """Store one task (one round trip: one EVALSHA) and return its id."""
+        base = self._bases.get(queue) or self._base(queue)
+        if delay_s != 0 or type(delay_s) is not int:
+            delay_s = validate_delay(delay_s)
+        if priority != 0 or type(priority) is not int:
+            validate_priority(priority)
+        body = encode_payload(payload)
+        if queue not in self._registered:
+            self._register(queue)
+        task_id = os.urandom(16).hex()
+        self._eval(self._s["submit"], base, int(delay_s * 1_000_000), priority, task_id, body)
+        return task_id
+
+    def _submit(self, queue: str, bodies: list[str], delay_s: float, priority: int) -> list[str]:
+        base = self._base(queue)
+        self._register(queue)
+        hexes = os.urandom(16 * len(bodies)).hex()
+        ids = [hexes[i : i + 32] for i in range(0, len(hexes), 32)]
+        delay_us = int(delay_s * 1_000_000)
+        calls = []
+        script = self._s["submit"]
+        for start in range(0, len(bodies), SUBMIT_CHUNK):
+            end = start + SUBMIT_CHUNK
+            args: list[Any] = [delay_us, priority]
+            for task_id, body in zip(ids[start:end], bodies[start:end], strict=True):
+                args.append(task_id)
+                args.append(body)
+            calls.append((script, base, tuple(args)))
+        if len(calls) == 1:
+            self._eval(script, base, *calls[0][2])
+        else:
+            self._pipeline(calls)
+        return ids
+
+    # -- consuming -----------------------------------------------------------------------------
+
+    def _get_tasks(self, queue: str, max_count: int, timeout_s: float, lease_s: float) -> list[Task]:
+        base = self._base(queue)
+        fetch = self._s["fetch"]
+        lease_us = max(int(lease_s * 1_000_000), 1)
+        deadline = 0.0
+        while True:
+            reply = self._eval(fetch, base, max_count, lease_us, PROMOTE_BOUND)
+            if len(reply) > 2:
+                tasks = self._tasks(queue, base, reply)
+                if tasks:
+                    return tasks
+                continue  # every one was undecodable (now dead): look again at once
+            if timeout_s <= 0:
+                return []
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + timeout_s
+            remaining = deadline - now
+            if remaining <= 0:
+                return []
+            wait_us = reply[1]
+            block = remaining if wait_us < 0 else min(remaining, wait_us / 1_000_000)
+            # Redis takes whole milliseconds, and 0 would mean "forever".
+            block = max(min(block, self._max_block_s), 0.001)
+            self._execute("BLPOP", base + "wake", round(block, 3))
+
+    def _tasks(self, queue: str, base: str, reply: list[Any]) -> list[Task]:
+        prefix = f"{reply[0]}:"
+        tasks = []
+        buried: list[str] = []
+        for item in reply[2:]:
+            raw_id, attempts, enqueued, priority, body = item.split(b"|", 4)
+            task_id = raw_id.decode()
+            try:
+                payload = decode_payload(body)
+            except TaskDecodeError as exc:
+                buried += [prefix + task_id, dead_reason_for_undecodable(exc)]
+                continue
+            tasks.append(
+                Task(task_id, queue, payload, int(attempts), int(enqueued) / 1_000_000, int(priority), prefix + task_id)
+            )
+        if buried:
+            logger.warning("queue %s: %d undecodable task(s) moved to the dead letters", queue, len(buried) // 2)
+            self._eval(self._s["dead"], base, *buried)
+        return tasks
+
+    def ack(self, task: Task) -> None:
+        self._eval(self._s["ack"], self._base(task.queue), task.receipt)
+
+    def ack_tasks(self, tasks: Sequence[Task]) -> None:
+        """Ack many tasks in one round trip (one script per queue, pipelined)."""
+        if not tasks:
+            return
+        by_queue: dict[str, list[str]] = {}
+        for task in tasks:
+            receipts = by_queue.get(task.queue)
+            if receipts is None:
+                receipts = by_queue[task.queue] = []
+            receipts.append(task.receipt)
+        script = self._s["ack"]
+        if len(by_queue) == 1:
+            queue, receipts = by_queue.popitem()
+            self._eval(script, self._base(queue), *receipts)
+        else:
+            self._pipeline([(script, self._base(queue), tuple(receipts)) for queue, receipts in by_queue.items()])
+
+    def nack(self, task: Task, *, delay_s: float = 0, count_attempt: bool = True) -> None:
+        delay = validate_delay(delay_s)
+        self._eval(
+            self._s["nack"], self._base(task.queue), task.receipt, int(delay * 1_000_000), 1 if count_attempt else 0
+        )
+
+    def extend(self, task: Task, lease_s: float) -> bool:
+        lease = float(lease_s)
+        if not math.isfinite(lease) or lease <= 0:
+            raise ValueError(f"lease_s={lease_s!r}: a number of seconds > 0 is allowed")
+        return bool(self._eval(self._s["extend"], self._base(task.queue), task.receipt, max(int(lease * 1e6), 1)))
+
+    def dead(self, task: Task, reason: str) -> None:
+        self._eval(self._s["dead"], self._base(task.queue), task.receipt, str(reason))
+
+    # -- inspecting and administering ----------------------------------------------------------
+
+    def stats(self, queue: str) -> QueueStats:
+        ready, delayed, in_flight, dead, age_us = self._eval(self._s["stats"], self._base(queue), PROMOTE_BOUND)
+        return QueueStats(ready, delayed, in_flight, dead, None if age_us < 0 else age_us / 1_000_000)
+
+    def queues(self) -> list[str]:
+        names = self._execute("SMEMBERS", f"{self.key_prefix}:queues")
+        return sorted(name.decode() for name in names)
+
+    def purge(self, queue: str) -> int:
+        base = self._base(queue)
+        total = 0
+        while True:
+            count = int(self._eval(self._s["purge"], base, ADMIN_CHUNK))
+            total += count
+            if count < ADMIN_CHUNK:
+                return total
+
+    def dead_tasks(self, queue: str, limit: int = 100) -> list[DeadTask]:
+        base = self._base(queue)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit={limit!r}: an integer >= 0 is allowed")
+        if limit == 0:
+            return []
+        reply = self._eval(self._s["dead_list"], base, limit)
+        return [
+            DeadTask(
+                reply[i].decode(),
+                queue,
+                reply[i + 1].decode("utf-8", "replace"),
+                reply[i + 2].decode("utf-8", "replace"),
+                int(reply[i + 3]),
+                float(reply[i + 4]) / 1_000_000,
+            )
+            for i in range(0, len(reply), 5)
+        ]
+
+    def replay_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        base = self._base(queue)
+        script = self._s["replay"]
+        if ids is not None:
+            chosen = [str(task_id) for task_id in ids]
+            return sum(
+                int(self._eval(script, base, ADMIN_CHUNK, *chosen[i : i + ADMIN_CHUNK]))
+                for i in range(0, len(chosen), ADMIN_CHUNK)
+            )
+        # All: bounded by the count at the start, so tasks dying again meanwhile are not looped on.
+        left = int(self._execute("ZCARD", base + "dead"))
+        total = 0
+        while left > 0:
+            count = int(self._eval(script, base, min(left, ADMIN_CHUNK)))
+            if count == 0:
+                break
+            total += count
+            left -= count
+        return total
+
+    def claim_once(self, key: str, ttl_s: float) -> bool:
+        key, ttl = validate_claim(key, ttl_s)
+        ttl_ms = max(math.ceil(ttl * 1000), 1)
+        return bool(self._execute("SET", f"{self.key_prefix}:claim:{key}", 1, "NX", "PX", ttl_ms))
+
+    def close(self) -> None:
+        """Disconnect every pooled connection.  Idempotent."""
+        self._client.close()
