@@ -1,0 +1,144 @@
+"""asynctask-workers as a subprocess on the filesystem transport: flows and configuration errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from workers_support import Env
+
+from asynctask.workers.supervisor import EXIT_OK, EXIT_USAGE
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[Env]:
+    env = Env(tmp_path)
+    yield env
+    env.close()
+
+
+def test_no_workers_configured_says_so_and_exits_0(world: Env) -> None:
+    result = world.run("--config", world.config({}), "--halt-when-empty")
+    assert result.returncode == EXIT_OK
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["No workers configured; terminating."]
+
+
+def test_a_task_flows_and_halts_when_empty(world: Env) -> None:
+    world.transport.submit_task("jobs", {"out": world.out, "n": 1})
+    result = world.run("--config", world.config({"jobs": "acc_record"}), "--halt-when-empty")
+    assert result.returncode == EXIT_OK, result.stderr
+    assert [r["payload"]["n"] for r in world.records()] == [1]
+    assert "started worker acc_record on queue jobs" in result.stderr
+    assert "halted" in result.stderr
+    stats = world.transport.stats("jobs")
+    assert (stats.ready, stats.delayed, stats.in_flight, stats.dead) == (0, 0, 0, 0)
+
+
+def test_quiet_prints_nothing_and_still_processes(world: Env) -> None:
+    world.transport.submit_tasks("jobs", [{"out": world.out, "n": n} for n in range(3)])
+    result = world.run("--quiet", "--config", world.config({"jobs": "acc_record"}), "--halt-when-empty")
+    assert result.returncode == EXIT_OK
+    assert result.stdout == "" and result.stderr == ""
+    assert sorted(r["payload"]["n"] for r in world.records()) == [0, 1, 2]
+
+
+def test_set_and_require_options_configure_without_a_file(world: Env) -> None:
+    world.transport.submit_task("queue_foo", {"out": world.out, "n": 7})
+    result = world.run(
+        "--transport", world.url, "--require", "workers_fixture",
+        "--set", 'asynctask_workers={"queue_foo": "acc_record"}', "--set", "asynctask_workers_poll_interval=50",
+        "--halt-when-empty", "--log-level", "warning",
+    )
+    assert result.returncode == EXIT_OK, result.stderr
+    assert [r["payload"]["n"] for r in world.records()] == [7]
+    assert "started worker" not in result.stderr  # INFO is below --log-level warning
+
+
+def test_requeue_is_processed_in_the_same_run(world: Env) -> None:
+    world.transport.submit_task("jobs", {"out": world.out, "first": True})
+    result = world.run("--config", world.config({"jobs": "acc_requeue"}), "--halt-when-empty")
+    assert result.returncode == EXIT_OK, result.stderr
+    seen = world.records()
+    assert [bool(r["payload"].get("second")) for r in seen] == [False, True]
+
+
+def test_exception_dead_letters_task_1_with_traceback_and_task_2_runs(world: Env) -> None:
+    first = world.transport.submit_task("jobs", {"out": world.out, "n": 1, "fail": True})
+    world.transport.submit_task("jobs", {"out": world.out, "n": 2})
+    result = world.run("--config", world.config({"jobs": "acc_fail"}), "--halt-when-empty")
+    assert result.returncode == EXIT_OK, result.stderr
+    assert [r["payload"]["n"] for r in world.records()] == [2]
+    dead = world.transport.dead_tasks("jobs")
+    assert [d.id for d in dead] == [first]
+    assert dead[0].reason.startswith("ValueError: boom in task 1")
+    assert "Traceback (most recent call last)" in dead[0].reason
+    assert dead[0].attempts == 1
+
+
+def test_max_attempts_3_fails_twice_then_succeeds(world: Env) -> None:
+    world.transport.submit_task("jobs", {"out": world.out})
+    result = world.run("--config", world.config({"jobs": "acc_fail_twice"}), "--halt-when-empty")
+    assert result.returncode == EXIT_OK, result.stderr
+    assert [r["attempts"] for r in world.records()] == [1, 2, 3]
+    stats = world.transport.stats("jobs")
+    assert (stats.ready, stats.delayed, stats.in_flight, stats.dead) == (0, 0, 0, 0)
+
+
+def test_processes_n_runs_n_children(world: Env) -> None:
+    world.transport.submit_tasks("jobs", [{"out": world.out, "sleep_s": 0.3} for _ in range(6)])
+    config = world.config({"jobs": {"worker": "acc_slow", "processes": 2}})
+    result = world.run("--config", config, "--halt-when-empty")
+    assert result.returncode == EXIT_OK, result.stderr
+    records = world.records()
+    assert len(records) == 6
+    assert len({r["pid"] for r in records}) == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ({"asynctask_workers": {"jobs": "no_such_worker"}}, "unknown worker 'no_such_worker'; registered workers:"),
+        ({"asynctask_workers": {"Bad-Queue": "acc_record"}}, "invalid queue name 'Bad-Queue'"),
+        ({"asynctask_wrokers": {"jobs": "acc_record"}}, "unknown setting 'asynctask_wrokers'"),
+        ("asynctask_workers: {jobs: [unclosed\n", "YAML syntax error"),
+        ({"asynctask_workers": {"jobs": {"worker": "acc_record", "processes": 0}}}, "processes: 0 is not allowed"),
+        ({"asynctask_scheduled_workers": [{"worker": "acc_record"}]}, "at least one schedule field"),
+    ],
+)
+def test_bad_configuration_exits_2_with_one_line(world: Env, content: object, expected: str) -> None:
+    import yaml
+
+    path = world.tmp / "bad.yaml"
+    if isinstance(content, str):
+        path.write_text(content)
+    else:
+        path.write_text(yaml.safe_dump({"asynctask_transport": world.url, "asynctask_require": ["workers_fixture"],
+                                        **content}))
+    result = world.run("--config", str(path), "--halt-when-empty")
+    assert result.returncode == EXIT_USAGE
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    assert str(path) in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_set_option_and_missing_module_exit_2(world: Env) -> None:
+    result = world.run("--set", "nonsense", "--halt-when-empty")
+    assert result.returncode == EXIT_USAGE
+    assert len(result.stderr.strip().splitlines()) == 1 and "NAME=VALUE" in result.stderr
+    result = world.run("--transport", world.url, "--require", "no_such_module_x", "--set",
+                       "asynctask_workers={jobs: acc_record}")
+    assert result.returncode == EXIT_USAGE
+    assert "no_such_module_x" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_transport_exits_3(world: Env) -> None:
+    result = world.run("--transport", "redis://127.0.0.1:1/0", "--set", "asynctask_workers={jobs: acc_record}",
+                       "--require", "workers_fixture", "--halt-when-empty")
+    if "cannot be loaded" in result.stderr or "unknown transport" in result.stderr:
+        pytest.skip("the redis transport has not landed yet")
+    assert result.returncode == 3, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
