@@ -1,0 +1,396 @@
+"""The RabbitMQ transport: ``amqp://user:password@host:port/vhost`` and ``amqps://...`` (TLS).
+
+URL forms::
+
+    amqp://guest:guest@127.0.0.1:5672/%2F       vhost "/" (an empty path is "/" too)
+    amqp://user:secret@rabbit.example.org/jobs  vhost "jobs", port 5672
+    amqps://user:secret@rabbit.example.org/jobs TLS with the system's CA store, port 5671
+    amqp://localhost/?prefetch=500&queue_type=quorum&prefix=myapp
+
+Options (query parameters):
+
+``prefetch`` (256)
+    ``basic.qos`` of the consumer: deliveries the broker sends ahead.  ``get_tasks`` hands out
+    what has already arrived, so the drain rate comes from here.
+``lease_s`` (30)
+    The default lease (see *Leases* below).
+``heartbeat_s`` (600; 0 turns heartbeats off)
+    AMQP heartbeat.  pika answers heartbeats only while this transport is called, so a task that
+    runs longer than about ``2 * heartbeat_s`` without a call loses its connection, and its task
+    goes to another worker; keep it above your longest task (RabbitMQ's own ``consumer_timeout``,
+    30 min by default, also applies).
+``queue_type`` (classic)
+    ``quorum`` declares replicated quorum queues (work, dead, delay).  They have no priorities on
+    RabbitMQ < 4.0: priority then only orders what one consumer has prefetched.
+``prefix`` (asynctask)
+    The first part of every queue name (tests use one per run).
+``connect_timeout_s`` (5)
+
+Layout: no exchange is declared; everything is published through the default exchange (``""``)
+with the queue's name as routing key.  All queues are durable, all messages persistent, every
+publish mandatory and confirmed.  For an asynctask queue ``<q>``:
+
+``<prefix>.<q>``
+    The work queue, ``x-max-priority`` 9 (classic).  A message: body = the payload JSON;
+    ``message_id`` = task id; ``priority``; headers ``asynctask-attempts`` (deliveries before this
+    copy was published), ``asynctask-enqueued-ms`` and ``asynctask-due-ms`` (epoch milliseconds; due
+    only for delays).
+``<prefix>.<q>.dead``
+    Dead letters: the body as it was, headers ``asynctask-reason``, ``asynctask-attempts``,
+    ``asynctask-dead-ms``, ``asynctask-queue``.
+``<prefix>.<q>.delay.<ms>``
+    Holding queues, one per delay bucket: ``x-message-ttl`` ms, dead-lettered into the work queue
+    (``x-dead-letter-exchange ""``, ``x-dead-letter-routing-key <prefix>.<q>``), ``x-expires``
+    2 * ms + 60 s.  Delays are rounded UP to two significant digits of milliseconds (never early,
+    at most 10% late).  A delay longer than 46 days is re-delayed when it comes out early.
+``<prefix>.claim.<key>``
+    One per ``claim_once`` key (``sha1-<hex>`` for a long or unprintable key):
+    ``x-max-length`` 1, ``x-overflow reject-publish``, ``x-expires`` >= the TTL.
+``<prefix>.registry``, ``<prefix>.lock``
+    What ``queues()`` and ``stats()`` read, and the lock of their readers (see ``amqp_admin.py``).
+
+Consuming: ``basic.consume`` with manual acks on the first fetch from a queue; deliveries wait in a
+local buffer ordered by priority then arrival, and ``get_tasks`` returns from it, waiting up to
+``timeout_s`` in ``process_data_events`` (no polling).  Acks of contiguous delivery tags go as one
+``multiple`` ack.  ``nack`` and ``dead`` publish a copy (confirmed) and then ack the original, so a
+crash in between duplicates the task rather than losing it (at least once).
+
+Leases: an unacked delivery belongs to this connection's channel; the broker gives it back, with
+the ``redelivered`` flag (and ``x-delivery-count`` on quorum queues), when the channel closes:
+process killed, connection lost, ``close()``.  Lease expiry inside a live process is handled by
+this instance: a delivery whose lease ran out is handed out again by the next ``get_tasks`` of
+this instance, with ``attempts`` raised, and its old receipt stops being current.  Another process
+never gets a task whose holder is alive: a worker stuck past its lease is killed by the
+supervisor, and its connection closing gives its tasks back.  ``portable_receipts`` is False.
+After a crash, messages the dead consumer had prefetched but not yet handed out come back
+``redelivered`` too, and count one attempt more than they had.
+
+Threads: an instance is used from one thread (pika is not thread-safe), except :meth:`extend`,
+which touches no socket (a local check that the delivery is current on the open channel, and a
+new local lease end), so the runner's heartbeat thread may call it.  A server that goes away
+raises ``TransportUnavailableError`` (host:port, password masked); the next call reconnects, and
+the receipts of the deliveries made before are no longer current (their acks are no-ops).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+
+from asynctask.errors import TaskDecodeError
+from asynctask.task import Task, decode_payload, new_task_id
+from asynctask.transports.amqp_admin import AmqpAdmin
+from asynctask.transports.amqp_core import (
+    HDR_ATTEMPTS,
+    HDR_DEAD_AT,
+    HDR_DUE,
+    HDR_ENQUEUED,
+    HDR_QUEUE,
+    HDR_REASON,
+    PERSISTENT,
+    delay_bucket_ms,
+    enqueued_at,
+    from_ms,
+    to_ms,
+)
+from asynctask.transports.base import dead_reason_for_undecodable
+
+__all__ = ["AmqpTransport"]
+
+logger = logging.getLogger(__name__)
+
+#: A delivered task whose ``asynctask-due-ms`` is further ahead than this is delayed again.
+EARLY_TOLERANCE_S = 1.0
+
+
+@dataclass
+class _Delivery:
+    """A message on the consume channel: buffered (receipt "") or handed out."""
+
+    queue: str
+    tag: int
+    seq: int
+    properties: Any
+    body: bytes
+    attempts: int  # of its next hand-out, or of the current one
+    receipt: str = ""
+    lease_until: float = 0.0
+
+
+class AmqpTransport(AmqpAdmin):
+    """RabbitMQ through pika; see the module docstring for the layout and the threading rule."""
+
+    def __init__(self, url: str) -> None:
+        self._buffers: dict[str, list[tuple[int, int, _Delivery]]] = {}
+        self._consumers: dict[str, str] = {}
+        self._by_tag: dict[int, _Delivery] = {}  # every unacked delivery of the consume channel
+        self._by_receipt: dict[str, _Delivery] = {}  # the handed-out, current ones
+        self._seq = itertools.count()
+        self._token = uuid.uuid4().hex[:12]
+        super().__init__(url)
+
+    # -- consuming ---------------------------------------------------------------------------
+
+    def _reset_consumers(self) -> None:
+        self._buffers, self._consumers, self._by_tag, self._by_receipt = {}, {}, {}, {}
+
+    def _on_message(self, _channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        queue = self._consumers.get(method.consumer_tag, "")
+        headers = properties.headers or {}
+        try:
+            before = int(headers.get(HDR_ATTEMPTS, 0))
+        except (TypeError, ValueError):
+            before = 0
+        returns = headers.get("x-delivery-count")
+        extra = int(returns) if isinstance(returns, int) else (1 if method.redelivered else 0)
+        delivery = _Delivery(queue, method.delivery_tag, next(self._seq), properties, body, before + 1 + extra)
+        self._by_tag[delivery.tag] = delivery
+        heapq.heappush(self._buffers[queue], (-(properties.priority or 0), delivery.seq, delivery))
+
+    def _ensure_consumer(self, queue: str) -> None:
+        if queue in self._buffers:
+            return
+        name = self.ensure_work(queue)
+        self._buffers[queue] = []
+        tag = self._consume_ch.basic_consume(name, self._on_message, auto_ack=False)
+        self._consumers[tag] = queue
+
+    def _pump(self) -> None:
+        if self._consumers:
+            self._conn.process_data_events(time_limit=0)
+
+    def _expire_leases(self) -> float:
+        """Put deliveries whose lease ran out back in the buffer; return the next lease end."""
+        now = time.monotonic()
+        next_end = math.inf
+        for receipt, delivery in list(self._by_receipt.items()):
+            if delivery.lease_until <= now:
+                del self._by_receipt[receipt]
+                delivery.receipt = ""
+                delivery.attempts += 1
+                buffer = self._buffers.get(delivery.queue)
+                if buffer is not None:
+                    heapq.heappush(buffer, (-(delivery.properties.priority or 0), delivery.seq, delivery))
+            else:
+                next_end = min(next_end, delivery.lease_until)
+        return next_end
+
+    def _get_tasks(self, queue: str, max_count: int, timeout_s: float, lease_s: float) -> list[Task]:
+        deadline = time.monotonic() + timeout_s
+        with self._guard():
+            self._ensure_consumer(queue)
+            buffer = self._buffers[queue]
+            while True:
+                next_end = self._expire_leases()
+                if len(buffer) < max_count:
+                    self._conn.process_data_events(time_limit=0)
+                tasks = self._hand_out(queue, buffer, max_count, lease_s) if buffer else []
+                remaining = deadline - time.monotonic()
+                if tasks or remaining <= 0:
+                    return tasks
+                wait = min(remaining, max(next_end - time.monotonic(), 0.001))
+                self._conn.process_data_events(time_limit=wait)
+
+    def _hand_out(
+        self, queue: str, buffer: list[tuple[int, int, _Delivery]], max_count: int, lease_s: float
+    ) -> list[Task]:
+        tasks: list[Task] = []
+        lease_until = time.monotonic() + lease_s
+        while buffer and len(tasks) < max_count:
+            delivery = heapq.heappop(buffer)[2]
+            if delivery.tag not in self._by_tag:
+                continue  # acked meanwhile (purge)
+            properties = delivery.properties
+            headers = properties.headers or {}
+            try:
+                payload = decode_payload(delivery.body)
+            except TaskDecodeError as exc:
+                self._bury(delivery, dead_reason_for_undecodable(exc))
+                continue
+            due = from_ms(headers.get(HDR_DUE))
+            if due - time.time() > EARLY_TOLERANCE_S:
+                self._republish(delivery, delivery.attempts - 1, due - time.time())
+                continue
+            delivery.receipt = f"{self._token}.{self.generation}.{next(self._seq)}"
+            delivery.lease_until = lease_until
+            self._by_receipt[delivery.receipt] = delivery
+            tasks.append(
+                Task(
+                    id=properties.message_id or f"amqp-{self._token}-{delivery.tag}",
+                    queue=queue,
+                    payload=payload,
+                    attempts=delivery.attempts,
+                    enqueued_at=enqueued_at(properties),
+                    priority=properties.priority or 0,
+                    receipt=delivery.receipt,
+                )
+            )
+        return tasks
+
+    # -- producing ---------------------------------------------------------------------------
+
+    def _properties(self, task_id: str, priority: int, attempts: int, enqueued: float, due: float) -> Any:
+        headers: dict[str, Any] = {HDR_ATTEMPTS: attempts, HDR_ENQUEUED: to_ms(enqueued)}
+        if due:
+            headers[HDR_DUE] = to_ms(due)
+        return pika.BasicProperties(
+            delivery_mode=PERSISTENT,
+            priority=priority,
+            message_id=task_id,
+            timestamp=int(enqueued),
+            content_type="application/json",
+            headers=headers,
+        )
+
+    def _target(self, queue: str, delay_s: float) -> str:
+        return self.ensure_delay(queue, delay_bucket_ms(delay_s)) if delay_s > 0 else self.ensure_work(queue)
+
+    def _submit(self, queue: str, bodies: list[str], delay_s: float, priority: int) -> list[str]:
+        with self._guard():
+            target = self._target(queue, delay_s)
+            now = time.time()
+            due = now + delay_s if delay_s > 0 else 0.0
+            ids = [new_task_id() for _ in bodies]
+            self.publish(
+                [
+                    (target, self._properties(task_id, priority, 0, now, due), body.encode())
+                    for task_id, body in zip(ids, bodies, strict=True)
+                ]
+            )
+        return ids
+
+    # -- finishing a delivery --------------------------------------------------------------------
+
+    def _take(self, task: Task) -> _Delivery | None:
+        """The current delivery named by ``task.receipt``, no longer current; None if it is not."""
+        delivery = self._by_receipt.pop(task.receipt, None)
+        if delivery is None or self._conn is None:
+            return None
+        return delivery
+
+    def _ack_tags(self, tags: list[int]) -> None:
+        if not tags:
+            return
+        highest = max(tags)
+        below = sum(1 for tag in self._by_tag if tag <= highest)
+        for tag in tags:
+            self._by_tag.pop(tag, None)
+        if below == len(tags):
+            self._consume_ch.basic_ack(highest, multiple=True)
+        else:
+            for tag in tags:
+                self._consume_ch.basic_ack(tag)
+
+    def ack(self, task: Task) -> None:
+        self.ack_tasks([task])
+
+    def ack_tasks(self, tasks: Sequence[Task]) -> None:
+        """Ack in one frame when the tags are contiguous (``multiple``); a lost lease is a no-op."""
+        deliveries = [d for d in map(self._take, tasks) if d is not None]
+        if deliveries:
+            with self._guard(reconnect=False):
+                self._ack_tags(sorted({d.tag for d in deliveries}))
+
+    def _republish(self, delivery: _Delivery, attempts: int, delay_s: float) -> None:
+        properties = delivery.properties
+        enqueued = enqueued_at(properties) or time.time()
+        due = time.time() + delay_s if delay_s > 0 else 0.0
+        task_id = properties.message_id or new_task_id()
+        new = self._properties(task_id, properties.priority or 0, max(attempts, 0), enqueued, due)
+        self.publish([(self._target(delivery.queue, delay_s), new, delivery.body)])
+        self._ack_tags([delivery.tag])
+
+    def nack(self, task: Task, *, delay_s: float = 0, count_attempt: bool = True) -> None:
+        """Publish a copy (attempts so far in its header) to the queue or a delay queue, then ack."""
+        delivery = self._take(task)
+        if delivery is not None:
+            with self._guard(reconnect=False):
+                self._republish(delivery, delivery.attempts - (0 if count_attempt else 1), max(delay_s, 0.0))
+
+    def _bury(self, delivery: _Delivery, reason: str) -> None:
+        properties = delivery.properties
+        now = time.time()
+        headers = {
+            HDR_REASON: reason,
+            HDR_ATTEMPTS: delivery.attempts,
+            HDR_DEAD_AT: to_ms(now),
+            HDR_QUEUE: delivery.queue,
+        }
+        dead = pika.BasicProperties(
+            delivery_mode=PERSISTENT,
+            message_id=properties.message_id or new_task_id(),
+            priority=properties.priority or 0,
+            timestamp=int(now),
+            headers=headers,
+        )
+        self.publish([(self.names.dead(delivery.queue), dead, delivery.body)])
+        self._ack_tags([delivery.tag])
+        logger.debug("task %s of %s is dead: %s", dead.message_id, delivery.queue, reason)
+
+    def dead(self, task: Task, reason: str) -> None:
+        delivery = self._take(task)
+        if delivery is not None:
+            with self._guard(reconnect=False):
+                self._bury(delivery, reason)
+
+    def extend(self, task: Task, lease_s: float) -> bool:
+        """Local only (safe from another thread): True while the delivery is current."""
+        delivery = self._by_receipt.get(task.receipt)
+        channel = self._consume_ch
+        if delivery is None or channel is None or not channel.is_open:
+            return False
+        delivery.lease_until = time.monotonic() + lease_s
+        return True
+
+    # -- local counts for stats and purge ---------------------------------------------------------
+
+    def _local_counts(self, queue: str) -> tuple[int, int, float | None]:
+        buffered = [entry[2] for entry in self._buffers.get(queue, ()) if entry[2].tag in self._by_tag]
+        in_flight = sum(1 for d in self._by_receipt.values() if d.queue == queue)
+        oldest = min((enqueued_at(d.properties) for d in buffered), default=None)
+        return len(buffered), in_flight, oldest
+
+    def _drop_buffered(self, queue: str) -> int:
+        buffer = self._buffers.get(queue)
+        if not buffer:
+            return 0
+        tags = [entry[2].tag for entry in buffer if entry[2].tag in self._by_tag]
+        buffer.clear()
+        self._ack_tags(sorted(tags))
+        return len(tags)
+
+    # -- closing ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Give back what was prefetched but not handed out (unchanged attempts), then disconnect.
+
+        Handed-out deliveries still current return through the broker, counted as an attempt.
+        """
+        if self._conn is None:
+            return
+        try:
+            if self._conn.is_open and self._consumers:
+                self._conn.process_data_events(time_limit=0)
+                for tag in list(self._consumers):
+                    self._consume_ch.basic_cancel(tag)
+                for queue, buffer in self._buffers.items():
+                    waiting = [entry[2] for entry in sorted(buffer) if entry[2].tag in self._by_tag]
+                    for delivery in waiting:
+                        delivery.queue = queue
+                        self._republish(delivery, delivery.attempts - 1, 0.0)
+            if self._conn.is_open:
+                self._conn.close()
+        except Exception as exc:  # closing must not raise
+            logger.debug("closing %r: %s", self, exc)
+        finally:
+            self._conn = self._consume_ch = self._pub = self._admin = None
+            self._reset_consumers()

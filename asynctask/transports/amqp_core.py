@@ -1,0 +1,429 @@
+"""Connection, channels, queue names and confirmed publishing for the AMQP transport.
+
+Read :mod:`asynctask.transports.amqp` first: its docstring states the URL, the options and every
+queue declared.  This module holds what the consuming side (``amqp.py``) and the administration side
+(``amqp_admin.py``) share: one ``BlockingConnection`` with three channels, used from ONE thread.
+
+* the *consume* channel: ``basic.qos(prefetch)`` and one consumer per queue fetched from; its
+  delivery tags are only valid while it is open, so every reconnect starts a new *generation* and
+  the receipts of older deliveries stop being current;
+* the *publish* channel, in confirm mode.  Confirms are tracked here rather than through
+  ``BlockingChannel.basic_publish`` (which waits for one confirm per message): a batch is written
+  in one go and then the confirms for all of it are awaited, so ``submit_tasks`` costs one round
+  trip per batch.  Every publish is ``mandatory``: a message the broker cannot route (its queue was
+  deleted meanwhile) comes back, the queue is declared again and the message published again;
+* the *admin* channel: passive declares (a missing queue closes the channel with 404, so never on
+  the other two), purges, deletes, claim queues.
+
+Any pika error on the connection or on the consume/publish channel drops the whole connection
+(the broker then gives every unacked delivery back) and is raised as
+:class:`~asynctask.errors.TransportUnavailableError` (connection-level) or ``TransportError``; the
+next call connects again.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import logging
+import math
+import re
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from asynctask.errors import TransportError, TransportUnavailableError, TransportURLError
+from asynctask.transports.base import (
+    ParsedURL,
+    Transport,
+    option_positive_float,
+    parse_url,
+    take_options,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Headers this transport writes.  ``asynctask-attempts`` is the number of deliveries the task had
+#: before this copy was published (0 for a new task); a delivery's ``attempts`` is that plus one,
+#: plus the broker's count of returns (``x-delivery-count`` on quorum queues, else 1 when the
+#: ``redelivered`` flag is set).
+HDR_ATTEMPTS = "asynctask-attempts"
+HDR_ENQUEUED = "asynctask-enqueued-ms"  # epoch milliseconds, like every time header
+HDR_DUE = "asynctask-due-ms"
+HDR_REASON = "asynctask-reason"
+HDR_DEAD_AT = "asynctask-dead-ms"
+HDR_QUEUE = "asynctask-queue"
+
+#: The largest TTL/expiry RabbitMQ takes (milliseconds, an unsigned 32-bit field).
+MAX_TTL_MS = 2**32 - 1
+#: Delay buckets never go past this (46 days); a longer delay is re-delayed when it comes out early.
+MAX_DELAY_MS = 4_000_000_000
+#: How many messages one confirmed publish batch holds.
+PUBLISH_CHUNK = 2000
+
+_PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
+PERSISTENT = 2
+
+
+def to_ms(epoch_s: float) -> int:
+    """Epoch seconds as the integer milliseconds the time headers hold (AMQP tables have no float)."""
+    return round(epoch_s * 1000)
+
+
+def from_ms(value: object, default: float = 0.0) -> float:
+    """Epoch seconds from a time header (default when missing or not a number)."""
+    return value / 1000 if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def enqueued_at(properties: Any) -> float:
+    """When the task of a message was enqueued (or replayed): its header, else its timestamp."""
+    return from_ms((properties.headers or {}).get(HDR_ENQUEUED), float(properties.timestamp or 0))
+
+
+@dataclass(frozen=True)
+class AmqpOptions:
+    """The URL options, parsed (see the module docstring of ``amqp.py``)."""
+
+    prefetch: int = 256
+    heartbeat_s: int = 600
+    queue_type: str = "classic"
+    prefix: str = "asynctask"
+    connect_timeout_s: float = 5.0
+    lease_s: float | None = None
+
+
+def _option_prefetch(name: str, value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise TransportURLError(f"option {name}={value!r}: an integer from 1 to 65535 is allowed")
+    return int(value)
+
+
+def _option_heartbeat(name: str, value: str) -> int:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0 or number > 65535:
+        raise TransportURLError(f"option {name}={value!r}: seconds from 0 (off) to 65535 are allowed")
+    return math.ceil(number)
+
+
+def _option_queue_type(name: str, value: str) -> str:
+    if value not in ("classic", "quorum"):
+        raise TransportURLError(f"option {name}={value!r}: 'classic' or 'quorum' is allowed")
+    return value
+
+
+def _option_prefix(name: str, value: str) -> str:
+    if _PREFIX_RE.match(value) is None or value.lower().startswith("amq."):
+        raise TransportURLError(
+            f"option {name}={value!r}: 1 to 64 letters, digits and _ . : - (not starting with 'amq.') are allowed"
+        )
+    return value
+
+
+def parse_amqp_url(url: str) -> tuple[ParsedURL, AmqpOptions]:
+    """Split and check an ``amqp://`` / ``amqps://`` URL; raises TransportURLError (password masked)."""
+    parsed = parse_url(url)
+    if parsed.scheme not in ("amqp", "amqps"):
+        raise TransportURLError(f"not an AMQP URL: {parsed.masked!r} (amqp:// or amqps:// is expected)")
+    if not parsed.host:
+        raise TransportURLError(f"AMQP URL {parsed.masked!r} names no host")
+    values = take_options(
+        parsed,
+        {
+            "prefetch": _option_prefetch,
+            "heartbeat_s": _option_heartbeat,
+            "queue_type": _option_queue_type,
+            "prefix": _option_prefix,
+            "connect_timeout_s": option_positive_float,
+            "lease_s": option_positive_float,
+        },
+    )
+    return parsed, AmqpOptions(**values)
+
+
+def connection_parameters(parsed: ParsedURL, options: AmqpOptions) -> pika.ConnectionParameters:
+    """pika parameters for the URL: vhost from the path (``/`` when empty; ``%2F`` is ``/``)."""
+    tls = parsed.scheme == "amqps"
+    vhost = parsed.path[1:] if parsed.path.startswith("/") else parsed.path
+    ssl_options = None
+    if tls:
+        ssl_options = pika.SSLOptions(ssl.create_default_context(), server_hostname=parsed.host)
+    return pika.ConnectionParameters(
+        host=parsed.host,
+        port=parsed.port or (5671 if tls else 5672),
+        virtual_host=vhost or "/",
+        credentials=pika.PlainCredentials(parsed.username or "guest", parsed.password or "guest"),
+        heartbeat=options.heartbeat_s,
+        connection_attempts=1,
+        socket_timeout=options.connect_timeout_s,
+        stack_timeout=options.connect_timeout_s * 2,
+        blocked_connection_timeout=60,
+        ssl_options=ssl_options,
+        client_properties={"connection_name": "asynctask"},
+    )
+
+
+def delay_bucket_ms(delay_s: float) -> int:
+    """The holding-queue TTL a delay goes to: milliseconds rounded UP to two significant digits.
+
+    So a task is never visible early, and at most ~10% late (1234 ms -> 1300 ms, 0.2 s -> 200 ms,
+    61 s -> 61000 ms, 3 h 25 min -> 12 300 000 ms); one queue serves every delay that rounds the same.
+    """
+    ms = max(1, math.ceil(delay_s * 1000))
+    if ms >= 100:
+        step = 10 ** (len(str(ms)) - 2)
+        ms = -(-ms // step) * step
+    return min(ms, MAX_DELAY_MS)
+
+
+def claim_expiry_ms(ttl_ms: int) -> int:
+    """``x-expires`` of a claim queue: a power-of-two number of seconds >= the TTL (>= 64 s)."""
+    seconds = max(64, 2 ** math.ceil(math.log2(max(ttl_ms / 1000, 1))))
+    return int(min(seconds * 1000, MAX_TTL_MS))
+
+
+class Names:
+    """Queue names for one ``prefix`` (see the module docstring of ``amqp.py``)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.registry = f"{prefix}.registry"
+        self.lock = f"{prefix}.lock"
+
+    def work(self, queue: str) -> str:
+        return f"{self.prefix}.{queue}"
+
+    def dead(self, queue: str) -> str:
+        return f"{self.prefix}.{queue}.dead"
+
+    def delay(self, queue: str, ms: int) -> str:
+        return f"{self.prefix}.{queue}.delay.{ms}"
+
+    def claim(self, key: str) -> str:
+        name = f"{self.prefix}.claim.{key}"
+        if len(name.encode()) <= 255 and key.isprintable():
+            return name
+        return f"{self.prefix}.claim.sha1-{hashlib.sha1(key.encode()).hexdigest()}"
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a pika exception (pika's own texts can be tuples or span lines)."""
+    if isinstance(exc, pika.exceptions.ChannelClosed | pika.exceptions.ConnectionClosed):
+        text = f"{exc.reply_code} {exc.reply_text}"
+    else:
+        text = " ".join(str(part) for part in exc.args) if exc.args else ""
+        text = text or type(exc).__name__
+    return " ".join(text.split())[:300]
+
+
+class AmqpCore(Transport):
+    """Connection handling shared by the AMQP transport's modules; see the module docstring."""
+
+    schemes = ("amqp", "amqps")
+    portable_receipts = False
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        parsed, self.options = parse_amqp_url(url)
+        if self.options.lease_s is not None:
+            self.lease_s = self.options.lease_s
+        self._params = connection_parameters(parsed, self.options)
+        self._where = f"{self._params.host}:{self._params.port}"
+        self._masked = parsed.masked
+        self.names = Names(self.options.prefix)
+        self._conn: Any = None
+        self._consume_ch: Any = None
+        self._pub: Any = None
+        self._admin: Any = None
+        self.generation = 0
+        self._declared: dict[str, float] = {}
+        self._unconfirmed: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._nacked: list[int] = []
+        self._returned: list[tuple[str, Any, bytes]] = []
+        self._pub_seq = 0
+        self._outage = False
+        self._connect()
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        try:
+            conn = pika.BlockingConnection(self._params)
+        except (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError) as exc:
+            raise TransportError(
+                f"RabbitMQ at {self._where} refused the login of user {self._params.credentials.username!r}"
+                f" ({self._masked}): {describe(exc)}"
+            ) from None
+        except pika.exceptions.ProbableAccessDeniedError as exc:
+            raise TransportError(
+                f"RabbitMQ at {self._where} denied access to vhost {self._params.virtual_host!r}"
+                f" ({self._masked}): {describe(exc)}"
+            ) from None
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            raise TransportUnavailableError(
+                f"cannot connect to RabbitMQ at {self._where} ({self._masked}): {describe(exc)}"
+            ) from None
+        try:
+            consume = conn.channel()
+            consume.basic_qos(prefetch_count=self.options.prefetch)
+            pub = conn.channel()
+            done: list[bool] = []
+            pub._impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=lambda _f: done.append(True))
+            pub._impl.add_on_return_callback(self._on_return)
+            pub._flush_output(lambda: bool(done))
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise TransportUnavailableError(
+                f"cannot open channels on RabbitMQ at {self._where} ({self._masked}): {describe(exc)}"
+            ) from None
+        self._conn, self._consume_ch, self._pub, self._admin = conn, consume, pub, None
+        self._unconfirmed.clear()
+        self._pub_seq = 0
+        self.generation += 1
+        if self._outage:
+            logger.warning("reconnected to RabbitMQ at %s", self._where)
+            self._outage = False
+
+    def _ensure(self) -> None:
+        if self._conn is None or not self._conn.is_open:
+            if self._conn is not None:
+                self._lost(None)
+            self._connect()
+
+    def _lost(self, exc: BaseException | None) -> None:
+        """Forget the connection (closing it gives unacked deliveries back); log once per outage."""
+        if not self._outage:
+            logger.warning(
+                "lost the connection to RabbitMQ at %s: %s; reconnecting on the next call",
+                self._where,
+                describe(exc) if exc is not None else "connection closed",
+            )
+            self._outage = True
+        conn, self._conn, self._consume_ch, self._pub, self._admin = self._conn, None, None, None, None
+        self._declared.clear()
+        self._reset_consumers()
+        if conn is not None and conn.is_open:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _reset_consumers(self) -> None:
+        """Hook: drop every consumer, buffered message and current delivery (the channel is gone)."""
+
+    @contextlib.contextmanager
+    def _guard(self, reconnect: bool = True) -> Iterator[None]:
+        """Connect if needed; translate pika errors, dropping the connection on any of them."""
+        if reconnect:
+            self._ensure()
+        try:
+            yield
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            self._lost(exc)
+            raise TransportError(f"RabbitMQ at {self._where} closed a channel: {describe(exc)}") from None
+        except pika.exceptions.ConnectionClosedByBroker as exc:
+            self._lost(exc)
+            raise TransportUnavailableError(
+                f"RabbitMQ at {self._where} closed the connection: {describe(exc)}"
+            ) from None
+        except (pika.exceptions.AMQPError, OSError, AssertionError) as exc:
+            self._lost(exc)
+            raise TransportUnavailableError(
+                f"lost the connection to RabbitMQ at {self._where}: {describe(exc)}"
+            ) from None
+
+    def _admin_channel(self) -> Any:
+        if self._admin is None or not self._admin.is_open:
+            self._admin = self._conn.channel()
+        return self._admin
+
+    def passive(self, name: str) -> int | None:
+        """Ready-message count of queue ``name``; None when it does not exist."""
+        try:
+            return int(self._admin_channel().queue_declare(name, passive=True).method.message_count)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            self._admin = None
+            if exc.reply_code == 404:
+                return None
+            raise
+
+    # -- publishing with confirms -----------------------------------------------------------------
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        nack = isinstance(method, pika.spec.Basic.Nack)
+        tag = method.delivery_tag
+        if method.multiple:
+            while self._unconfirmed:
+                first = next(iter(self._unconfirmed))
+                if first > tag:
+                    break
+                self._unconfirmed.popitem(last=False)
+                if nack:
+                    self._nacked.append(first)
+        elif tag in self._unconfirmed:
+            del self._unconfirmed[tag]
+            if nack:
+                self._nacked.append(tag)
+
+    def _on_return(self, _channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        self._returned.append((method.routing_key, properties, body))
+
+    def publish(self, items: list[tuple[str, Any, bytes]], *, retry_unroutable: bool = True) -> list[int]:
+        """Publish ``(queue, properties, body)`` persistently and wait for every confirm.
+
+        Returns the indexes of ``items`` the broker nacked (a full ``reject-publish`` queue).
+        A returned (unroutable) message means its queue went away: it is declared again (through
+        :meth:`redeclare`) and the message published once more.
+        """
+        nacked: list[int] = []
+        for start in range(0, len(items), PUBLISH_CHUNK):
+            chunk = items[start : start + PUBLISH_CHUNK]
+            impl = self._pub._impl
+            first_seq = self._pub_seq + 1
+            for routing_key, properties, body in chunk:
+                impl.basic_publish("", routing_key, body, properties, mandatory=True)
+                self._pub_seq += 1
+                self._unconfirmed[self._pub_seq] = None
+            self._nacked, self._returned = [], []
+            self._pub._flush_output(lambda: not self._unconfirmed)
+            nacked += [start + seq - first_seq for seq in self._nacked]
+            returned, self._returned = self._returned, []
+            if returned:
+                if not retry_unroutable:
+                    raise TransportError(f"RabbitMQ at {self._where} could not route to {returned[0][0]!r}")
+                for routing_key in {r[0] for r in returned}:
+                    self._declared.pop(routing_key, None)
+                    self.redeclare(routing_key)
+                self.publish([(rk, props, body) for rk, props, body in returned], retry_unroutable=False)
+        return nacked
+
+    def redeclare(self, name: str) -> None:
+        """Hook: declare queue ``name`` again after a publish to it came back unroutable."""
+        raise TransportError(f"RabbitMQ at {self._where}: queue {name!r} does not exist")
+
+    def declare(self, name: str, arguments: dict[str, Any], *, register: str = "", refresh_s: float = 0) -> None:
+        """Declare durable queue ``name`` once per connection (again after ``refresh_s`` when > 0).
+
+        When the queue did not exist before, ``register`` (if given) is added to the registry queue,
+        so ``queues()`` and ``stats()`` can find it.
+        """
+        now = time.monotonic()
+        seen = self._declared.get(name)
+        if seen is not None and (refresh_s <= 0 or now - seen < refresh_s):
+            return
+        existed = True
+        if register:
+            existed = self.passive(name) is not None
+        self._pub.queue_declare(name, durable=True, arguments=arguments)
+        if not existed:
+            self.declare(self.names.registry, {})
+            self.publish([(self.names.registry, pika.BasicProperties(delivery_mode=PERSISTENT), register.encode())])
+        self._declared[name] = now
