@@ -124,6 +124,40 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def parse_pgsql_url(url: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Split a pgsql URL into psycopg2.connect keywords, the parsed options and a description
+    naming host, port and database (password masked) for messages."""
+    parsed = parse_url(url)
+    options = take_options(
+        parsed,
+        {
+            "schema": _option_schema,
+            "lease_s": option_positive_float,
+            "sslmode": _option_text,
+            "connect_timeout": option_positive_float,
+        },
+    )
+    if parsed.host is None and not url.lower().startswith(f"{parsed.scheme}://"):
+        dbname = parsed.path  # pgsql:dbname
+    else:
+        dbname = parsed.path.lstrip("/")
+    if not dbname:
+        raise TransportURLError(f"transport URL {parsed.masked!r} names no database")
+    dsn: dict[str, Any] = {"dbname": dbname, "connect_timeout": max(1, round(options.get("connect_timeout", 5)))}
+    for key, value in (
+        ("host", parsed.host),
+        ("port", parsed.port),
+        ("user", parsed.username),
+        ("password", parsed.password),
+        ("sslmode", options.get("sslmode")),
+    ):
+        if value is not None:
+            dsn[key] = value
+    host = parsed.host or os.environ.get("PGHOST") or "local socket"
+    port = parsed.port or os.environ.get("PGPORT") or 5432
+    return dsn, options, f"PostgreSQL at {host}:{port}, database {dbname!r} ({parsed.masked})"
+
+
 class PgsqlTransport(Transport):
     """Tasks in PostgreSQL tables; thread-safe (one locked connection per instance)."""
 
@@ -131,32 +165,10 @@ class PgsqlTransport(Transport):
 
     def __init__(self, url: str = "pgsql:asynctask") -> None:
         super().__init__(url)
-        parsed = parse_url(url)
-        options = take_options(
-            parsed,
-            {
-                "schema": _option_schema,
-                "lease_s": option_positive_float,
-                "sslmode": _option_text,
-                "connect_timeout": option_positive_float,
-            },
-        )
+        dsn, options, self.where = parse_pgsql_url(url)
+        self._dsn = dsn
         self.lease_s = options.get("lease_s", self.lease_s)
         self.schema: str = options.get("schema", "asynctask")
-        if parsed.host is None and not url.lower().startswith(f"{parsed.scheme}://"):
-            dbname = parsed.path  # pgsql:dbname
-        else:
-            dbname = parsed.path.lstrip("/")
-        if not dbname:
-            raise TransportURLError(f"transport URL {parsed.masked!r} names no database")
-        self._dsn: dict[str, Any] = {"dbname": dbname, "connect_timeout": int(options.get("connect_timeout", 5))}
-        self._dsn.update(
-            {k: v for k, v in (("host", parsed.host), ("port", parsed.port), ("user", parsed.username),
-                               ("password", parsed.password), ("sslmode", options.get("sslmode"))) if v is not None}
-        )
-        host = parsed.host or os.environ.get("PGHOST") or "local socket"
-        port = parsed.port or os.environ.get("PGPORT") or 5432
-        self.where = f"PostgreSQL at {host}:{port}, database {dbname!r} ({parsed.masked})"
         self._quoted_schema = f'"{self.schema}"'
         self._statements = _load_statements(self._quoted_schema)
         self._lock = threading.RLock()
