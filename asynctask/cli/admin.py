@@ -23,11 +23,14 @@ Every user error prints ONE line on stderr, ``asynctask: error: ...``, and exits
       unknown transport URL, invalid configuration, a destructive command without ``--yes`` and
       no terminal to ask on
 3     the transport cannot be reached or opened (server down, store directory not creatable)
-4     unknown queue (one the transport does not know) or unknown dead task id
-5     the transport failed an operation for another reason
+5     unknown queue (one the transport does not know) or unknown dead task id
+6     the transport failed an operation for another reason
 70    unexpected internal error (a bug: rerun with ``--log-level debug`` for the traceback)
 130   interrupted (Ctrl-C)
 ====  ==========================================================================================
+
+0, 2 and 3 mean what they mean for ``asynctask-workers`` (its constants are reused); 4, its
+"shutdown forced", does not occur here.
 """
 
 from __future__ import annotations

@@ -19,22 +19,26 @@ from asynctask.errors import (
     PayloadError,
     TransportUnavailableError,
 )
+from asynctask.workers import supervisor as _supervisor
+
+# 0, 2 and 3 are asynctask-workers' own codes (asynctask.workers.supervisor), so a number means the
+# same thing from both commands; 4 (asynctask-workers: shutdown forced) is not used here.
 
 #: The command did what was asked.
-EXIT_OK = 0
+EXIT_OK = _supervisor.EXIT_OK
 #: The command ran but found a problem: ``doctor`` found something wrong, ``--partial`` skipped bad
 #: lines, the user answered "no" at a confirmation, or the transport cannot do what was asked.
 EXIT_FAILURE = 1
 #: Bad usage or input: an unknown option, a bad queue name, bad JSON, a bad line in a file, a bad
 #: or unknown transport URL, an invalid configuration, a destructive command without ``--yes`` when
 #: stdin is not a terminal.  (argparse uses 2 for usage errors as well.)
-EXIT_USAGE = 2
-#: The transport's server cannot be reached.
-EXIT_UNAVAILABLE = 3
+EXIT_USAGE = _supervisor.EXIT_USAGE
+#: The transport cannot be reached or opened.
+EXIT_UNAVAILABLE = _supervisor.EXIT_UNAVAILABLE
 #: A queue the transport does not know, or a dead task id that is not in the dead-letter store.
-EXIT_NOT_FOUND = 4
+EXIT_NOT_FOUND = 5
 #: The transport failed an operation for another reason than being unreachable.
-EXIT_TRANSPORT = 5
+EXIT_TRANSPORT = 6
 #: An unexpected failure inside asynctask (a bug): EX_SOFTWARE.
 EXIT_INTERNAL = 70
 #: Interrupted by Ctrl-C (128 + SIGINT).

@@ -122,7 +122,7 @@ def test_queues(store: Store, env: dict[str, str]) -> None:
     result = cli(env, "queues", "emails", "--json", "--transport", store.url)
     [row] = json.loads(result.stdout)
     assert row["ready"] == 2 and row["delayed"] == 1 and row["in_flight"] == 1 and row["oldest_ready_age_s"] >= 0
-    assert_error(cli(env, "queues", "nope", "--transport", store.url), 4, "unknown queue 'nope'", "emails")
+    assert_error(cli(env, "queues", "nope", "--transport", store.url), 5, "unknown queue 'nope'", "emails")
 
 
 def test_submit(store: Store, env: dict[str, str], tmp_path: Path) -> None:
@@ -228,7 +228,7 @@ def test_purge(store: Store, env: dict[str, str]) -> None:
         transport.submit_task("other")
     refused = cli(env, "purge", "emails", "--transport", store.url)
     assert_error(refused, 2, "refusing to purge queue 'emails' without --yes")
-    assert_error(cli(env, "purge", "nope", "--yes", "--transport", store.url), 4, "unknown queue 'nope'")
+    assert_error(cli(env, "purge", "nope", "--yes", "--transport", store.url), 5, "unknown queue 'nope'")
     assert_error(cli(env, "purge", "Bad", "--yes", "--transport", store.url), 2, "invalid queue name 'Bad'")
     code, out, err = run_on_terminal(env, ["purge", "emails", "--transport", store.url], answer="n")
     assert code == 1 and "Drop 2 ready and 1 delayed tasks" in err and "not confirmed" in err
@@ -256,10 +256,10 @@ def test_dead(store: Store, env: dict[str, str]) -> None:
     result = cli(env, "dead", "show", "emails", ids[0], "--json", "--transport", store.url)
     [shown] = json.loads(result.stdout)
     assert shown["payload"] == {"n": 0} and shown["attempts"] == 1 and "Traceback" in shown["reason"]
-    assert_error(cli(env, "dead", "show", "emails", "f" * 32, "--transport", store.url), 4, "no dead task fff")
-    assert_error(cli(env, "dead", "list", "nope", "--transport", store.url), 4, "unknown queue 'nope'")
+    assert_error(cli(env, "dead", "show", "emails", "f" * 32, "--transport", store.url), 5, "no dead task fff")
+    assert_error(cli(env, "dead", "list", "nope", "--transport", store.url), 5, "unknown queue 'nope'")
     result = cli(env, "dead", "replay", "emails", ids[0], "0" * 32, "--transport", store.url)
-    assert_error(result, 4, "no dead task 000")
+    assert_error(result, 5, "no dead task 000")
     result = cli(env, "dead", "replay", "emails", ids[0], "--transport", store.url)
     assert (result.returncode, result.stdout) == (0, "replayed 1 dead tasks to emails\n")
     with store.open() as transport:

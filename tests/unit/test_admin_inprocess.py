@@ -71,7 +71,7 @@ def test_unknown_and_bad_queue(capsys: pytest.CaptureFixture[str], url: str, tra
     transport.submit_task("emails")
     for argv in (("queues", "nope"), ("purge", "nope", "--yes"), ("dead", "list", "nope")):
         code, out, err = run(capsys, url, *argv)
-        assert (code, out) == (4, "")
+        assert (code, out) == (5, "")
         assert_one_line_error(err, "unknown queue 'nope'", "emails")
     code, _, err = run(capsys, url, "submit", "Bad-Name", "{}")
     assert code == 2
@@ -198,10 +198,10 @@ def test_dead_list_show_replay(capsys: pytest.CaptureFixture[str], url: str, tra
     code, out, _ = run(capsys, url, "dead", "show", "emails", ids[1])
     assert code == 0 and f"id:        {ids[1]}" in out and "  line 1" in out and '"n": 1' in out
     code, out, err = run(capsys, url, "dead", "show", "emails", "0" * 32)
-    assert (code, out) == (4, "")
+    assert (code, out) == (5, "")
     assert_one_line_error(err, "no dead task 000")
     code, out, err = run(capsys, url, "dead", "replay", "emails", ids[0], "f" * 32)
-    assert code == 4 and transport.stats("emails").dead == 3  # all named ids must exist: nothing replayed
+    assert code == 5 and transport.stats("emails").dead == 3  # all named ids must exist: nothing replayed
     code, out, _ = run(capsys, url, "dead", "replay", "emails", ids[0])
     assert (code, out) == (0, "replayed 1 dead tasks to emails\n")
     task = transport.get_task("emails")
