@@ -55,7 +55,7 @@ def test_kill_9_of_a_child_mid_task_loses_nothing(world: Env) -> None:
     try:
         pid = int(wait_for(lambda: marker.exists() and marker.read_text(), what="the slow task to start"))
         os.kill(pid, signal.SIGKILL)
-        out, err = process.communicate(timeout=60)
+        _out, err = process.communicate(timeout=60)
     finally:
         stop(process)
     assert process.returncode == EXIT_OK, err
@@ -79,7 +79,7 @@ def test_sigterm_lets_the_running_task_finish_then_exits_0(world: Env) -> None:
         wait_for(marker.exists, what="the slow task to start")
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=20)
+        _out, err = process.communicate(timeout=20)
         elapsed = time.monotonic() - signalled
     finally:
         stop(process)
@@ -103,7 +103,7 @@ def test_second_sigterm_exits_at_once_and_the_task_comes_back(world: Env) -> Non
         time.sleep(0.5)
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=20)
+        _out, err = process.communicate(timeout=20)
         elapsed = time.monotonic() - signalled
     finally:
         stop(process)
@@ -146,7 +146,7 @@ def test_child_memory_stays_under_60_mb_draining_10000_noop_tasks(world: Env) ->
                 except psutil.NoSuchProcess:
                     pass
             time.sleep(0.05)
-        out, err = process.communicate(timeout=120)
+        _out, err = process.communicate(timeout=120)
     finally:
         stop(process)
     assert process.returncode == EXIT_OK, err

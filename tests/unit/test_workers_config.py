@@ -1,0 +1,137 @@
+"""asynctask.config: merging, validation messages, scheduled entries, describe()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asynctask.config import (
+    Settings,
+    WorkerEntry,
+    check_worker_names,
+    load_settings,
+    parse_set_option,
+    scheduled_queue_name,
+)
+from asynctask.errors import ConfigurationError, QueueNameError, ScheduleError, UnknownWorkerError
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_without_files(tmp_path: Path) -> None:
+    settings = load_settings([], environ={"ASYNCTASK_HOME": str(tmp_path)})
+    assert settings.workers == ()
+    assert settings.poll_interval_ms == 500 and settings.check_child_interval_ms == 1000
+    assert settings.shutdown_timeout_s == 30.0
+    assert settings.transport is None
+    assert settings.transport_url.startswith("filesys:")
+
+
+def test_files_merge_in_order_then_set_then_environment(tmp_path: Path) -> None:
+    first = write(tmp_path, "a.yaml", """
+asynctask_transport: memory://a
+asynctask_require: [mod_a]
+asynctask_workers: {q_one: w1, q_two: {worker: w2, processes: 2}}
+asynctask_scheduled_workers: [{worker: w1, minute: 5}]
+""")
+    second = write(tmp_path, "b.yaml", """
+asynctask_transport: memory://b
+asynctask_require: mod_b
+asynctask_workers: {q_one: null, q_three: {worker: w3, rate_max_calls: 5, rate_period: 2}}
+asynctask_scheduled_workers: [{command: "echo hi", crontab: "* * * * *"}]
+asynctask_workers_poll_interval: 20
+""")
+    overrides = [parse_set_option("asynctask_workers={q_four: w4}"), parse_set_option("asynctask_shutdown_timeout=5")]
+    settings = load_settings([first, second], overrides, environ={}, require=["mod_c"])
+    assert [e.queue for e in settings.workers] == ["q_two", "q_three", "q_four"]
+    assert settings.workers[0] == WorkerEntry("q_two", "w2", 2, None, 1.0, first)
+    assert settings.workers[1].rate_max_calls == 5 and settings.workers[1].rate_period == 2.0
+    assert len(settings.scheduled_workers) == 2
+    assert settings.scheduled_sources[1].startswith(second)
+    assert settings.require == ("mod_a", "mod_b", "mod_c")
+    assert settings.transport == "memory://b"
+    assert settings.poll_interval_ms == 20 and settings.shutdown_timeout_s == 5.0
+    assert settings.origins["asynctask_transport"] == second
+    env = load_settings([first], [parse_set_option("asynctask_transport=memory://set")],
+                        environ={"ASYNCTASK_TRANSPORT": "memory://env"})
+    assert env.transport_url == "memory://env"
+    assert env.origins["asynctask_transport"] == "environment ASYNCTASK_TRANSPORT"
+
+
+@pytest.mark.parametrize(
+    ("text", "error", "expected"),
+    [
+        ("asynctask_workers: {Bad: w}", QueueNameError, "asynctask_workers: invalid queue name 'Bad'"),
+        ("asynctask_workerz: {}", ConfigurationError, "unknown setting 'asynctask_workerz' (did you mean"),
+        ("asynctask_workers: [a]", ConfigurationError, "asynctask_workers: a mapping of queue names"),
+        ("asynctask_workers: {jobs: {worker: w, color: red}}", ConfigurationError, "unknown key 'color'"),
+        ("asynctask_workers: {jobs: {worker: w, rate_period: 0}}", ConfigurationError, "rate_period (seconds): 0"),
+        ("asynctask_workers_poll_interval: fast", ConfigurationError, "asynctask_workers_poll_interval"),
+        ("asynctask_scheduled_workers: [{minute: 1}]", ScheduleError, "entry #1: exactly one of 'worker' or 'command'"),
+        ("asynctask_scheduled_workers: [{worker: w, command: x, minute: 1}]", ScheduleError, "exactly one of"),
+        ("asynctask_scheduled_workers: [{worker: w, payload: {}}]", ScheduleError, "at least one schedule field"),
+        ("asynctask_workers: {jobs: [", ConfigurationError, "YAML syntax error"),
+        ("- just a list", ConfigurationError, "a mapping of setting names"),
+    ],
+)
+def test_errors_name_the_file_the_key_and_what_is_allowed(
+    tmp_path: Path, text: str, error: type[Exception], expected: str
+) -> None:
+    path = write(tmp_path, "bad.yaml", text)
+    with pytest.raises(error) as info:
+        load_settings([path], environ={})
+    message = str(info.value)
+    assert message.startswith(path) and expected in message
+    assert "\n" not in message
+
+
+def test_set_option_errors_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="NAME=VALUE"):
+        parse_set_option("no_equals_sign")
+    with pytest.raises(ConfigurationError, match="--set: unknown setting 'nope'"):
+        load_settings([], [("nope", 1)], environ={})
+    with pytest.raises(ConfigurationError, match="not found"):
+        load_settings([str(tmp_path / "missing.yaml")], environ={})
+    assert parse_set_option("asynctask_workers={a_b: c}") == ("asynctask_workers", {"a_b": "c"})
+
+
+def test_unknown_worker_names_lists_registered_ones(tmp_path: Path) -> None:
+    path = write(tmp_path, "w.yaml", "asynctask_workers: {jobs: nope}\n"
+                 "asynctask_scheduled_workers: [{worker: ghost, hour: 1}]")
+    settings = load_settings([path], environ={})
+    with pytest.raises(UnknownWorkerError) as info:
+        check_worker_names(settings, ["alpha", "beta"])
+    assert str(info.value) == (
+        f"{path}: asynctask_workers: 'jobs': unknown worker 'nope'; registered workers: alpha, beta"
+    )
+    with pytest.raises(UnknownWorkerError, match="entry #1: unknown worker 'ghost'"):
+        check_worker_names(settings, ["nope"])
+
+
+def test_scheduled_only_workers_and_queue_names(tmp_path: Path) -> None:
+    path = write(tmp_path, "s.yaml", """
+asynctask_workers: {jobs: busy}
+asynctask_scheduled_workers:
+  - {worker: busy, minute: 1}
+  - {worker: Clean-Up, hour: 3}
+  - {worker: Clean-Up, hour: 4}
+  - {command: "true", second: 0}
+""")
+    settings = load_settings([path], environ={})
+    assert settings.scheduled_only_workers() == ["Clean-Up", "command"]
+    assert scheduled_queue_name("Clean-Up") == "scheduled_clean_up"
+    assert scheduled_queue_name("cleanup") == "scheduled_cleanup"
+    assert settings.worker_queues == {"busy": "jobs"}
+
+
+def test_describe_masks_the_password_and_names_origins() -> None:
+    settings = Settings(transport="redis://user:secret@host:6379/0", origins={"asynctask_transport": "x.yaml"})
+    described = settings.describe()
+    assert described["asynctask_transport"] == {"value": "redis://user:***@host:6379/0", "origin": "x.yaml"}
+    assert described["asynctask_shutdown_timeout"]["origin"] == "default"
+    assert "secret" not in repr(described)

@@ -1,0 +1,139 @@
+"""Supervisor bookkeeping and give-back on the memory transport (no processes started), and the
+eager helpers of asynctask.testing."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from asynctask.config import Settings, WorkerEntry
+from asynctask.errors import ConfigurationError, UnknownWorkerError
+from asynctask.testing import process_queue, run_worker
+from asynctask.transports.memory import MemoryTransport
+from asynctask.workers import AsyncTaskWorker
+from asynctask.workers import protocol as P  # noqa: N812
+from asynctask.workers.state import ChildState, describe_exit, hard_timeout_s
+from asynctask.workers.supervisor import Supervisor
+
+DONE: list[Any] = []
+
+
+class SupOk(AsyncTaskWorker):
+    name = "sup_ok"
+    max_attempts = 2
+
+    def process(self, payload: dict[str, Any]) -> None:
+        DONE.append(payload["n"])
+        if payload.get("more"):
+            self.requeue({"n": payload["n"] + 100})
+
+
+def settings_for(url: str, **workers: Any) -> Settings:
+    entries = tuple(WorkerEntry(queue, worker) for queue, worker in workers.items())
+    return Settings(transport=url, workers=entries, require=(__name__,))
+
+
+def test_child_state_follows_the_protocol() -> None:
+    supervisor = Supervisor(settings_for(f"memory://{uuid.uuid4().hex}", jobs="sup_ok"))
+    child = supervisor.children[0]
+    assert (child.queue, child.worker, child.max_attempts) == ("jobs", "sup_ok", 2)
+    task = {"id": "t1", "queue": "jobs", "payload": {}, "attempts": 1, "enqueued_at": 0.0, "priority": 0,
+            "receipt": "r"}
+    child.handle((P.FETCHED, [task, {**task, "id": "t2"}], 123.0))
+    assert set(child.held) == {"t1", "t2"} and child.last_fetch_at == 123.0
+    child.handle((P.STARTED, "t1", 124.0, 10.0))
+    assert child.running is not None and child.running[0] == "t1"
+    assert child.kill_at is not None and child.kill_at - time.monotonic() == pytest.approx(11.0, abs=0.5)
+    child.handle((P.FINISHED, [("t1", P.ACKED, 0.1), ("t2", P.RELEASED, 0.0)]))
+    assert child.held == {} and child.running is None and child.kill_at is None
+    assert child.counts == {P.ACKED: 1, P.RELEASED: 1}
+    child.handle((P.HALTED,))
+    assert child.halted
+    supervisor.transport.close()
+
+
+def test_describe_exit_and_hard_timeout() -> None:
+    assert describe_exit(1) == "exited with code 1"
+    assert describe_exit(-9) == "was killed by signal SIGKILL"
+    assert describe_exit(None) == "is still running"
+    assert hard_timeout_s(2) == 3.0 and hard_timeout_s(100) == 110.0
+
+
+def test_a_dead_childs_tasks_are_given_back_at_once() -> None:
+    url = f"memory://{uuid.uuid4().hex}"
+    store = MemoryTransport(url)
+    store.submit_tasks("jobs", [{"n": n} for n in range(3)])
+    fetched = store.get_tasks("jobs", 3, lease_s=300)
+    supervisor = Supervisor(settings_for(url, jobs="sup_ok"))
+    child: ChildState = supervisor.children[0]
+    child.handle((P.FETCHED, [t.to_dict() for t in fetched], 0.0))
+    child.handle((P.STARTED, fetched[0].id, 0.0, None))
+    supervisor._give_back(child, "worker child was killed by signal SIGKILL")
+    again = {t.id: t.attempts for t in store.get_tasks("jobs", 10, lease_s=300)}
+    # the running task counts an attempt; the two never started do not
+    assert again == {fetched[0].id: 2, fetched[1].id: 1, fetched[2].id: 1}
+    assert child.held == {}
+    supervisor.transport.close()
+
+
+def test_give_back_dead_letters_at_max_attempts() -> None:
+    url = f"memory://{uuid.uuid4().hex}"
+    store = MemoryTransport(url)
+    task_id = store.submit_task("jobs", {"n": 1})
+    supervisor = Supervisor(settings_for(url, jobs="sup_ok"))
+    child = supervisor.children[0]
+    for _ in range(2):
+        (task,) = store.get_tasks("jobs", 1)
+        child.handle((P.FETCHED, [task.to_dict()], 0.0))
+        child.handle((P.STARTED, task.id, 0.0, None))
+        supervisor._give_back(child, "worker child was killed by signal SIGSEGV")
+    dead = store.dead_tasks("jobs")
+    assert [d.id for d in dead] == [task_id]
+    assert dead[0].reason == "worker child was killed by signal SIGSEGV while running the task (attempt 2 of 2)"
+    supervisor.transport.close()
+
+
+def test_scheduled_only_workers_get_a_child_on_their_queue() -> None:
+    settings = Settings(
+        transport=f"memory://{uuid.uuid4().hex}",
+        workers=(WorkerEntry("jobs", "sup_ok"),),
+        scheduled_workers=({"worker": "sup_ok", "minute": 1}, {"worker": "sup_other", "hour": 2}),
+        scheduled_sources=("a", "b"),
+        require=(__name__,),
+    )
+
+    class SupOther(AsyncTaskWorker):
+        name = "sup_other"
+
+    supervisor = Supervisor(settings)
+    assert [(c.queue, c.worker) for c in supervisor.children] == [("jobs", "sup_ok"), ("scheduled_sup_other",
+                                                                                        "sup_other")]
+    supervisor.transport.close()
+
+
+def test_unknown_worker_in_settings_is_a_configuration_error() -> None:
+    with pytest.raises(UnknownWorkerError, match=r"unknown worker 'ghost'; registered workers: .*sup_ok"):
+        Supervisor(settings_for("memory://", jobs="ghost"))
+    with pytest.raises(ConfigurationError, match="cannot import module 'no_such_mod_zz'"):
+        Supervisor(Settings(transport="memory://", require=("no_such_mod_zz",)))
+
+
+def test_process_queue_and_run_worker_drain_eagerly() -> None:
+    url = f"memory://{uuid.uuid4().hex}"
+    store = MemoryTransport(url)
+    settings = settings_for(url, jobs="sup_ok")
+    DONE.clear()
+    store.submit_tasks("jobs", [{"n": 1, "more": True}, {"n": 2}])
+    assert process_queue("jobs", transport=store, settings=settings) == 3
+    assert sorted(DONE) == [1, 2, 101]
+    store.submit_task("other", {"n": 5})
+    assert run_worker("sup_ok", "other", transport=store) == 1
+    with pytest.raises(ConfigurationError, match='Cannot identify worker for queue "nope"'):
+        process_queue("nope", settings=settings)
+    with pytest.raises(ConfigurationError, match='Cannot identify queue for worker "sup_x"'):
+        run_worker("sup_x", settings=settings)
+    with pytest.raises(UnknownWorkerError, match='Worker "sup_x" does not exist'):
+        run_worker("sup_x", "jobs", transport=store)
