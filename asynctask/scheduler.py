@@ -145,7 +145,7 @@ class Scheduler:
             try:
                 transport.close()
             except AsyncTaskError as exc:
-                logger.debug("scheduler: closing the transport failed: %s", exc)
+                logger.debug("closing the transport failed: %s", exc)
 
     def next_fire_time(self) -> datetime | None:
         """The earliest fire time not yet handled (None when no entry fires again or before the first tick)."""
@@ -177,7 +177,7 @@ class Scheduler:
                 claimed = transport.claim_once(key, ttl)
                 self._next[entry.schedule_id] = following
                 if not claimed:
-                    logger.debug("scheduler: %s fire %s was claimed elsewhere", entry.label, _utc_iso(fire_time))
+                    logger.debug("%s fire %s was claimed elsewhere", entry.label, _utc_iso(fire_time))
                     continue
                 fire = Fire(entry.schedule_id, entry.index, self.queues[entry.schedule_id], fire_time, "", catch_up)
                 self._pending.append(fire)
@@ -189,7 +189,7 @@ class Scheduler:
         entry = next(e for e in self.entries if e.schedule_id == fire.schedule_id)
         task_id = transport.submit_task(fire.queue, entry.payload)
         logger.info(
-            "scheduler: %s%s fire %s -> queue %s, task %s",
+            "%s%s fire %s -> queue %s, task %s",
             entry.label,
             " catch-up" if fire.catch_up else "",
             _utc_iso(fire.fire_time),
@@ -220,7 +220,7 @@ class Scheduler:
                 due.append((latest, True))
             else:
                 logger.warning(
-                    "scheduler: %s missed its fires from %s to %s (misfire %s)%s",
+                    "%s missed its fires from %s to %s (misfire %s)%s",
                     entry.label,
                     _utc_iso(moment),
                     _utc_iso(latest),
@@ -253,8 +253,10 @@ class Scheduler:
             logger.info("scheduler: no entries in %s; nothing is scheduled", self.source)
             return
         for line in self.describe():
-            logger.info("scheduler: %s", line)
-        logger.info("scheduler: claiming fires on %s", mask_url(self.transport_url))
+            logger.info("%s", line)
+        logger.info(
+            "scheduler running: %d entries, fires claimed on %s", len(self.entries), mask_url(self.transport_url)
+        )
         delay = 1.0
         try:
             while not stop.is_set():
@@ -262,7 +264,7 @@ class Scheduler:
                     self.tick(self._clock())
                 except Exception as exc:
                     if isinstance(exc, TransportError):
-                        logger.warning("scheduler: %s; retrying in %.0f s", exc, delay)
+                        logger.warning("scheduler: transport error: %s; retrying in %.0f s", exc, delay)
                     else:
                         logger.exception("scheduler: unexpected error; retrying in %.0f s", delay)
                     self.close()
