@@ -315,3 +315,31 @@ def test_without_scheduler_nothing_is_scheduled_and_without_entries_one_line_say
     said = [line for line in empty_log.splitlines() if "asynctask.scheduler" in line]
     assert len(said) == 1, empty_log
     assert said[0].endswith("scheduler: no entries in asynctask_scheduled_workers; nothing is scheduled")
+
+
+def test_command_entries_run_without_a_shell_and_a_failure_is_a_failed_attempt(tmp_path: Path) -> None:
+    write_worker_module(tmp_path)
+    out = tmp_path / "command-runs.txt"
+    script = f"open({str(out)!r}, 'a').write('ran\\n')"
+    entries = [
+        {"command": [sys.executable, "-c", script], "second": "*"},
+        {"command": f"{sys.executable} -c 'raise SystemExit(7)'", "second": "*/2"},
+    ]
+    url = f"filesys:{tmp_path / 'store'}"
+    log = tmp_path / "command.log"
+    process = start(tmp_path, url, log, settings=("asynctask_scheduled_workers=" + json.dumps(entries),))
+    from asynctask.transports import get_transport
+
+    try:
+        with get_transport(url) as transport:
+            assert wait_for(lambda: out.exists() and len(out.read_text().splitlines()) >= 2, 60), log.read_text()
+            assert wait_for(lambda: transport.stats("scheduled_command").dead >= 1, 30), log.read_text()
+            (dead, *_) = transport.dead_tasks("scheduled_command")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(40) == 0
+    finally:
+        end_group(process)
+    assert "exit status 7" in dead.reason
+    assert dead.payload == {"command": [sys.executable, "-c", "raise SystemExit(7)"]}
+    text = log.read_text()
+    assert "started worker command on queue scheduled_command" in text
