@@ -85,6 +85,8 @@ CLAIM_MARGIN_S = 60.0
 LAST_CLAIM_TTL_S = 367 * 86400.0
 #: The run loop re-reads the clock at least this often (wall-clock jumps).
 MAX_SLEEP_S = 30.0
+#: After an error the run loop retries after this long, doubling up to MAX_SLEEP_S.
+RETRY_FIRST_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -257,7 +259,7 @@ class Scheduler:
         logger.info(
             "scheduler running: %d entries, fires claimed on %s", len(self.entries), mask_url(self.transport_url)
         )
-        delay = 1.0
+        delay = RETRY_FIRST_S
         try:
             while not stop.is_set():
                 try:
@@ -271,7 +273,7 @@ class Scheduler:
                     stop.wait(delay)
                     delay = min(delay * 2, MAX_SLEEP_S)
                     continue
-                delay = 1.0
+                delay = RETRY_FIRST_S
                 upcoming = self.next_fire_time()
                 wait = MAX_SLEEP_S
                 if upcoming is not None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import asynctask.scheduler as scheduler_module
 from asynctask.errors import ScheduleError, TransportError
 from asynctask.scheduler import (
     MISFIRE_GRACE_S,
@@ -345,6 +346,40 @@ def test_run_submits_at_fire_times_and_stops_promptly() -> None:
     thread.join(2)
     assert not thread.is_alive()
     assert transport.stats("scheduled_" + W).ready >= 1
+
+
+class _DownAtFirstScheduler(Scheduler):
+    """Its transport cannot be opened the first ``failures`` times, as a server that is down."""
+
+    failures = 2
+
+    def _open(self) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise TransportError("cannot reach the server")
+        return super()._open()
+
+
+def test_run_survives_transport_errors_and_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(scheduler_module, "RETRY_FIRST_S", 0.01)
+    caplog.set_level(logging.INFO, logger="asynctask.scheduler")
+    url = memory_url()
+    scheduler = _DownAtFirstScheduler([{"worker": W, "second": "*"}], url, {})
+    stop = threading.Event()
+    thread = threading.Thread(target=scheduler.run, args=(stop,))
+    thread.start()
+    transport = get_transport(url)
+    deadline = time.monotonic() + 5
+    while transport.stats("scheduled_" + W).ready < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(2)
+    assert not thread.is_alive()
+    assert transport.stats("scheduled_" + W).ready >= 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings[:2] == ["scheduler: transport error: cannot reach the server; retrying in 0 s"] * 2
 
 
 def test_run_without_entries_says_so_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
