@@ -28,6 +28,8 @@ starts, exits and is restarted; :meth:`WorkerMetrics.serve` answers HTTP on a da
     200 and ``{"status": "ok", ...}``, or 503 and ``{"status": "stuck", "stuck": [...]}`` when a child
     is alive but has not fetched (nor polled an empty queue) for ``stale_after_s`` seconds while its
     queue has ready tasks.  A child inside a task with a ``timeout_s`` gets that much longer.
+    ``stale_after_s`` defaults to ``$ASYNCTASK_HEALTHZ_STALE_S``, else 300: set it above the
+    longest task a worker without ``timeout_s`` may run.
 
 Queue depths come from a transport the metrics thread opens itself (``transport_factory``), read at
 most once per ``depth_cache_s`` so frequent scrapes do not load the server.
@@ -37,6 +39,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -66,6 +70,16 @@ def _prometheus() -> Any:
     return prometheus_client
 
 
+def default_stale_after_s() -> float:
+    """``$ASYNCTASK_HEALTHZ_STALE_S`` when it is a number > 0, else :data:`DEFAULT_STALE_AFTER_S`."""
+    text = os.environ.get("ASYNCTASK_HEALTHZ_STALE_S", "")
+    try:
+        value = float(text)
+    except ValueError:
+        return DEFAULT_STALE_AFTER_S
+    return value if math.isfinite(value) and value > 0 else DEFAULT_STALE_AFTER_S
+
+
 @dataclass
 class _Child:
     key: str
@@ -89,13 +103,13 @@ class WorkerMetrics:
         queues: Iterable[str],
         transport_factory: Callable[[], Transport] | None = None,
         *,
-        stale_after_s: float = DEFAULT_STALE_AFTER_S,
+        stale_after_s: float | None = None,
         depth_cache_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         prom = _prometheus()
         self.queues = sorted(set(queues))
-        self.stale_after_s = stale_after_s
+        self.stale_after_s = default_stale_after_s() if stale_after_s is None else stale_after_s
         self.depth_cache_s = depth_cache_s
         self.clock = clock
         self._factory = transport_factory
