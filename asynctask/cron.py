@@ -97,7 +97,7 @@ def _crontab_weekdays(expr: str) -> str:
         if body == "*":
             first, last = 0, 6
         else:
-            ends = [_DOW.index(x[:3]) if x[:3] in _DOW else int(x) for x in body.split("-", 1)]
+            ends = [_DOW.index(x) if x in _DOW else int(x) for x in body.split("-", 1)]
             if any(not 0 <= x <= 7 for x in ends):
                 raise ValueError(f"weekday out of range in {part!r}")
             first, last = ends[0], ends[-1]
@@ -108,7 +108,7 @@ def _crontab_weekdays(expr: str) -> str:
             if step is not None and len(ends) == 1:
                 last = 7
         days.update(d % 7 for d in range(first, last + 1, step or 1))
-    return ",".join(_DOW[d] for d in (1, 2, 3, 4, 5, 6, 0) if d in days)
+    return "*" if len(days) == 7 else ",".join(_DOW[d] for d in (1, 2, 3, 4, 5, 6, 0) if d in days)
 
 
 def _parse_date(value: object, tz: ZoneInfo | timezone) -> datetime:

@@ -246,6 +246,10 @@ def test_crontab_uses_crontab_weekdays() -> None:
     assert "minute='*/15'" in str(weekdays.trigger)
     names = validate_entries([{"worker": W, "crontab": "0 0 1 * sat,sun"}])[0]
     assert "day_of_week='sat,sun'" in str(names.trigger)
+    every = validate_entries([{"worker": W, "crontab": "0 0 1 * *"}])[0]
+    assert str(every.trigger) == "cron[month='*', day='1', day_of_week='*', hour='0', minute='0']"
+    steps = validate_entries([{"worker": W, "crontab": "0 0 * * */2"}])[0]
+    assert "day_of_week='tue,thu,sat,sun'" in str(steps.trigger)
 
 
 def test_misfire_skip_drops_missed_fires() -> None:
