@@ -1,55 +1,55 @@
 """The embedded default: ``filesys:/abs/dir``, ``filesys:relative/dir``, ``file:///abs/dir``.
 
-Queues are files in a directory on a local POSIX filesystem; no server is needed.  Several processes
-on one host may submit to and consume the same queues at once.  Options (URL query): ``lease_s``
-(default lease, seconds), ``fsync`` (0/1: also fsync files and directories, surviving power loss
-and not only process crashes), ``mode`` (file mode in octal, ``0o600`` by default; directories get
-the matching ``x`` bits, so ``mode=0o660`` gives ``0o770`` directories).  A relative path is taken
-from the current directory when the transport is opened.
+Queues are files under one directory of a local POSIX filesystem; no server.  Several processes of
+one host may submit to and consume the same queues at once.  Options (URL query): ``lease_s``
+(default lease, seconds), ``fsync`` (0/1: also fsync files and directories, so a power loss loses
+nothing acknowledged either), ``mode`` (file mode in octal, default ``0o600``, owner-only;
+directories get the matching ``x`` bits: ``mode=0o660`` gives ``0o770`` directories).  A relative
+path is taken from the current directory when the transport is opened.
 
-Layout under the root (names sort as shown; every field is fixed width or dot-separated)::
+Layout under the root (every name sorts by its first, fixed-width field)::
 
-    tmp/<pid>.<n>.<rand>                      files being written; never read as tasks
-    claims/<sha256(key)[:40]>                 claim_once: flock'ed; mtime = the claim's expiry
-    queues/<queue>/ready/<priority 0..9>/<order_ns>.<id>.<deliveries>.<enqueued_us>
-    queues/<queue>/delayed/<due_ns>.<id>.<deliveries>.<enqueued_us>.<priority>
-    queues/<queue>/inflight/<deadline_ns>.<claimed_ns>.<id>.<deliveries>.<enqueued_us>.<priority>.<nonce>
-    queues/<queue>/dead/<dead_ns>.<id>.<deliveries>.<enqueued_us>.<priority>.task   (the body)
-    queues/<queue>/dead/<same stem>.reason                                           (the reason)
+    tmp/<pid>.<n>.<rand>                  files being written, never read as tasks; swept after 10 min
+    claims/<sha256(key)[:40]>             claim_once: flock'ed; its mtime is the claim's expiry
+    queues/<q>/ready/<priority>/<bucket>/<order_ns>.<id>.<deliveries>.<enqueued_us>
+    queues/<q>/delayed/<due_ns>.<id>.<deliveries>.<enqueued_us>.<priority>
+    queues/<q>/inflight/<deadline_ns>.<claimed_ns>.<id>.<deliveries>.<enqueued_us>.<priority>.<nonce>
+    queues/<q>/dead/<dead_ns>.<id>.<deliveries>.<enqueued_us>.<priority>.task    (the body)
+    queues/<q>/dead/<same stem>.reason                                           (the reason)
 
-A task file holds only the JSON body; everything else is in its name, so every state change is one
-``rename``.  ``order_ns`` is a per-process strictly increasing wall-clock key (FIFO), ``deliveries``
-counts deliveries so far.  The in-flight file name is the delivery's receipt (portable: any process
-may ack it).  Its lease ends at ``deadline_ns`` unless ``extend`` set the file's mtime to a later or
-earlier instant: the mtime counts when it is >= ``claimed_ns`` (a file's own write time is always
-earlier than its claim, and every move out of in-flight resets the mtime to 0).
+A file holds only the JSON body; the rest is in its name, so each state change is one ``rename``.
+``order_ns`` is a wall-clock key strictly increasing within a process (FIFO); ``<bucket>`` is
+``order_ns >> 27`` (134 ms of submissions), so no directory a consumer lists grows with the backlog
+beyond one bucket.  ``deliveries`` counts deliveries so far.  The in-flight name is the delivery's
+receipt (portable: any process may ack by it).  The lease ends at ``deadline_ns``, or at the file's
+mtime when that is >= ``claimed_ns`` (set by ``extend``; a file's write time is before its claim and
+every move out of in-flight resets the mtime to 0).
 
-Operations, and why a crash (SIGKILL) at any instant is safe:
+Each step, and why a process killed at any instant leaves no half task and loses no acknowledged state:
 
-* submit: write ``tmp/x`` (``fsync=1``: fsync it), then ``rename`` into ``ready/<p>/`` or
-  ``delayed/`` (``fsync=1``: fsync that directory).  Killed before the rename, only a ``tmp`` file
-  remains (swept after 10 minutes): no half task is ever visible.
-* claim: ``rename`` ``ready/<p>/<name>`` to ``inflight/<name with deadline and fresh nonce>``, then
-  read it.  rename is atomic, so of two consumers exactly one wins; the loser gets ENOENT and skips.
-  Killed after the rename, the task is redelivered when its lease ends.
-* ack: ``unlink`` the receipt.  An ack of a lost delivery finds no such name: a no-op.
-* nack, lease expiry: under ``flock`` of the in-flight file, check it is still there (and expired),
-  reset its mtime, ``rename`` it back to ``ready``/``delayed``.  ``extend`` takes the same lock and
-  checks the name still exists before setting the mtime, so an extend and a reclaim never both win.
-* dead: write ``<stem>.reason`` (tmp + rename), then ``rename`` the in-flight file to
-  ``<stem>.task``.  Killed between the two, the task stays in flight (redelivered later) and the
-  lone ``.reason`` is ignored and swept.  Only ``.task`` files count as dead letters.
-* replay_dead: reset mtime, ``rename`` ``.task`` into ``ready`` (deliveries 0), unlink ``.reason``.
+* submit: write ``tmp/x`` (``fsync=1``: fsync it), ``rename`` it into its bucket (``fsync=1``: fsync
+  the directory).  Killed before the rename, only a stray ``tmp`` file remains.
+* claim: ``rename`` the ready file to a new in-flight name, then read it.  rename is atomic: of two
+  consumers exactly one wins, the other gets ENOENT and skips.  Killed after it, the task comes back
+  when the lease ends.
+* ack: ``unlink`` the receipt.  A lost delivery's name no longer exists: a no-op.
+* nack and lease expiry: under ``flock`` of the in-flight file, check the name still exists (and the
+  lease ended), reset the mtime, ``rename`` back to ready or delayed.  ``extend`` takes the same lock
+  and checks the name before setting the mtime, so an extend and a reclaim never both win.
+* dead: write ``<stem>.reason`` (tmp + rename), then ``rename`` the in-flight file to ``<stem>.task``.
+  Killed between, the task stays in flight and the lone ``.reason`` is ignored, then swept.
+* replay_dead: reset the mtime, ``rename`` the ``.task`` into ready (deliveries 0), drop the reason.
+* empty buckets are removed with ``rmdir`` (fails if a file arrived); a producer whose rename meets a
+  removed bucket creates it again and retries.
 
-Cost: each transport keeps, per queue and priority, the sorted listing of a ready directory and takes
-names from it until it is empty; only then is the directory listed again, so a claim costs one
-rename and one read whatever the backlog (listing is O(n log n) once per n tasks).  Each fetch lists
-the (normally empty) higher-priority directories, so a new urgent task is seen at once.  Delayed
-tasks and expired leases are promoted by fetches in batches of at most 1000; ``delayed/`` is listed
-again only when its mtime changed, its head is due, or once a second; ``inflight/`` (small: what
-consumers hold) is listed on each fetch and stat'ed fully once a second.  A waiting fetch polls with
-:class:`~asynctask.transports.base.Backoff` (at most 50 ms between looks).  Names that are not task
-names (not starting with ``.``) and bodies that do not decode go to the dead letters.
+Cost: a transport keeps, per queue and priority, the sorted names of the bucket it is taking from and
+the sorted bucket list, and lists again only when they run out, so a claim is one rename and one read
+whatever the backlog.  Each fetch lists the (normally empty) higher-priority directories, so a new
+urgent task is seen at once.  Due delayed tasks and expired leases are promoted by fetches, at most
+1000 each per fetch; ``delayed/`` is listed again when its mtime changed, its head is due, or once a
+second; ``inflight/`` (what consumers hold) is listed on each fetch and fully stat'ed once a second.
+A waiting fetch polls with :class:`~asynctask.transports.base.Backoff` (at most 50 ms between looks).
+Unknown file names (not starting with ``.``) and bodies that do not decode go to the dead letters.
 """
 
 from __future__ import annotations
@@ -63,8 +63,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
 from urllib.parse import urlsplit
 
 from asynctask.errors import TaskDecodeError, TransportError, TransportURLError
@@ -85,11 +84,14 @@ logger = logging.getLogger(__name__)
 PRIORITIES = range(MAX_PRIORITY, -1, -1)
 PROMOTE_BATCH = 1000
 TMP_MAX_AGE_S = 600.0
+BUCKET_SHIFT = 27
 _S = 1_000_000_000
-_RECEIPT_RE = re.compile(r"\d{19}\.\d{19}\.[0-9A-Za-z_-]{1,64}\.\d{1,9}\.\d{1,19}\.\d\.[0-9a-f]{1,32}\Z", re.ASCII)
-_READY_RE = re.compile(r"\d{19}\.([0-9A-Za-z_-]{1,64})\.(\d{1,9})\.(\d{1,19})\Z", re.ASCII)
-_DELAYED_RE = re.compile(r"\d{19}\.([0-9A-Za-z_-]{1,64})\.(\d{1,9})\.(\d{1,19})\.(\d)\Z", re.ASCII)
-_QUEUE_RE = re.compile(r"[a-z](?:_?[a-z0-9])+\Z")
+_ID = r"[0-9A-Za-z_-]{1,64}"
+_RECEIPT_RE = re.compile(rf"\d{{19}}\.\d{{19}}\.{_ID}\.\d{{1,9}}\.\d{{1,19}}\.\d\.[0-9a-f]{{1,32}}\Z", re.ASCII)
+_READY_RE = re.compile(rf"\d{{19}}\.({_ID})\.(\d{{1,9}})\.(\d{{1,19}})\Z", re.ASCII)
+_DELAYED_RE = re.compile(rf"\d{{19}}\.({_ID})\.(\d{{1,9}})\.(\d{{1,19}})\.(\d)\Z", re.ASCII)
+_QUEUE_RE = re.compile(r"[a-z](?:_?[a-z0-9]){1,99}\Z")
+Meta = tuple[str, int, str, int]  # id, deliveries, enqueued_us, priority
 _counter = itertools.count()
 _order_lock = threading.Lock()
 _last_order = 0
@@ -105,9 +107,8 @@ def _next_order() -> int:
 
 def option_mode(name: str, value: str) -> int:
     """Parse ``mode=0o600`` / ``0600`` / ``600``: read and write bits only, owner rw required."""
-    text = value.lower().removeprefix("0o")
     try:
-        mode = int(text, 8)
+        mode = int(value.lower().removeprefix("0o"), 8)
     except ValueError:
         mode = -1
     if mode < 0 or mode & ~0o666 or mode & 0o600 != 0o600:
@@ -121,8 +122,21 @@ def option_mode(name: str, value: str) -> int:
 def _listdir(path: str) -> list[str]:
     try:
         return [name for name in os.listdir(path) if not name.startswith(".")]
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def _bad_name(name: str) -> str:
+    return dead_reason_for_undecodable(ValueError(f"file name {name!r} is not a task file name"))
+
+
+class _Dirs:
+    """The directory paths of one queue."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.ready = [f"{base}/ready/{p}" for p in range(MAX_PRIORITY + 1)]
+        self.delayed, self.inflight, self.dead = f"{base}/delayed", f"{base}/inflight", f"{base}/dead"
 
 
 class FilesystemTransport(Transport):
@@ -133,30 +147,31 @@ class FilesystemTransport(Transport):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         parsed = parse_url(url)
-        options = take_options(
-            parsed, {"lease_s": option_positive_float, "fsync": option_bool, "mode": option_mode}
-        )
+        options = take_options(parsed, {"lease_s": option_positive_float, "fsync": option_bool, "mode": option_mode})
         forms = "use filesys:/abs/dir, filesys:relative/dir or file:///abs/dir"
         if urlsplit(url).netloc:
             raise TransportURLError(f"transport URL {parsed.masked!r} has a host part: {forms}")
         if not parsed.path:
             raise TransportURLError(f"transport URL {parsed.masked!r} names no directory: {forms}")
         if parsed.scheme == "file" and not parsed.path.startswith("/"):
-            raise TransportURLError(f"transport URL {parsed.masked!r}: a file: URL takes an absolute path: {forms}")
+            raise TransportURLError(f"transport URL {parsed.masked!r}: file: takes an absolute path: {forms}")
         self.lease_s = options.get("lease_s", self.lease_s)
         self.fsync: bool = options.get("fsync", False)
         self.file_mode: int = options.get("mode", 0o600)
         self.dir_mode = self.file_mode | ((self.file_mode & 0o444) >> 2)
         self.root = os.path.abspath(parsed.path)
-        self._tmp = os.path.join(self.root, "tmp")
+        self._tmp = f"{self.root}/tmp"
         self._lock = threading.Lock()
-        self._ready_cache: dict[tuple[str, int], list[str]] = {}
+        self._dirs: dict[str, _Dirs] = {}
+        self._names: dict[tuple[str, int], list[str]] = {}  # sorted names of the current bucket, reversed
+        self._current: dict[tuple[str, int], str] = {}  # the bucket being taken from
+        self._buckets: dict[tuple[str, int], list[str]] = {}  # later buckets, reversed
         self._delayed_cache: dict[str, tuple[int, float, list[str]]] = {}
-        self._inflight_full_at: dict[str, float] = {}
-        self._known: set[str] = set()
+        self._full_scan_at: dict[str, float] = {}
         with self._os_errors("open the store"):
             for sub in ("tmp", "claims", "queues"):
-                self._makedir(os.path.join(self.root, sub))
+                if not os.path.isdir(f"{self.root}/{sub}"):
+                    self._makedir(f"{self.root}/{sub}")
             self._sweep(self._tmp, lambda name: True)
 
     # -- helpers ----------------------------------------------------------------------------
@@ -169,20 +184,24 @@ class FilesystemTransport(Transport):
             raise TransportError(f"filesystem transport at {self.root}: cannot {action}: {exc}") from None
 
     def _makedir(self, path: str) -> None:
-        if not os.path.isdir(path):
-            os.makedirs(path, mode=self.dir_mode, exist_ok=True)
+        os.makedirs(path, mode=self.dir_mode, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):  # an empty bucket may be removed at once
             os.chmod(path, self.dir_mode)
+        self._sync_dir(os.path.dirname(path))
 
-    def _qdir(self, queue: str, *parts: str) -> str:
-        return os.path.join(self.root, "queues", queue, *parts)
-
-    def _ensure_queue(self, queue: str) -> None:
-        if queue in self._known and os.path.isdir(self._qdir(queue, "dead")):
-            return
-        self._makedir(self._qdir(queue))
-        for sub in [*(f"ready/{p}" for p in PRIORITIES), "delayed", "inflight", "dead"]:
-            self._makedir(self._qdir(queue, *sub.split("/")))
-        self._known.add(queue)
+    def _queue_dirs(self, queue: str, create: bool = False) -> _Dirs | None:
+        """The queue's paths; None when it does not exist (and ``create`` is false)."""
+        dirs = self._dirs.get(queue)
+        if dirs is not None and not create:
+            return dirs
+        dirs = dirs or _Dirs(f"{self.root}/queues/{queue}")
+        if not os.path.isdir(dirs.dead):
+            if not create:
+                return None
+            for path in [*dirs.ready, dirs.delayed, dirs.inflight, dirs.dead]:
+                self._makedir(path)
+        self._dirs[queue] = dirs
+        return dirs
 
     def _sync_dir(self, path: str) -> None:
         if self.fsync:
@@ -194,26 +213,40 @@ class FilesystemTransport(Transport):
 
     def _write_new(self, data: bytes) -> str:
         """Write ``data`` to a fresh file in tmp/ and return its path (to be renamed into place)."""
-        path = os.path.join(self._tmp, f"{os.getpid()}.{next(_counter)}.{os.urandom(4).hex()}")
+        path = f"{self._tmp}/{os.getpid()}.{next(_counter)}.{os.urandom(4).hex()}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.file_mode)
         try:
+            if self.file_mode != 0o600:
+                os.fchmod(fd, self.file_mode)  # the umask may have taken group bits away
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             if self.fsync:
                 os.fsync(fd)
         finally:
             os.close(fd)
         return path
 
-    def _sweep(self, directory: str, wanted: Any) -> None:
+    def _place(self, src: str, priority_dir: str, name: str) -> str | None:
+        """rename ``src`` into its bucket of ``priority_dir``; the bucket, or None when src is gone."""
+        bucket = f"{priority_dir}/{int(name[:19]) >> BUCKET_SHIFT:012d}"
+        for _ in range(10):
+            try:
+                os.rename(src, f"{bucket}/{name}")
+                return bucket
+            except FileNotFoundError:
+                if not os.path.exists(src):
+                    return None
+                self._makedir(bucket)  # new, or removed as empty by a consumer meanwhile
+        raise FileNotFoundError(f"bucket {bucket} keeps disappearing")
+
+    def _sweep(self, directory: str, wanted: Callable[[str], bool]) -> None:
         """Remove files in ``directory`` older than TMP_MAX_AGE_S for which ``wanted(name)`` holds."""
         limit = time.time() - TMP_MAX_AGE_S
         for name in _listdir(directory):
-            path = os.path.join(directory, name)
             with contextlib.suppress(OSError):
-                if wanted(name) and os.stat(path).st_mtime < limit:
-                    os.unlink(path)
+                if wanted(name) and os.stat(f"{directory}/{name}").st_mtime < limit:
+                    os.unlink(f"{directory}/{name}")
 
     @contextlib.contextmanager
     def _locked(self, path: str) -> Iterator[int | None]:
@@ -229,36 +262,40 @@ class FilesystemTransport(Transport):
         finally:
             os.close(fd)
 
-    def _receipt_path(self, task: Task) -> str | None:
+    def _receipt(self, task: Task) -> tuple[_Dirs, str, Meta] | None:
+        """The queue dirs, in-flight path and meta a task's receipt names (None: not ours / malformed)."""
         validate_queue_name(task.queue)
         if not isinstance(task.receipt, str) or not _RECEIPT_RE.match(task.receipt):
             return None
-        return self._qdir(task.queue, "inflight", task.receipt)
+        dirs = self._queue_dirs(task.queue)
+        if dirs is None:
+            return None
+        _, _, task_id, deliveries, enq_us, priority, _ = task.receipt.split(".")
+        return dirs, f"{dirs.inflight}/{task.receipt}", (task_id, int(deliveries), enq_us, int(priority))
 
-    def _requeue(self, queue: str, src: str, fd: int, meta: tuple[str, int, str, int], delay_ns: int) -> None:
-        """Move a locked in-flight file back to ready (or delayed); meta = (id, deliveries, enq_us, p)."""
+    def _requeue(self, queue: str, dirs: _Dirs, src: str, fd: int, meta: Meta, *, delay_ns: int = 0) -> None:
+        """Move a locked in-flight file back to ready (or delayed)."""
         task_id, deliveries, enq_us, priority = meta
         os.utime(fd, ns=(0, 0))
         if delay_ns > 0:
             due = time.time_ns() + delay_ns
-            dst = self._qdir(queue, "delayed", f"{due:019d}.{task_id}.{deliveries}.{enq_us}.{priority}")
+            os.rename(src, f"{dirs.delayed}/{due:019d}.{task_id}.{deliveries}.{enq_us}.{priority}")
             self._delayed_cache.pop(queue, None)
-        else:
-            dst = self._qdir(queue, "ready", str(priority), f"{_next_order():019d}.{task_id}.{deliveries}.{enq_us}")
-        os.rename(src, dst)
-        self._sync_dir(os.path.dirname(dst))
+            self._sync_dir(dirs.delayed)
+        elif bucket := self._place(src, dirs.ready[priority], f"{_next_order():019d}.{task_id}.{deliveries}.{enq_us}"):
+            self._sync_dir(bucket)
 
-    def _bury(self, queue: str, src: str, meta: tuple[str, int, str, int], reason: str) -> bool:
+    def _bury(self, dirs: _Dirs, src: str, meta: Meta, reason: str) -> bool:
         """Reason first, then the body: a crash between leaves the task where it was."""
         task_id, deliveries, enq_us, priority = meta
-        stem = self._qdir(queue, "dead", f"{time.time_ns():019d}.{task_id}.{deliveries}.{enq_us}.{priority}")
+        stem = f"{dirs.dead}/{time.time_ns():019d}.{task_id}.{deliveries}.{enq_us}.{priority}"
         os.rename(self._write_new(reason.encode("utf-8", "replace")), stem + ".reason")
         try:
             os.rename(src, stem + ".task")
         except FileNotFoundError:
             os.unlink(stem + ".reason")
             return False
-        self._sync_dir(os.path.dirname(stem))
+        self._sync_dir(dirs.dead)
         return True
 
     # -- producing --------------------------------------------------------------------------
@@ -266,19 +303,20 @@ class FilesystemTransport(Transport):
     def _submit(self, queue: str, bodies: list[str], delay_s: float, priority: int) -> list[str]:
         ids: list[str] = []
         with self._os_errors(f"submit to queue {queue!r}"):
-            self._ensure_queue(queue)
+            dirs = self._queue_dirs(queue, create=True)
+            assert dirs is not None
             due = time.time_ns() + int(delay_s * _S) if delay_s > 0 else 0
-            target = self._qdir(queue, "delayed") if due else self._qdir(queue, "ready", str(priority))
+            touched = {dirs.delayed} if due else set()
             for body in bodies:
-                task_id = new_task_id()
-                order = _next_order()
+                task_id, order = new_task_id(), _next_order()
+                src = self._write_new(body.encode("utf-8"))
                 if due:
-                    name = f"{due:019d}.{task_id}.0.{order // 1000}.{priority}"
-                else:
-                    name = f"{order:019d}.{task_id}.0.{order // 1000}"
-                os.rename(self._write_new(body.encode("utf-8")), os.path.join(target, name))
+                    os.rename(src, f"{dirs.delayed}/{due:019d}.{task_id}.0.{order // 1000}.{priority}")
+                elif bucket := self._place(src, dirs.ready[priority], f"{order:019d}.{task_id}.0.{order // 1000}"):
+                    touched.add(bucket)
                 ids.append(task_id)
-            self._sync_dir(target)
+            for path in touched:
+                self._sync_dir(path)
             if due:
                 self._delayed_cache.pop(queue, None)
         return ids
@@ -289,58 +327,77 @@ class FilesystemTransport(Transport):
         backoff: Backoff | None = None
         while True:
             with self._lock, self._os_errors(f"fetch from queue {queue!r}"):
-                tasks = self._take(queue, max_count, int(lease_s * _S))
+                dirs = self._queue_dirs(queue)
+                tasks = self._take(queue, dirs, max_count, int(lease_s * _S)) if dirs else []
             if tasks or timeout_s <= 0:
                 return tasks
             backoff = backoff or Backoff(timeout_s)
             if not backoff.wait():
                 return []
 
-    def _take(self, queue: str, max_count: int, lease_ns: int) -> list[Task]:
-        if not os.path.isdir(self._qdir(queue, "inflight")):
-            return []
-        self._maintain(queue)
+    def _take(self, queue: str, dirs: _Dirs, max_count: int, lease_ns: int) -> list[Task]:
+        self._maintain(queue, dirs)
         now = time.time_ns()
         tasks: list[Task] = []
+        listed: set[str] = set()
         for priority in PRIORITIES:
-            buffer = self._ready_cache.get((queue, priority))
-            listed = False
-            while len(tasks) < max_count:
-                if not buffer:
-                    if listed:
-                        break
-                    buffer = sorted(_listdir(self._qdir(queue, "ready", str(priority))), reverse=True)
-                    self._ready_cache[(queue, priority)] = buffer
-                    listed = True
-                    if not buffer:
-                        break
-                task = self._claim(queue, priority, buffer.pop(), now, lease_ns)
+            key = (queue, priority)
+            while len(tasks) < max_count and (self._names.get(key) or self._refill(key, dirs, listed)):
+                where = (priority, self._current[key], self._names[key].pop())
+                task = self._claim(queue, dirs, where, now=now, lease_ns=lease_ns)
                 if task is not None:
                     tasks.append(task)
-            if len(tasks) >= max_count:
-                break
         return tasks
 
-    def _claim(self, queue: str, priority: int, name: str, now: int, lease_ns: int) -> Task | None:
-        src = self._qdir(queue, "ready", str(priority), name)
+    def _refill(self, key: tuple[str, int], dirs: _Dirs, listed: set[str]) -> bool:
+        """Load the next names to claim for (queue, priority); False when none are to be seen.
+
+        The current bucket is listed again (once per fetch) until it is empty, then removed, and the
+        next bucket is taken; the bucket list itself is listed again (once per fetch) when used up.
+        """
+        while True:
+            bucket = self._current.get(key)
+            if bucket is not None:
+                if bucket not in listed:
+                    listed.add(bucket)
+                    if os.path.isfile(bucket):  # not a bucket: a stray file
+                        self._bury(dirs, bucket, (new_task_id(), 0, str(time.time_ns() // 1000), 0), _bad_name(bucket))
+                    elif names := sorted(_listdir(bucket), reverse=True):
+                        self._names[key] = names
+                        return True
+                    elif bucket[-12:].isdigit() and int(bucket[-12:]) < (time.time_ns() >> BUCKET_SHIFT) - 1:
+                        with contextlib.suppress(OSError):
+                            os.rmdir(bucket)  # fails if a task arrived meanwhile: seen with the next listing
+                del self._current[key]
+            buckets = self._buckets.get(key)
+            if not buckets:
+                priority_dir = dirs.ready[key[1]]
+                if priority_dir in listed:
+                    return False
+                listed.add(priority_dir)
+                buckets = self._buckets[key] = sorted(_listdir(priority_dir), reverse=True)
+                if not buckets:
+                    return False
+            self._current[key] = f"{dirs.ready[key[1]]}/{buckets.pop()}"
+
+    def _claim(self, queue: str, dirs: _Dirs, key: tuple[int, str, str], *, now: int, lease_ns: int) -> Task | None:
+        priority, bucket, name = key
         match = _READY_RE.match(name)
-        bad_name = match is None
         if match is None:
             task_id, deliveries, enq_us = new_task_id(), 1, str(now // 1000)
         else:
             task_id, deliveries, enq_us = match[1], int(match[2]) + 1, match[3]
         receipt = f"{now + lease_ns:019d}.{now:019d}.{task_id}.{deliveries}.{enq_us}.{priority}.{os.urandom(4).hex()}"
-        dst = self._qdir(queue, "inflight", receipt)
+        path = f"{dirs.inflight}/{receipt}"
         try:
-            os.rename(src, dst)
+            os.rename(f"{bucket}/{name}", path)
         except FileNotFoundError:
             return None  # another consumer won it
         meta = (task_id, deliveries, enq_us, priority)
-        if bad_name:
-            reason = dead_reason_for_undecodable(ValueError(f"file name {name!r} is not a task file name"))
-            self._bury(queue, dst, meta, reason)
+        if match is None:
+            self._bury(dirs, path, meta, _bad_name(name))
             return None
-        fd = os.open(dst, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
         try:
             chunks = [os.read(fd, 1 << 16)]
             while len(chunks[-1]) == 1 << 16:
@@ -350,17 +407,15 @@ class FilesystemTransport(Transport):
         try:
             payload = decode_payload(b"".join(chunks))
         except TaskDecodeError as exc:
-            self._bury(queue, dst, meta, dead_reason_for_undecodable(exc))
+            self._bury(dirs, path, meta, dead_reason_for_undecodable(exc))
             return None
         return Task(task_id, queue, payload, deliveries, int(enq_us) / 1e6, priority, receipt)
 
-    def _maintain(self, queue: str) -> None:
-        """Promote due delayed tasks and reclaim expired leases, each at most PROMOTE_BATCH."""
+    def _maintain(self, queue: str, dirs: _Dirs) -> None:
+        """Promote due delayed tasks and reclaim expired leases, at most PROMOTE_BATCH of each."""
         now = time.time_ns()
         stamp = f"{now:019d}"
-        # Delayed: list again only when something may have changed or come due.
-        delayed_dir = self._qdir(queue, "delayed")
-        mtime = os.stat(delayed_dir).st_mtime_ns
+        mtime = os.stat(dirs.delayed).st_mtime_ns
         cached = self._delayed_cache.get(queue)
         if (
             cached is None
@@ -368,43 +423,29 @@ class FilesystemTransport(Transport):
             or now / _S - cached[1] >= 1.0
             or (cached[2] and cached[2][-1][:19] <= stamp)
         ):
-            cached = (mtime, now / _S, sorted(_listdir(delayed_dir), reverse=True))
-            self._delayed_cache[queue] = cached
+            cached = self._delayed_cache[queue] = (mtime, now / _S, sorted(_listdir(dirs.delayed), reverse=True))
         names = cached[2]
         for _ in range(PROMOTE_BATCH):
             if not names or names[-1][:19] > stamp:
                 break
             name = names.pop()
-            src = os.path.join(delayed_dir, name)
-            match = _DELAYED_RE.match(name)
-            if match is None:
-                meta = (new_task_id(), 0, str(now // 1000), 0)
-                reason = dead_reason_for_undecodable(ValueError(f"file name {name!r} is not a task file name"))
-                self._bury(queue, src, meta, reason)
-                continue
-            dst = self._qdir(queue, "ready", match[4], f"{_next_order():019d}.{match[1]}.{match[2]}.{match[3]}")
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(src, dst)
-        # In flight: names whose deadline passed, plus (once a second) every one, for shortened extends.
-        inflight_dir = self._qdir(queue, "inflight")
-        full = now / _S - self._inflight_full_at.get(queue, 0.0) >= 1.0
+            src = f"{dirs.delayed}/{name}"
+            if (match := _DELAYED_RE.match(name)) is None:
+                self._bury(dirs, src, (new_task_id(), 0, str(now // 1000), 0), _bad_name(name))
+            else:
+                self._place(src, dirs.ready[int(match[4])], f"{_next_order():019d}.{match[1]}.{match[2]}.{match[3]}")
+        full = now / _S - self._full_scan_at.get(queue, 0.0) >= 1.0  # also finds shortened extends
         if full:
-            self._inflight_full_at[queue] = now / _S
+            self._full_scan_at[queue] = now / _S
         reclaimed = 0
-        for name in _listdir(inflight_dir):
-            if reclaimed >= PROMOTE_BATCH:
-                break
-            if not full and name[:19] > stamp:
-                continue
-            if self._reclaim(queue, inflight_dir, name, now):
+        for name in _listdir(dirs.inflight):
+            if reclaimed < PROMOTE_BATCH and (full or name[:19] <= stamp) and self._reclaim(queue, dirs, name, now):
                 reclaimed += 1
 
-    def _reclaim(self, queue: str, inflight_dir: str, name: str, now: int) -> bool:
-        path = os.path.join(inflight_dir, name)
+    def _reclaim(self, queue: str, dirs: _Dirs, name: str, now: int) -> bool:
+        path = f"{dirs.inflight}/{name}"
         if not _RECEIPT_RE.match(name):
-            meta = (new_task_id(), 0, str(now // 1000), 0)
-            reason = dead_reason_for_undecodable(ValueError(f"file name {name!r} is not a task file name"))
-            return self._bury(queue, path, meta, reason)
+            return self._bury(dirs, path, (new_task_id(), 0, str(now // 1000), 0), _bad_name(name))
         deadline, claimed, task_id, deliveries, enq_us, priority, _ = name.split(".")
         try:
             mtime = os.stat(path).st_mtime_ns
@@ -418,107 +459,114 @@ class FilesystemTransport(Transport):
             mtime = os.fstat(fd).st_mtime_ns
             if (mtime if mtime >= int(claimed) else int(deadline)) > time.time_ns():
                 return False  # extended meanwhile
-            self._requeue(queue, path, fd, (task_id, int(deliveries), enq_us, int(priority)), 0)
-            logger.debug("lease of task %s in queue %s expired; ready again", task_id, queue)
-            return True
+            self._requeue(queue, dirs, path, fd, (task_id, int(deliveries), enq_us, int(priority)))
+        logger.debug("lease of task %s in queue %s ended; ready again", task_id, queue)
+        return True
 
     def ack(self, task: Task) -> None:
         self.ack_tasks([task])
 
     def ack_tasks(self, tasks: Sequence[Task]) -> None:
-        dirs = set()
+        synced: set[str] = set()
         with self._os_errors("ack"):
             for task in tasks:
-                path = self._receipt_path(task)
-                if path is not None:
+                found = self._receipt(task)
+                if found is not None:
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
-                        dirs.add(os.path.dirname(path))
-            for directory in dirs:
-                self._sync_dir(directory)
+                        os.unlink(found[1])
+                        synced.add(found[0].inflight)
+            for path in synced:
+                self._sync_dir(path)
 
     def nack(self, task: Task, *, delay_s: float = 0, count_attempt: bool = True) -> None:
-        path = self._receipt_path(task)
-        if path is None:
-            return
-        _, _, task_id, deliveries, enq_us, priority, _ = task.receipt.split(".")
-        meta = (task_id, int(deliveries) - (0 if count_attempt else 1), enq_us, int(priority))
-        with self._os_errors(f"nack task {task.id}"), self._locked(path) as fd:
-            if fd is not None:
-                self._requeue(task.queue, path, fd, meta, int(max(delay_s, 0) * _S))
+        with self._os_errors(f"nack task {task.id}"):
+            found = self._receipt(task)
+            if found is None:
+                return
+            dirs, path, (task_id, deliveries, enq_us, priority) = found
+            meta = (task_id, deliveries - (0 if count_attempt else 1), enq_us, priority)
+            with self._locked(path) as fd:
+                if fd is not None:
+                    self._requeue(task.queue, dirs, path, fd, meta, delay_ns=int(max(delay_s, 0) * _S))
 
     def extend(self, task: Task, lease_s: float) -> bool:
-        path = self._receipt_path(task)
-        if path is None:
-            return False
-        with self._os_errors(f"extend the lease of task {task.id}"), self._locked(path) as fd:
-            if fd is None:
+        with self._os_errors(f"extend the lease of task {task.id}"):
+            found = self._receipt(task)
+            if found is None:
                 return False
-            deadline = time.time_ns() + int(lease_s * _S)
-            os.utime(fd, ns=(deadline, deadline))
-            return True
+            with self._locked(found[1]) as fd:
+                if fd is None:
+                    return False
+                deadline = time.time_ns() + int(lease_s * _S)
+                os.utime(fd, ns=(deadline, deadline))
+                return True
 
     def dead(self, task: Task, reason: str) -> None:
-        path = self._receipt_path(task)
-        if path is None:
-            return
-        _, _, task_id, deliveries, enq_us, priority, _ = task.receipt.split(".")
         with self._os_errors(f"dead-letter task {task.id}"):
-            self._bury(task.queue, path, (task_id, int(deliveries), enq_us, int(priority)), reason)
+            found = self._receipt(task)
+            if found is not None:
+                self._bury(found[0], found[1], found[2], reason)
 
     # -- inspecting and administering -------------------------------------------------------
+
+    def _ready_files(self, dirs: _Dirs) -> Iterator[tuple[str, str]]:
+        for priority_dir in dirs.ready:
+            for bucket in _listdir(priority_dir):
+                for name in _listdir(f"{priority_dir}/{bucket}"):
+                    yield f"{priority_dir}/{bucket}", name
 
     def stats(self, queue: str) -> QueueStats:
         validate_queue_name(queue)
         with self._os_errors(f"read the stats of queue {queue!r}"):
-            if not os.path.isdir(self._qdir(queue, "inflight")):
-                return QueueStats()
             with self._lock:
-                self._maintain(queue)
-            ready = [name for p in PRIORITIES for name in _listdir(self._qdir(queue, "ready", str(p)))]
+                dirs = self._queue_dirs(queue)
+                if dirs is None:
+                    return QueueStats()
+                self._maintain(queue, dirs)
+            ready = [name for _, name in self._ready_files(dirs)]
             enqueued = [int(match[3]) for match in map(_READY_RE.match, ready) if match]
-            oldest = max(time.time() - min(enqueued) / 1e6, 0.0) if enqueued else None
             return QueueStats(
                 len(ready),
-                len(_listdir(self._qdir(queue, "delayed"))),
-                len(_listdir(self._qdir(queue, "inflight"))),
-                len(self._dead_names(queue)),
-                oldest,
+                len(_listdir(dirs.delayed)),
+                len(_listdir(dirs.inflight)),
+                len(self._dead_names(dirs)),
+                max(time.time() - min(enqueued) / 1e6, 0.0) if enqueued else None,
             )
 
-    def _dead_names(self, queue: str) -> list[str]:
-        return sorted(name for name in _listdir(self._qdir(queue, "dead")) if name.endswith(".task"))
+    def _dead_names(self, dirs: _Dirs) -> list[str]:
+        return sorted(name for name in _listdir(dirs.dead) if name.endswith(".task"))
 
     def queues(self) -> list[str]:
         with self._os_errors("list queues"):
-            names = _listdir(os.path.join(self.root, "queues"))
-        return sorted(name for name in names if _QUEUE_RE.match(name) and len(name) <= 100)
+            return sorted(name for name in _listdir(f"{self.root}/queues") if _QUEUE_RE.match(name))
 
     def purge(self, queue: str) -> int:
         validate_queue_name(queue)
         count = 0
         with self._os_errors(f"purge queue {queue!r}"):
-            dirs = [self._qdir(queue, "ready", str(p)) for p in PRIORITIES] + [self._qdir(queue, "delayed")]
-            for directory in dirs:
-                for name in _listdir(directory):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(directory, name))
-                        count += 1
-                if os.path.isdir(directory):
-                    self._sync_dir(directory)
+            dirs = self._queue_dirs(queue)
+            if dirs is None:
+                return 0
+            files = [*self._ready_files(dirs), *((dirs.delayed, name) for name in _listdir(dirs.delayed))]
+            for directory, name in files:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{directory}/{name}")
+                    count += 1
+            for directory in {directory for directory, _ in files}:
+                self._sync_dir(directory)
         return count
 
     def dead_tasks(self, queue: str, limit: int = 100) -> list[DeadTask]:
         validate_queue_name(queue)
         result: list[DeadTask] = []
         with self._os_errors(f"read the dead letters of queue {queue!r}"):
-            dead_dir = self._qdir(queue, "dead")
-            names = self._dead_names(queue)
-            self._sweep(dead_dir, lambda n: n.endswith(".reason") and n[: -len(".reason")] + ".task" not in names)
-            for name in names:
-                if len(result) >= limit:
-                    break
-                stem = os.path.join(dead_dir, name[: -len(".task")])
+            dirs = self._queue_dirs(queue)
+            if dirs is None:
+                return []
+            names = self._dead_names(dirs)
+            self._sweep(dirs.dead, lambda n: n.endswith(".reason") and n.removesuffix(".reason") + ".task" not in names)
+            for name in names[:limit]:
+                stem = f"{dirs.dead}/{name.removesuffix('.task')}"
                 try:
                     with open(stem + ".task", "rb") as stream:
                         body = stream.read().decode("utf-8", "replace")
@@ -538,26 +586,25 @@ class FilesystemTransport(Transport):
         wanted = None if ids is None else set(ids)
         count = 0
         with self._os_errors(f"replay the dead letters of queue {queue!r}"):
-            for name in self._dead_names(queue):
+            dirs = self._queue_dirs(queue)
+            if dirs is None:
+                return 0
+            for name in self._dead_names(dirs):
                 _, task_id, _, _, priority, _ = name.split(".")
                 if wanted is not None and task_id not in wanted:
                     continue
-                stem = self._qdir(queue, "dead", name[: -len(".task")])
-                order = _next_order()
-                dst = self._qdir(queue, "ready", priority, f"{order:019d}.{task_id}.0.{order // 1000}")
-                try:
-                    os.utime(stem + ".task", ns=(0, 0))
-                    os.rename(stem + ".task", dst)
-                except FileNotFoundError:
-                    continue
-                count += 1
+                stem, order = f"{dirs.dead}/{name.removesuffix('.task')}", _next_order()
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(stem + ".reason")
+                    os.utime(stem + ".task", ns=(0, 0))
+                    new_name = f"{order:019d}.{task_id}.0.{order // 1000}"
+                    if self._place(stem + ".task", dirs.ready[int(priority)], new_name):
+                        count += 1
+                        os.unlink(stem + ".reason")
         return count
 
     def claim_once(self, key: str, ttl_s: float) -> bool:
         key, ttl = validate_claim(key, ttl_s)
-        path = os.path.join(self.root, "claims", hashlib.sha256(key.encode()).hexdigest()[:40])
+        path = f"{self.root}/claims/{hashlib.sha256(key.encode()).hexdigest()[:40]}"
         with self._os_errors("claim a key"):
             fd = os.open(path, os.O_RDWR | os.O_CREAT, self.file_mode)
             try:
@@ -565,8 +612,7 @@ class FilesystemTransport(Transport):
                 now = time.time_ns()
                 if os.fstat(fd).st_mtime_ns > now:
                     return False
-                expiry = now + int(ttl * _S)
-                os.utime(fd, ns=(expiry, expiry))
+                os.utime(fd, ns=(now + int(ttl * _S), now + int(ttl * _S)))
                 if self.fsync:
                     os.fsync(fd)
                 return True
@@ -575,5 +621,5 @@ class FilesystemTransport(Transport):
 
     def close(self) -> None:
         with self._lock:
-            self._ready_cache.clear()
-            self._delayed_cache.clear()
+            for cache in (self._names, self._current, self._buckets, self._delayed_cache):
+                cache.clear()

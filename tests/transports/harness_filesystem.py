@@ -10,7 +10,7 @@ from pathlib import Path
 
 from harnesslib import Harness
 
-from asynctask.transports.filesystem import FilesystemTransport
+from asynctask.transports.filesystem import BUCKET_SHIFT, FilesystemTransport
 
 
 def corrupt_task_file(root: Path, queue: str) -> Path:
@@ -18,12 +18,11 @@ def corrupt_task_file(root: Path, queue: str) -> Path:
 
     The name is a valid ready-task name, so only the body is wrong.
     """
-    ready = root / "queues" / queue / "ready" / "0"
-    ready.mkdir(parents=True, exist_ok=True)
-    (root / "queues" / queue / "delayed").mkdir(exist_ok=True)
-    (root / "queues" / queue / "inflight").mkdir(exist_ok=True)
-    (root / "queues" / queue / "dead").mkdir(exist_ok=True)
     now = time.time_ns() - 1_000_000  # older than anything submitted after it
+    ready = root / "queues" / queue / "ready" / "0" / f"{now >> BUCKET_SHIFT:012d}"
+    ready.mkdir(parents=True, exist_ok=True)
+    for sub in ("delayed", "inflight", "dead"):
+        (root / "queues" / queue / sub).mkdir(exist_ok=True)
     path = ready / f"{now:019d}.{os.urandom(16).hex()}.0.{now // 1000}"
     path.write_bytes(b'{"to": "a@exam\x00\x00\x00')
     return path

@@ -1,0 +1,89 @@
+"""The filesystem floor: bare os calls in a scratch directory under the transport's root.
+
+submit: open(O_CREAT|O_EXCL) + write + close in tmp/, rename into ready/ (fsync file and directory
+when the URL says ``fsync=1``), exactly the transport's atomic write.  drain: rename ready/x to
+inflight/x, open + read + close, unlink: what a claim, a read and an ack cost at least.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import tempfile
+import time
+
+from asynctask.transports.base import option_bool, parse_url
+from bench.floors import BODY
+
+
+class Floor:
+    def __init__(self, url: str) -> None:
+        parsed = parse_url(url)
+        root = os.path.abspath(parsed.path)
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        self.fsync = option_bool("fsync", parsed.options.get("fsync", "0"))
+        self.dir = tempfile.mkdtemp(prefix="bench-floor-", dir=root)
+        self.tmp, self.ready, self.inflight = (os.path.join(self.dir, d) for d in ("tmp", "ready", "inflight"))
+        for path in (self.tmp, self.ready, self.inflight):
+            os.mkdir(path, 0o700)
+        self.names: collections.deque[str] = collections.deque()
+        self.counter = 0
+
+    def _put(self, n: int, batch: int = 1) -> list[str]:
+        names = []
+        for index in range(n):
+            self.counter += 1
+            name = f"{time.time_ns():019d}.{self.counter:08d}"
+            tmp = os.path.join(self.tmp, name)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, BODY)
+            if self.fsync:
+                os.fsync(fd)
+            os.close(fd)
+            os.rename(tmp, os.path.join(self.ready, name))
+            if self.fsync and ((index + 1) % batch == 0 or index == n - 1):
+                self._sync(self.ready)
+            names.append(name)
+        return names
+
+    def _sync(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(fd)
+        os.close(fd)
+
+    def _remove(self, names: list[str]) -> None:
+        for name in names:
+            os.unlink(os.path.join(self.ready, name))
+
+    def submit(self, n: int) -> float:
+        return self.submit_batch(n, 1)
+
+    def submit_batch(self, n: int, batch: int) -> float:
+        """A directory has no batch write: the same calls, with one directory fsync per batch."""
+        started = time.perf_counter()
+        names = self._put(n, batch)
+        elapsed = time.perf_counter() - started
+        self._remove(names)
+        return elapsed
+
+    def fill(self, n: int) -> None:
+        self.names.extend(self._put(n))
+
+    def drain(self, n: int) -> float:
+        names = [self.names.popleft() for _ in range(n)]
+        ready, inflight = self.ready, self.inflight
+        started = time.perf_counter()
+        for name in names:
+            src, dst = os.path.join(ready, name), os.path.join(inflight, name)
+            os.rename(src, dst)
+            fd = os.open(dst, os.O_RDONLY)
+            os.read(fd, 1 << 16)
+            os.close(fd)
+            os.unlink(dst)
+        if self.fsync:
+            self._sync(inflight)
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
