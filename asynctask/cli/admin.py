@@ -182,8 +182,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``asynctask`` console script: parse, run, and turn every error into one line and a code."""
     args = build_parser().parse_args(argv)
-    level = _log_level(args)
-    logging.basicConfig(level=getattr(logging, level.upper()), format="%(name)s: %(levelname)s: %(message)s")
+    _configure_logging(_log_level(args))
     try:
         return run(args)
     except CommandError as exc:
@@ -202,6 +201,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"unexpected {type(exc).__name__}: {exc} (rerun with --log-level debug for the traceback)",
             EXIT_INTERNAL,
         )
+
+
+def _configure_logging(level_name: str) -> None:
+    """Log to stderr at ``level_name``; below debug, only asynctask's own loggers speak, so a driver's
+    log lines (pika logs every failed connection attempt) never add to the one-line error."""
+    level = getattr(logging, level_name.upper())
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+    if level > logging.DEBUG:
+        handler.addFilter(lambda record: record.name == "asynctask" or record.name.startswith("asynctask."))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "asynctask_admin", False)]:
+        root.removeHandler(old)  # main() called again in one process (tests)
+    handler.asynctask_admin = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
 
 
 def _fail(message: str, code: int) -> int:

@@ -51,7 +51,7 @@ def resolve(
         if not (transport or keep_error):
             raise
         if not keep_error:
-            logger.warning("configuration ignored (--transport given): %s", exc.message)
+            logger.info("configuration ignored (--transport given): %s", exc.message)
         url = transport or resolve_transport_url(None)
         return AdminSettings(url, "--transport" if transport else "the default resolution", None, exc)
     if transport:

@@ -335,3 +335,19 @@ def test_doctor(store: Store, env: dict[str, str], tmp_path: Path) -> None:
     result = cli(env, "doctor", "--config", str(config), "--transport", secret or store.unreachable_url)
     assert result.returncode == 1 and "[problem] transport:" in result.stdout
     assert "s3cret" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:pw@127.0.0.1:1/0",
+        "pgsql://postgres:pw@127.0.0.1:1/test",
+        "amqp://guest:pw@127.0.0.1:1/%2F",
+    ],
+)
+def test_unreachable_server_is_one_line(env: dict[str, str], url: str) -> None:
+    """Whatever the driver logs while failing to connect, the user sees one line, password masked."""
+    pytest.importorskip(f"asynctask.transports.{url.split(':', maxsplit=1)[0]}")
+    result = cli(env, "queues", "--transport", url)
+    assert_error(result, 3, "127.0.0.1")
+    assert ":pw@" not in result.stderr
