@@ -81,7 +81,7 @@ import math
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pika
@@ -110,13 +110,26 @@ logger = logging.getLogger(__name__)
 
 #: A delivered task whose ``asynctask-due-ms`` is further ahead than this is delayed again.
 EARLY_TOLERANCE_S = 1.0
+#: How long a fetch whose time is up waits more for deliveries when the broker says tasks are ready.
+SYNC_WAIT_S = 1.0
+
+
+@dataclass
+class _Consumer:
+    """The consumer of one queue: its own channel (so its own ``basic.qos``), buffer and tags."""
+
+    queue: str
+    channel: Any
+    qos: int = 0
+    buffer: list[tuple[int, int, _Delivery]] = field(default_factory=list)
+    unacked: dict[int, _Delivery] = field(default_factory=dict)  # buffered and handed out
 
 
 @dataclass
 class _Delivery:
-    """A message on the consume channel: buffered (receipt "") or handed out."""
+    """A message on a consume channel: buffered (receipt "") or handed out."""
 
-    queue: str
+    consumer: _Consumer
     tag: int
     seq: int
     properties: Any
@@ -125,14 +138,24 @@ class _Delivery:
     receipt: str = ""
     lease_until: float = 0.0
 
+    def entry(self) -> tuple[int, int, _Delivery]:
+        return (-(self.properties.priority or 0), self.seq, self)
+
+
+def qos_for(max_count: int, prefetch: int) -> int:
+    """The prefetch for fetches of ``max_count``: room for the batch handed out and the next one.
+
+    A power of two (so it changes rarely) and at most the ``prefetch`` option: a worker fetching
+    one slow task at a time holds two, not the option's 256, and leaves the rest to other workers.
+    """
+    return min(prefetch, 1 << max(1, (2 * max_count - 1).bit_length()))
+
 
 class AmqpTransport(AmqpAdmin):
     """RabbitMQ through pika; see the module docstring for the layout and the threading rule."""
 
     def __init__(self, url: str) -> None:
-        self._buffers: dict[str, list[tuple[int, int, _Delivery]]] = {}
-        self._consumers: dict[str, str] = {}
-        self._by_tag: dict[int, _Delivery] = {}  # every unacked delivery of the consume channel
+        self._consumers: dict[str, _Consumer] = {}
         self._by_receipt: dict[str, _Delivery] = {}  # the handed-out, current ones
         self._seq = itertools.count()
         self._token = uuid.uuid4().hex[:12]
@@ -141,10 +164,9 @@ class AmqpTransport(AmqpAdmin):
     # -- consuming ---------------------------------------------------------------------------
 
     def _reset_consumers(self) -> None:
-        self._buffers, self._consumers, self._by_tag, self._by_receipt = {}, {}, {}, {}
+        self._consumers, self._by_receipt = {}, {}
 
-    def _on_message(self, _channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        queue = self._consumers.get(method.consumer_tag, "")
+    def _on_message(self, consumer: _Consumer, method: Any, properties: Any, body: bytes) -> None:
         headers = properties.headers or {}
         try:
             before = int(headers.get(HDR_ATTEMPTS, 0))
@@ -152,24 +174,38 @@ class AmqpTransport(AmqpAdmin):
             before = 0
         returns = headers.get("x-delivery-count")
         extra = int(returns) if isinstance(returns, int) else (1 if method.redelivered else 0)
-        delivery = _Delivery(queue, method.delivery_tag, next(self._seq), properties, body, before + 1 + extra)
-        self._by_tag[delivery.tag] = delivery
-        heapq.heappush(self._buffers[queue], (-(properties.priority or 0), delivery.seq, delivery))
+        delivery = _Delivery(consumer, method.delivery_tag, next(self._seq), properties, body, before + 1 + extra)
+        consumer.unacked[delivery.tag] = delivery
+        heapq.heappush(consumer.buffer, delivery.entry())
 
-    def _ensure_consumer(self, queue: str) -> None:
-        if queue in self._buffers:
-            return
-        name = self.ensure_work(queue)
-        self._buffers[queue] = []
-        tag = self._consume_ch.basic_consume(name, self._on_message, auto_ack=False)
-        self._consumers[tag] = queue
+    def _consumer(self, queue: str, max_count: int) -> _Consumer:
+        consumer = self._consumers.get(queue)
+        if consumer is None:
+            name = self.ensure_work(queue)
+            consumer = _Consumer(queue, self._conn.channel())
+            self._set_qos(consumer, max_count)
+
+            def on_message(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
+                self._on_message(consumer, method, properties, body)
+
+            consumer.channel.basic_consume(name, on_message, auto_ack=False)
+            self._consumers[queue] = consumer
+        else:
+            self._set_qos(consumer, max_count)
+        return consumer
+
+    def _set_qos(self, consumer: _Consumer, max_count: int) -> None:
+        qos = qos_for(max_count, self.options.prefetch)
+        if qos != consumer.qos:
+            consumer.channel.basic_qos(prefetch_count=qos, global_qos=True)  # channel-wide: applies at once
+            consumer.qos = qos
 
     def _pump(self) -> None:
         if self._consumers:
             self._conn.process_data_events(time_limit=0)
 
     def _expire_leases(self) -> float:
-        """Put deliveries whose lease ran out back in the buffer; return the next lease end."""
+        """Put deliveries whose lease ran out back in their buffer; return the next lease end."""
         now = time.monotonic()
         next_end = math.inf
         for receipt, delivery in list(self._by_receipt.items()):
@@ -177,9 +213,7 @@ class AmqpTransport(AmqpAdmin):
                 del self._by_receipt[receipt]
                 delivery.receipt = ""
                 delivery.attempts += 1
-                buffer = self._buffers.get(delivery.queue)
-                if buffer is not None:
-                    heapq.heappush(buffer, (-(delivery.properties.priority or 0), delivery.seq, delivery))
+                heapq.heappush(delivery.consumer.buffer, delivery.entry())
             else:
                 next_end = min(next_end, delivery.lease_until)
         return next_end
@@ -187,36 +221,44 @@ class AmqpTransport(AmqpAdmin):
     def _get_tasks(self, queue: str, max_count: int, timeout_s: float, lease_s: float) -> list[Task]:
         deadline = time.monotonic() + timeout_s
         with self._guard():
-            self._ensure_consumer(queue)
-            buffer = self._buffers[queue]
+            consumer = self._consumer(queue, max_count)
+            buffer = consumer.buffer
+            synced = False
             while True:
                 next_end = self._expire_leases()
                 if len(buffer) < max_count:
                     self._conn.process_data_events(time_limit=0)
-                tasks = self._hand_out(queue, buffer, max_count, lease_s) if buffer else []
+                tasks = self._hand_out(consumer, max_count, lease_s) if buffer else []
                 remaining = deadline - time.monotonic()
-                if tasks or remaining <= 0:
+                if tasks:
                     return tasks
+                if remaining <= 0:
+                    # Deliveries are pushed: ready tasks may simply not have arrived yet (a new
+                    # consumer, timeout_s=0).  Ask the broker once; wait for them if there are some.
+                    full = len(consumer.unacked) >= consumer.qos
+                    if synced or full or not self.passive(self.names.work(queue)):
+                        return []
+                    synced = True
+                    deadline = time.monotonic() + SYNC_WAIT_S
+                    remaining = SYNC_WAIT_S
                 wait = min(remaining, max(next_end - time.monotonic(), 0.001))
                 self._conn.process_data_events(time_limit=wait)
 
-    def _hand_out(
-        self, queue: str, buffer: list[tuple[int, int, _Delivery]], max_count: int, lease_s: float
-    ) -> list[Task]:
+    def _hand_out(self, consumer: _Consumer, max_count: int, lease_s: float) -> list[Task]:
         tasks: list[Task] = []
+        buffer = consumer.buffer
         lease_until = time.monotonic() + lease_s
         while buffer and len(tasks) < max_count:
             delivery = heapq.heappop(buffer)[2]
-            if delivery.tag not in self._by_tag:
+            if delivery.tag not in consumer.unacked:
                 continue  # acked meanwhile (purge)
             properties = delivery.properties
-            headers = properties.headers or {}
             try:
                 payload = decode_payload(delivery.body)
             except TaskDecodeError as exc:
                 self._bury(delivery, dead_reason_for_undecodable(exc))
                 continue
-            due = from_ms(headers.get(HDR_DUE))
+            due = from_ms((properties.headers or {}).get(HDR_DUE))
             if due - time.time() > EARLY_TOLERANCE_S:
                 self._republish(delivery, delivery.attempts - 1, due - time.time())
                 continue
@@ -225,8 +267,8 @@ class AmqpTransport(AmqpAdmin):
             self._by_receipt[delivery.receipt] = delivery
             tasks.append(
                 Task(
-                    id=properties.message_id or f"amqp-{self._token}-{delivery.tag}",
-                    queue=queue,
+                    id=properties.message_id or f"amqp-{self._token}-{delivery.seq}",
+                    queue=consumer.queue,
                     payload=payload,
                     attempts=delivery.attempts,
                     enqueued_at=enqueued_at(properties),
@@ -277,28 +319,34 @@ class AmqpTransport(AmqpAdmin):
             return None
         return delivery
 
-    def _ack_tags(self, tags: list[int]) -> None:
+    @staticmethod
+    def _ack_tags(consumer: _Consumer, tags: list[int]) -> None:
+        """Ack ``tags`` of ``consumer``: one ``multiple`` ack when no other unacked tag is below."""
         if not tags:
             return
         highest = max(tags)
-        below = sum(1 for tag in self._by_tag if tag <= highest)
+        below = sum(1 for tag in consumer.unacked if tag <= highest)
         for tag in tags:
-            self._by_tag.pop(tag, None)
+            consumer.unacked.pop(tag, None)
         if below == len(tags):
-            self._consume_ch.basic_ack(highest, multiple=True)
+            consumer.channel.basic_ack(highest, multiple=True)
         else:
             for tag in tags:
-                self._consume_ch.basic_ack(tag)
+                consumer.channel.basic_ack(tag)
 
     def ack(self, task: Task) -> None:
         self.ack_tasks([task])
 
     def ack_tasks(self, tasks: Sequence[Task]) -> None:
         """Ack in one frame when the tags are contiguous (``multiple``); a lost lease is a no-op."""
-        deliveries = [d for d in map(self._take, tasks) if d is not None]
-        if deliveries:
+        by_consumer: dict[int, tuple[_Consumer, list[int]]] = {}
+        for delivery in map(self._take, tasks):
+            if delivery is not None:
+                by_consumer.setdefault(id(delivery.consumer), (delivery.consumer, []))[1].append(delivery.tag)
+        if by_consumer:
             with self._guard(reconnect=False):
-                self._ack_tags(sorted({d.tag for d in deliveries}))
+                for consumer, tags in by_consumer.values():
+                    self._ack_tags(consumer, tags)
 
     def _republish(self, delivery: _Delivery, attempts: int, delay_s: float) -> None:
         properties = delivery.properties
@@ -306,8 +354,8 @@ class AmqpTransport(AmqpAdmin):
         due = time.time() + delay_s if delay_s > 0 else 0.0
         task_id = properties.message_id or new_task_id()
         new = self._properties(task_id, properties.priority or 0, max(attempts, 0), enqueued, due)
-        self.publish([(self._target(delivery.queue, delay_s), new, delivery.body)])
-        self._ack_tags([delivery.tag])
+        self.publish([(self._target(delivery.consumer.queue, delay_s), new, delivery.body)])
+        self._ack_tags(delivery.consumer, [delivery.tag])
 
     def nack(self, task: Task, *, delay_s: float = 0, count_attempt: bool = True) -> None:
         """Publish a copy (attempts so far in its header) to the queue or a delay queue, then ack."""
@@ -323,7 +371,7 @@ class AmqpTransport(AmqpAdmin):
             HDR_REASON: reason,
             HDR_ATTEMPTS: delivery.attempts,
             HDR_DEAD_AT: to_ms(now),
-            HDR_QUEUE: delivery.queue,
+            HDR_QUEUE: delivery.consumer.queue,
         }
         dead = pika.BasicProperties(
             delivery_mode=PERSISTENT,
@@ -332,9 +380,9 @@ class AmqpTransport(AmqpAdmin):
             timestamp=int(now),
             headers=headers,
         )
-        self.publish([(self.names.dead(delivery.queue), dead, delivery.body)])
-        self._ack_tags([delivery.tag])
-        logger.debug("task %s of %s is dead: %s", dead.message_id, delivery.queue, reason)
+        self.publish([(self.names.dead(delivery.consumer.queue), dead, delivery.body)])
+        self._ack_tags(delivery.consumer, [delivery.tag])
+        logger.debug("task %s of %s is dead: %s", dead.message_id, delivery.consumer.queue, reason)
 
     def dead(self, task: Task, reason: str) -> None:
         delivery = self._take(task)
@@ -345,28 +393,31 @@ class AmqpTransport(AmqpAdmin):
     def extend(self, task: Task, lease_s: float) -> bool:
         """Local only (safe from another thread): True while the delivery is current."""
         delivery = self._by_receipt.get(task.receipt)
-        channel = self._consume_ch
-        if delivery is None or channel is None or not channel.is_open:
+        if delivery is None or not delivery.consumer.channel.is_open:
             return False
         delivery.lease_until = time.monotonic() + lease_s
         return True
 
     # -- local counts for stats and purge ---------------------------------------------------------
 
+    def _waiting(self, queue: str) -> list[_Delivery]:
+        consumer = self._consumers.get(queue)
+        if consumer is None:
+            return []
+        return [entry[2] for entry in sorted(consumer.buffer) if entry[2].tag in consumer.unacked]
+
     def _local_counts(self, queue: str) -> tuple[int, int, float | None]:
-        buffered = [entry[2] for entry in self._buffers.get(queue, ()) if entry[2].tag in self._by_tag]
-        in_flight = sum(1 for d in self._by_receipt.values() if d.queue == queue)
-        oldest = min((enqueued_at(d.properties) for d in buffered), default=None)
-        return len(buffered), in_flight, oldest
+        waiting = self._waiting(queue)
+        in_flight = sum(1 for d in self._by_receipt.values() if d.consumer.queue == queue)
+        oldest = min((enqueued_at(d.properties) for d in waiting), default=None)
+        return len(waiting), in_flight, oldest
 
     def _drop_buffered(self, queue: str) -> int:
-        buffer = self._buffers.get(queue)
-        if not buffer:
-            return 0
-        tags = [entry[2].tag for entry in buffer if entry[2].tag in self._by_tag]
-        buffer.clear()
-        self._ack_tags(sorted(tags))
-        return len(tags)
+        waiting = self._waiting(queue)
+        if waiting:
+            waiting[0].consumer.buffer.clear()
+            self._ack_tags(waiting[0].consumer, [d.tag for d in waiting])
+        return len(waiting)
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -380,17 +431,33 @@ class AmqpTransport(AmqpAdmin):
         try:
             if self._conn.is_open and self._consumers:
                 self._conn.process_data_events(time_limit=0)
-                for tag in list(self._consumers):
-                    self._consume_ch.basic_cancel(tag)
-                for queue, buffer in self._buffers.items():
-                    waiting = [entry[2] for entry in sorted(buffer) if entry[2].tag in self._by_tag]
+                for consumer in self._consumers.values():
+                    consumer.channel.basic_qos(prefetch_count=1, global_qos=True)
+                    for tag in list(consumer.channel.consumer_tags):
+                        consumer.channel.basic_cancel(tag)
+                    waiting = self._waiting(consumer.queue)
+                    copies = []
                     for delivery in waiting:
-                        delivery.queue = queue
-                        self._republish(delivery, delivery.attempts - 1, 0.0)
+                        properties = delivery.properties
+                        copies.append(
+                            (
+                                self.names.work(consumer.queue),
+                                self._properties(
+                                    properties.message_id or new_task_id(),
+                                    properties.priority or 0,
+                                    delivery.attempts - 1,
+                                    enqueued_at(properties) or time.time(),
+                                    0.0,
+                                ),
+                                delivery.body,
+                            )
+                        )
+                    self.publish(copies)
+                    self._ack_tags(consumer, [d.tag for d in waiting])
             if self._conn.is_open:
                 self._conn.close()
         except Exception as exc:  # closing must not raise
             logger.debug("closing %r: %s", self, exc)
         finally:
-            self._conn = self._consume_ch = self._pub = self._admin = None
+            self._conn = self._pub = self._admin = None
             self._reset_consumers()

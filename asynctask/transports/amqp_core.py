@@ -4,9 +4,9 @@ Read :mod:`asynctask.transports.amqp` first: its docstring states the URL, the o
 queue declared.  This module holds what the consuming side (``amqp.py``) and the administration side
 (``amqp_admin.py``) share: one ``BlockingConnection`` with three channels, used from ONE thread.
 
-* the *consume* channel: ``basic.qos(prefetch)`` and one consumer per queue fetched from; its
-  delivery tags are only valid while it is open, so every reconnect starts a new *generation* and
-  the receipts of older deliveries stop being current;
+* one *consume* channel per queue fetched from (opened by ``amqp.py``), each with its own
+  ``basic.qos`` and consumer; delivery tags are only valid while their channel is open, and a
+  reconnect forgets every delivery, so receipts of older deliveries stop being current;
 * the *publish* channel, in confirm mode.  Confirms are tracked here rather than through
   ``BlockingChannel.basic_publish`` (which waits for one confirm per message): a batch is written
   in one go and then the confirms for all of it are awaited, so ``submit_tasks`` costs one round
@@ -240,7 +240,6 @@ class AmqpCore(Transport):
         self._masked = parsed.masked
         self.names = Names(self.options.prefix)
         self._conn: Any = None
-        self._consume_ch: Any = None
         self._pub: Any = None
         self._admin: Any = None
         self.generation = 0
@@ -272,8 +271,6 @@ class AmqpCore(Transport):
                 f"cannot connect to RabbitMQ at {self._where} ({self._masked}): {describe(exc)}"
             ) from None
         try:
-            consume = conn.channel()
-            consume.basic_qos(prefetch_count=self.options.prefetch)
             pub = conn.channel()
             done: list[bool] = []
             pub._impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=lambda _f: done.append(True))
@@ -285,7 +282,7 @@ class AmqpCore(Transport):
             raise TransportUnavailableError(
                 f"cannot open channels on RabbitMQ at {self._where} ({self._masked}): {describe(exc)}"
             ) from None
-        self._conn, self._consume_ch, self._pub, self._admin = conn, consume, pub, None
+        self._conn, self._pub, self._admin = conn, pub, None
         self._unconfirmed.clear()
         self._pub_seq = 0
         self.generation += 1
@@ -308,7 +305,7 @@ class AmqpCore(Transport):
                 describe(exc) if exc is not None else "connection closed",
             )
             self._outage = True
-        conn, self._conn, self._consume_ch, self._pub, self._admin = self._conn, None, None, None, None
+        conn, self._conn, self._pub, self._admin = self._conn, None, None, None
         self._declared.clear()
         self._reset_consumers()
         if conn is not None and conn.is_open:
@@ -320,7 +317,10 @@ class AmqpCore(Transport):
 
     @contextlib.contextmanager
     def _guard(self, reconnect: bool = True) -> Iterator[None]:
-        """Connect if needed; translate pika errors, dropping the connection on any of them."""
+        """Connect if needed; translate pika errors, dropping the connection on any of them.
+
+        AssertionError is caught too: pika asserts on its own state when a channel died under it.
+        """
         if reconnect:
             self._ensure()
         try:
