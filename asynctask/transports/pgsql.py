@@ -55,7 +55,6 @@ import re
 import select
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -83,8 +82,12 @@ Connection = psycopg2.extensions.connection
 SCHEMA_VERSION = 1
 #: Longest a blocked fetch sleeps without checking the table again.
 SAFETY_POLL_S = 2.0
+#: The first wait after registering as a waiter is this short: a submit whose statement began just
+#: before the registration did not see it and sent no notification.
+_FIRST_WAIT_S = 0.05
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,39}\Z")
 _HEX_ID_RE = re.compile(r"[0-9a-f]{32}\Z")
+_SAFE_TEXT_RE = re.compile(r"[A-Za-z0-9_.:-]*\Z")
 _STATEMENT_RE = re.compile(r"^-- name: (\w+) \(([^)]*)\)\n", re.MULTILINE)
 _RETRY_MIN_S, _RETRY_MAX_S = 0.1, 5.0
 
@@ -101,17 +104,33 @@ def _option_text(name: str, value: str) -> str:
     return value
 
 
-def _load_statements(schema: str) -> dict[str, tuple[str, int]]:
-    """name -> (PREPARE statement, parameter count), from pgsql_queries.sql."""
+def _literal(value: object) -> str | None:
+    """``value`` as SQL text when that is cheap and safe (numbers, NULL, plain ASCII words), else None.
+
+    Adapting numbers through psycopg2 costs a few microseconds each, a fair part of a one-row submit.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)  # always finite here: arguments are validated first
+    if value is None:
+        return "NULL"
+    if isinstance(value, str) and _SAFE_TEXT_RE.match(value):
+        return f"'{value}'"
+    return None
+
+
+def _load_statements(schema: str) -> dict[str, tuple[str, str]]:
+    """name -> (PREPARE statement, "EXECUTE name"), from pgsql_queries.sql."""
     text = resources.files(__package__).joinpath("pgsql_queries.sql").read_text("utf-8")
     parts = _STATEMENT_RE.split(text)
     statements = {}
     for index in range(1, len(parts), 3):
         name, types, body = parts[index], parts[index + 1], parts[index + 2]
         body = re.sub(r"^--.*$", "", body, flags=re.MULTILINE).strip().rstrip(";")
-        count = len([t for t in types.split(",") if t.strip()])
-        signature = f"asynctask_{name} ({types})" if count else f"asynctask_{name}"
-        statements[name] = (f"PREPARE {signature} AS {body.replace('@schema@', schema)}", count)
+        signature = f"asynctask_{name} ({types})" if types.strip() else f"asynctask_{name}"
+        body = body.replace("@schema@", schema).replace("@schema_name@", schema.strip('"'))
+        statements[name] = (f"PREPARE {signature} AS {body}", f"EXECUTE asynctask_{name}")
     return statements
 
 
@@ -173,6 +192,8 @@ class PgsqlTransport(Transport):
         self._statements = _load_statements(self._quoted_schema)
         self._lock = threading.RLock()
         self._conn: Connection | None = None
+        self._cursor: psycopg2.extensions.cursor | None = None
+        self._channels: dict[str, str] = {}
         self._prepared: set[str] = set()
         self._pid = os.getpid()
         self._retry_at = 0.0
@@ -183,6 +204,8 @@ class PgsqlTransport(Transport):
         self._listen_lock = threading.Lock()
         self._listener: Connection | None = None
         self._listening: set[str] = set()
+        self._waiting: set[str] = set()
+        self._listener_prepared: set[str] = set()
 
     # -- connections -----------------------------------------------------------------------
 
@@ -192,7 +215,9 @@ class PgsqlTransport(Transport):
     def _open(self) -> Connection:
         """A new autocommit connection, with backoff between failed attempts (caller holds a lock)."""
         if os.getpid() != self._pid:  # forked: never touch the parent's sockets
-            self._pid, self._conn, self._listener = os.getpid(), None, None
+            self._pid, self._conn, self._cursor, self._listener = os.getpid(), None, None, None
+            self._prepared.clear()
+            self._listening.clear()
         wait = self._retry_at - time.monotonic()
         if wait > 0:
             time.sleep(wait)
@@ -258,28 +283,45 @@ class PgsqlTransport(Transport):
                 self._conn.close()
             except psycopg2.Error:
                 pass
-        self._conn = None
+        self._conn = self._cursor = None
         self._prepared.clear()
+
+    @staticmethod
+    def _execute_text(execute: str, args: tuple[Any, ...]) -> tuple[str, list[Any] | None]:
+        """``EXECUTE name (...)`` with cheap arguments inlined; the others as %s parameters."""
+        if not args:
+            return execute, None
+        params: list[Any] = []
+        parts = []
+        for arg in args:
+            literal = _literal(arg)
+            if literal is None:
+                parts.append("%s")
+                params.append(arg)
+            else:
+                parts.append(literal)
+        return f"{execute} ({', '.join(parts)})", params or None
 
     def _run(self, name: str, *args: Any, rows: bool = False) -> Any:
         """Execute the prepared statement ``name``; return its rows (``rows=True``) or its rowcount."""
-        prepare, count = self._statements[name]
-        execute = f"EXECUTE asynctask_{name} ({', '.join(['%s'] * count)})" if count else f"EXECUTE asynctask_{name}"
+        prepare, execute = self._statements[name]
+        execute, params = self._execute_text(execute, args)
         with self._lock:
             fresh = False
             while True:
-                if self._conn is None or os.getpid() != self._pid:
-                    self._conn, fresh = self._open(), True
-                conn = self._conn
+                cur = self._cursor
+                if cur is None or os.getpid() != self._pid:
+                    self._conn = self._open()
+                    cur = self._cursor = self._conn.cursor()
+                    fresh = True
                 try:
-                    with conn.cursor() as cur:
-                        if name not in self._prepared:
-                            cur.execute(prepare)
-                            self._prepared.add(name)
-                        cur.execute(execute, args)
-                        return cur.fetchall() if rows else cur.rowcount
+                    if name not in self._prepared:
+                        cur.execute(prepare)
+                        self._prepared.add(name)
+                    cur.execute(execute, params)
+                    return cur.fetchall() if rows else cur.rowcount
                 except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                    if not conn.closed:  # e.g. a deadlock or a cancelled statement: the connection is fine
+                    if not cur.connection.closed:  # e.g. a deadlock or a cancelled statement: the connection is fine
                         raise TransportError(f"{self.where}: {_one_line(exc)}") from None
                     self._drop(exc)
                     if fresh:  # a connection that worked before is retried once, right away
@@ -292,12 +334,16 @@ class PgsqlTransport(Transport):
             for conn in (self._conn, self._listener):
                 if conn is not None and os.getpid() == self._pid:
                     conn.close()
-            self._conn = self._listener = None
+            self._conn = self._listener = self._cursor = None
             self._prepared.clear()
             self._listening.clear()
 
     def _channel(self, queue: str) -> str:
-        return "asynctask_" + hashlib.md5(f"{self.schema}.{queue}".encode(), usedforsecurity=False).hexdigest()
+        channel = self._channels.get(queue)
+        if channel is None:
+            digest = hashlib.md5(f"{self.schema}.{queue}".encode(), usedforsecurity=False).hexdigest()
+            channel = self._channels[queue] = "asynctask_" + digest
+        return channel
 
     # -- producing -------------------------------------------------------------------------
 
@@ -306,11 +352,11 @@ class PgsqlTransport(Transport):
             self._run("register", queue)
             self._registered.add(queue)
         if len(bodies) == 1:
-            task_id = uuid.uuid4().hex
-            self._run("submit_one", task_id, queue, priority, delay_s, bodies[0], self._channel(queue))
+            task_id = os.urandom(16).hex()
+            self._run("submit_one", task_id, queue, priority, delay_s, bodies[0])
             return [task_id]
-        ids = [uuid.uuid4().hex for _ in bodies]
-        self._run("submit_many", ids, queue, priority, delay_s, bodies, self._channel(queue))
+        ids = [os.urandom(16).hex() for _ in bodies]
+        self._run("submit_many", ids, queue, priority, delay_s, bodies)
         return ids
 
     # -- consuming -------------------------------------------------------------------------
@@ -334,7 +380,15 @@ class PgsqlTransport(Transport):
 
     def _get_tasks(self, queue: str, max_count: int, timeout_s: float, lease_s: float) -> list[Task]:
         tasks = self._fetch(queue, max_count, lease_s)
-        if tasks or timeout_s <= 0:
+        if tasks:
+            if queue in self._waiting and self._listen_lock.acquire(blocking=False):
+                try:  # busy again: producers need not notify this process any more
+                    self._listener_run("unwait", queue)
+                    self._waiting.discard(queue)
+                finally:
+                    self._listen_lock.release()
+            return tasks
+        if timeout_s <= 0:
             return tasks
         deadline = time.monotonic() + timeout_s
         if not self._listen_lock.acquire(timeout=min(timeout_s, 0.01)):
@@ -347,31 +401,64 @@ class PgsqlTransport(Transport):
             return self._fetch(queue, max_count, lease_s)
         try:
             channel = self._channel(queue)
+            first_wait = SAFETY_POLL_S
+            if queue not in self._waiting:
+                self._listener_run("wait", queue)  # from now on submits of this queue notify us
+                self._waiting.add(queue)
+                first_wait = _FIRST_WAIT_S
             while True:
                 self._listen(channel)
                 tasks = self._fetch(queue, max_count, lease_s)
                 remaining = deadline - time.monotonic()
-                if tasks or remaining <= 0:
+                if tasks:
+                    self._listener_run("unwait", queue)
+                    self._waiting.discard(queue)
+                    return tasks
+                if remaining <= 0:
                     return tasks
                 due = self._run("next_due", queue, rows=True)[0][0]
-                wait = min(remaining, SAFETY_POLL_S, SAFETY_POLL_S if due is None else max(due, 0.001))
-                self._wait(channel, wait)
+                self._wait(channel, min(remaining, first_wait, SAFETY_POLL_S if due is None else max(due, 0.001)))
+                first_wait = SAFETY_POLL_S
         finally:
             self._listen_lock.release()
+
+    def _listener_connection(self) -> Connection:
+        """The listening connection, opened when missing (listen lock held)."""
+        if self._listener is None or self._listener.closed or os.getpid() != self._pid:
+            with self._lock:
+                self._listener = self._open()
+            self._listening.clear()
+            self._waiting.clear()
+            self._listener_prepared.clear()
+            self._listener_run("forget_waiters")
+        return self._listener
+
+    def _listener_run(self, name: str, *args: Any) -> None:
+        """Run statement ``name`` on the listening connection (listen lock held)."""
+        prepare, execute = self._statements[name]
+        execute, params = self._execute_text(execute, args)
+        try:
+            with self._listener_connection().cursor() as cur:
+                if name not in self._listener_prepared:
+                    cur.execute(prepare)
+                    self._listener_prepared.add(name)
+                cur.execute(execute, params)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            self._listener = None
+            raise self._unavailable(exc) from None
+        except psycopg2.Error as exc:
+            raise TransportError(f"{self.where}: {_one_line(exc)}") from None
 
     def _listen(self, channel: str) -> None:
         """LISTEN on ``channel`` on the listener connection and drop pending notifications (listen lock held)."""
         try:
-            if self._listener is None or self._listener.closed or os.getpid() != self._pid:
-                with self._lock:
-                    self._listener = self._open()
-                self._listening.clear()
+            listener = self._listener_connection()
             if channel not in self._listening:
-                with self._listener.cursor() as cur:
+                with listener.cursor() as cur:
                     cur.execute(f'LISTEN "{channel}"')
                 self._listening.add(channel)
-            self._listener.poll()
-            self._listener.notifies.clear()
+            listener.poll()
+            listener.notifies.clear()
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             self._listener = None
             raise self._unavailable(exc) from None
@@ -416,7 +503,7 @@ class PgsqlTransport(Transport):
     def nack(self, task: Task, *, delay_s: float = 0, count_attempt: bool = True) -> None:
         receipt = self._receipt(task)
         if receipt is not None:
-            self._run("nack", *receipt, float(delay_s), 0 if count_attempt else 1, self._channel(task.queue))
+            self._run("nack", *receipt, float(delay_s), 0 if count_attempt else 1)
 
     def extend(self, task: Task, lease_s: float) -> bool:
         receipt = self._receipt(task)
@@ -450,7 +537,7 @@ class PgsqlTransport(Transport):
         chosen = None if ids is None else [i for i in ids if isinstance(i, str) and _HEX_ID_RE.match(i)]
         if chosen is not None and not chosen:
             return 0
-        return int(self._run("replay", queue, chosen, self._channel(queue), rows=True)[0][0])
+        return int(self._run("replay", queue, chosen, rows=True)[0][0])
 
     def claim_once(self, key: str, ttl_s: float) -> bool:
         key, ttl = validate_claim(key, ttl_s)

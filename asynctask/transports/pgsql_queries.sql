@@ -1,23 +1,34 @@
 -- Statements of asynctask.transports.pgsql.  Each starts with "-- name: <name> (<parameter types>)"
--- and is PREPAREd once per connection; @schema@ is the quoted schema name.  Statements that make
--- tasks ready send the NOTIFY themselves, so no extra round trip is needed.
+-- and is PREPAREd once per connection; @schema@ is the quoted schema name, @schema_name@ the bare one.  Statements that make
+-- tasks ready send the NOTIFY themselves (no extra round trip), and only when a consumer of the
+-- queue is registered in waiters, so that producers pay nothing for it while consumers are busy.
 
 -- name: register (text)
 INSERT INTO @schema@.queues (name) VALUES ($1) ON CONFLICT DO NOTHING;
 
--- name: submit_one (uuid, text, smallint, float8, text, text)
+-- name: submit_one (uuid, text, smallint, float8, text)
 WITH i AS (
     INSERT INTO @schema@.tasks (id, queue, priority, visible_at, body)
     VALUES ($1, $2, $3, now() + $4 * interval '1 second', $5)
 )
-SELECT pg_notify($6, '');
+SELECT pg_notify('asynctask_' || md5('@schema_name@.' || $2), '') FROM @schema@.waiters WHERE queue = $2 LIMIT 1;
 
--- name: submit_many (text[], text, smallint, float8, text[], text)
+-- name: submit_many (text[], text, smallint, float8, text[])
 WITH i AS (
     INSERT INTO @schema@.tasks (id, queue, priority, visible_at, body)
     SELECT u.id::uuid, $2, $3, now() + $4 * interval '1 second', u.body FROM unnest($1, $5) AS u (id, body)
 )
-SELECT pg_notify($6, '');
+SELECT pg_notify('asynctask_' || md5('@schema_name@.' || $2), '') FROM @schema@.waiters WHERE queue = $2 LIMIT 1;
+
+-- name: wait (text)
+INSERT INTO @schema@.waiters (queue, pid) VALUES ($1, pg_backend_pid()) ON CONFLICT DO NOTHING;
+
+-- name: unwait (text)
+DELETE FROM @schema@.waiters WHERE queue = $1 AND pid = pg_backend_pid();
+
+-- name: forget_waiters ()
+DELETE FROM @schema@.waiters AS w
+WHERE w.pid = pg_backend_pid() OR NOT EXISTS (SELECT FROM pg_stat_activity AS a WHERE a.pid = w.pid);
 
 -- name: fetch (text, integer, bigint, float8)
 WITH taken AS (
@@ -47,14 +58,14 @@ DELETE FROM @schema@.tasks WHERE rowid = $1 AND receipt = $2;
 DELETE FROM @schema@.tasks AS t USING unnest($1, $2) AS a (rowid, receipt)
 WHERE t.rowid = a.rowid AND t.receipt = a.receipt;
 
--- name: nack (bigint, bigint, float8, integer, text)
+-- name: nack (bigint, bigint, float8, integer)
 WITH u AS (
     UPDATE @schema@.tasks
     SET receipt = NULL, visible_at = now() + $3 * interval '1 second', attempts = attempts - $4
     WHERE rowid = $1 AND receipt = $2
-    RETURNING 1
+    RETURNING queue
 )
-SELECT pg_notify($5, '') FROM u;
+SELECT pg_notify('asynctask_' || md5('@schema_name@.' || u.queue), '') FROM u WHERE EXISTS (SELECT FROM @schema@.waiters AS w WHERE w.queue = u.queue);
 
 -- name: extend (bigint, bigint, float8)
 UPDATE @schema@.tasks SET visible_at = now() + $3 * interval '1 second'
@@ -89,7 +100,7 @@ DELETE FROM @schema@.tasks WHERE queue = $1 AND (receipt IS NULL OR visible_at <
 SELECT translate(id::text, '-', ''), queue, body, reason, attempts, extract(epoch FROM dead_at)::float8
 FROM @schema@.dead WHERE queue = $1 ORDER BY n LIMIT $2;
 
--- name: replay (text, text[], text)
+-- name: replay (text, text[])
 WITH d AS (
     DELETE FROM @schema@.dead WHERE queue = $1 AND ($2 IS NULL OR id = ANY ($2::uuid[]))
     RETURNING n, id, priority, body
@@ -98,7 +109,7 @@ WITH d AS (
     SELECT id, $1, priority, body FROM d ORDER BY n
     RETURNING 1
 )
-SELECT count(*), pg_notify($3, '') FROM i;
+SELECT count(*), (SELECT pg_notify('asynctask_' || md5('@schema_name@.' || $1), '') FROM @schema@.waiters WHERE queue = $1 LIMIT 1) FROM i;
 
 -- name: claim (text, float8)
 INSERT INTO @schema@.claims (key, expires_at) VALUES ($1, now() + $2 * interval '1 second')

@@ -47,6 +47,15 @@ CREATE TABLE IF NOT EXISTS @schema@.dead (
 
 CREATE INDEX IF NOT EXISTS dead_queue_order ON @schema@.dead (queue, n);
 
+-- Consumers blocked in get_task (one row per queue and listening backend): submit, nack and replay
+-- send a NOTIFY only when the queue has one.  Unlogged: it describes live sessions only.
+CREATE UNLOGGED TABLE IF NOT EXISTS @schema@.waiters (
+    queue text COLLATE "C" NOT NULL,
+    pid integer NOT NULL,
+    since timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (queue, pid)
+);
+
 -- claim_once: a key is held until expires_at.
 CREATE TABLE IF NOT EXISTS @schema@.claims (
     key text COLLATE "C" PRIMARY KEY,
