@@ -1,12 +1,14 @@
 -- dead_list: ARGV = limit.  Returns {id, body, reason, attempts, dead_at_us, ...}, oldest death first.
-local ids = redis.call('ZRANGE', dead_key, 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+local dead = redis.call('ZRANGE', dead_key, 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
 local out = {}
-for i = 1, #ids, 2 do
-  local rec = redis.call('HMGET', base .. 'task:' .. ids[i], 'b', 'x', 'a')
-  out[#out + 1] = ids[i]
-  out[#out + 1] = rec[1] or ''
-  out[#out + 1] = rec[2] or ''
-  out[#out + 1] = rec[3] or '0'
-  out[#out + 1] = ids[i + 1]
+for i = 1, #dead, 2 do
+  local id = dead[i]
+  local info = redis.call('HGET', deadinfo_key, id) or ''
+  local a, _, _, reason = string.match(info, '^(%d+):(%d):(%d+):(.*)$')
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('GET', body_key(id)) or ''
+  out[#out + 1] = reason or info
+  out[#out + 1] = a or '0'
+  out[#out + 1] = dead[i + 1]
 end
 return out

@@ -1,20 +1,24 @@
 -- purge: ARGV = limit.  Deletes up to `limit` ready or delayed tasks; returns how many.
 local limit = tonumber(ARGV[1])
-local n = 0
+local gone = {}
 for p = 9, 0, -1 do
-  if n >= limit then break end
-  local ids = redis.call('RPOP', base .. 'ready:' .. p, limit - n)
-  if ids then
-    for i = 1, #ids do redis.call('DEL', base .. 'task:' .. ids[i]) end
-    n = n + #ids
+  if #gone >= limit then break end
+  local entries = redis.call('RPOP', ready_key(p), limit - #gone)
+  if entries then
+    for i = 1, #entries do gone[#gone + 1] = entries[i] end
   end
 end
-if n < limit then
-  local ids = redis.call('ZRANGE', delayed_key, 0, limit - n - 1)
-  for i = 1, #ids do
-    redis.call('ZREM', delayed_key, ids[i])
-    redis.call('DEL', base .. 'task:' .. ids[i])
+if #gone < limit then
+  local entries = redis.call('ZRANGE', delayed_key, 0, limit - #gone - 1)
+  if #entries > 0 then
+    redis.call('ZREM', delayed_key, unpack(entries))
+    for i = 1, #entries do gone[#gone + 1] = entries[i] end
   end
-  n = n + #ids
 end
-return n
+local ids = {}
+for i = 1, #gone do
+  local _, _, _, id = string.match(gone[i], ENTRY)
+  if id then ids[#ids + 1] = body_key(id) end
+end
+if #ids > 0 then redis.call('DEL', unpack(ids)) end
+return #gone

@@ -5,12 +5,13 @@ promote(now, tonumber(ARGV[1]))
 local ready = 0
 local oldest = nil
 for p = 0, 9 do
-  local key = base .. 'ready:' .. p
+  local key = ready_key(p)
   local len = redis.call('LLEN', key)
   if len > 0 then
     ready = ready + len
     local head = redis.call('LINDEX', key, -1)
-    local e = head and tonumber(redis.call('HGET', base .. 'task:' .. head, 'e'))
+    local _, _, e = string.match(head or '', ENTRY)
+    e = tonumber(e)
     if e and (oldest == nil or e < oldest) then oldest = e end
   end
 end
