@@ -9,9 +9,11 @@ URL forms::
 
 Options (query parameters):
 
-``prefetch`` (256)
-    ``basic.qos`` of the consumer: deliveries the broker sends ahead.  ``get_tasks`` hands out
-    what has already arrived, so the drain rate comes from here.
+``prefetch`` (512)
+    The most deliveries a consumer holds unacked (``basic.qos``, per queue); the qos actually set
+    follows the fetch size (4 x ``max_count``, a power of two, up to this), so that a worker
+    fetching one slow task at a time does not hoard the queue.  ``get_tasks`` hands out what has
+    already arrived, so the drain rate comes from here.
 ``lease_s`` (30)
     The default lease (see *Leases* below).
 ``heartbeat_s`` (600; 0 turns heartbeats off)
@@ -112,6 +114,8 @@ logger = logging.getLogger(__name__)
 EARLY_TOLERANCE_S = 1.0
 #: How long a fetch whose time is up waits more for deliveries when the broker says tasks are ready.
 SYNC_WAIT_S = 1.0
+#: How long a fetch whose time is up waits for deliveries in transit before asking the broker.
+GRACE_S = 0.005
 
 
 @dataclass
@@ -143,12 +147,13 @@ class _Delivery:
 
 
 def qos_for(max_count: int, prefetch: int) -> int:
-    """The prefetch for fetches of ``max_count``: room for the batch handed out and the next one.
+    """The prefetch for fetches of ``max_count``: the batch handed out and about three more.
 
-    A power of two (so it changes rarely) and at most the ``prefetch`` option: a worker fetching
-    one slow task at a time holds two, not the option's 256, and leaves the rest to other workers.
+    A power of two >= 4 * max_count (so it changes rarely), at most the ``prefetch`` option: a
+    worker fetching one slow task at a time holds four, not the option's 512, and leaves the rest
+    to other workers; one fetching 100 fast ones keeps 512 coming.
     """
-    return min(prefetch, 1 << max(1, (2 * max_count - 1).bit_length()))
+    return min(prefetch, 1 << (4 * max_count - 1).bit_length())
 
 
 class AmqpTransport(AmqpAdmin):
@@ -223,7 +228,7 @@ class AmqpTransport(AmqpAdmin):
         with self._guard():
             consumer = self._consumer(queue, max_count)
             buffer = consumer.buffer
-            synced = False
+            stage = 0
             while True:
                 next_end = self._expire_leases()
                 if len(buffer) < max_count:
@@ -233,14 +238,19 @@ class AmqpTransport(AmqpAdmin):
                 if tasks:
                     return tasks
                 if remaining <= 0:
-                    # Deliveries are pushed: ready tasks may simply not have arrived yet (a new
-                    # consumer, timeout_s=0).  Ask the broker once; wait for them if there are some.
-                    full = len(consumer.unacked) >= consumer.qos
-                    if synced or full or not self.passive(self.names.work(queue)):
+                    # Deliveries are pushed: ready tasks may not have arrived yet (a new consumer,
+                    # acks just sent, timeout_s=0).  With room under the qos, wait a moment for
+                    # them; then ask the broker once, and wait for them if it has some.
+                    if len(consumer.unacked) >= consumer.qos or stage >= 2:
                         return []
-                    synced = True
-                    deadline = time.monotonic() + SYNC_WAIT_S
-                    remaining = SYNC_WAIT_S
+                    if stage == 0:
+                        remaining = GRACE_S
+                    elif self.passive(self.names.work(queue)):
+                        remaining = SYNC_WAIT_S
+                    else:
+                        return []
+                    stage += 1
+                    deadline = time.monotonic() + remaining
                 wait = min(remaining, max(next_end - time.monotonic(), 0.001))
                 self._conn.process_data_events(time_limit=wait)
 

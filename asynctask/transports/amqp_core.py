@@ -90,7 +90,7 @@ def enqueued_at(properties: Any) -> float:
 class AmqpOptions:
     """The URL options, parsed (see the module docstring of ``amqp.py``)."""
 
-    prefetch: int = 256
+    prefetch: int = 512
     heartbeat_s: int = 600
     queue_type: str = "classic"
     prefix: str = "asynctask"
