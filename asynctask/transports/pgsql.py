@@ -362,20 +362,23 @@ class PgsqlTransport(Transport):
     # -- consuming -------------------------------------------------------------------------
 
     def _fetch(self, queue: str, max_count: int, lease_s: float) -> list[Task]:
+        """One fetch statement; again for the missing part when undecodable rows were buried."""
+        tasks: list[Task] = []
         while True:
+            want = max_count - len(tasks)
             token = int.from_bytes(os.urandom(8), "big") >> 1
-            rows = self._run("fetch", queue, max_count, token, lease_s, rows=True)
-            tasks = []
+            rows = self._run("fetch", queue, want, token, lease_s, rows=True)
+            buried = 0
             for rowid, task_id, body, attempts, enqueued_at, priority in rows:
-                receipt = f"{rowid}.{token}"
                 try:
                     payload = decode_payload(body)
                 except TaskDecodeError as exc:
                     logger.warning("task %s on queue %s does not decode; moved to dead letters", task_id, queue)
                     self._run("bury", rowid, token, dead_reason_for_undecodable(exc))
+                    buried += 1
                     continue
-                tasks.append(Task(task_id, queue, payload, attempts, enqueued_at, priority, receipt))
-            if tasks or len(rows) < max_count:
+                tasks.append(Task(task_id, queue, payload, attempts, enqueued_at, priority, f"{rowid}.{token}"))
+            if not buried or len(rows) < want:
                 return tasks
 
     def _get_tasks(self, queue: str, max_count: int, timeout_s: float, lease_s: float) -> list[Task]:
@@ -410,12 +413,8 @@ class PgsqlTransport(Transport):
                 self._listen(channel)
                 tasks = self._fetch(queue, max_count, lease_s)
                 remaining = deadline - time.monotonic()
-                if tasks:
-                    self._listener_run("unwait", queue)
-                    self._waiting.discard(queue)
-                    return tasks
-                if remaining <= 0:
-                    return tasks
+                if tasks or remaining <= 0:
+                    return tasks  # still registered: the next call that finds tasks at once unregisters
                 due = self._run("next_due", queue, rows=True)[0][0]
                 self._wait(channel, min(remaining, first_wait, SAFETY_POLL_S if due is None else max(due, 0.001)))
                 first_wait = SAFETY_POLL_S
@@ -483,9 +482,10 @@ class PgsqlTransport(Transport):
     def _receipt(task: Task) -> tuple[int, int] | None:
         rowid, _, token = task.receipt.partition(".")
         try:
-            return int(rowid), int(token)
+            pair = int(rowid), int(token)
         except ValueError:
             return None
+        return pair if min(pair) >= 0 and max(pair) < 1 << 63 else None
 
     def ack(self, task: Task) -> None:
         receipt = self._receipt(task)

@@ -1,0 +1,391 @@
+"""PostgreSQL transport extras beyond the contract suite: URLs, errors, schema, faults, scale, wake-up.
+
+Needs the server at 127.0.0.1:5432 (trust auth, user postgres, database test); each test uses a schema
+of its own, dropped at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import PGSQL_HOST, PGSQL_PORT, require_service
+
+from asynctask.errors import TransportError, TransportUnavailableError, TransportURLError
+from asynctask.transports import get_transport
+from asynctask.transports.pgsql import SCHEMA_VERSION, PgsqlTransport, parse_pgsql_url
+
+psycopg2 = pytest.importorskip("psycopg2")
+
+BASE = "postgresql://postgres@127.0.0.1:5432/test"
+HERE = Path(__file__).parent
+
+
+def sql(statement: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Run one statement on a connection of its own; return its rows (if any)."""
+    conn = psycopg2.connect(host=PGSQL_HOST, port=PGSQL_PORT, user="postgres", dbname="test", connect_timeout=5)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(statement, args)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    require_service("PostgreSQL", PGSQL_HOST, PGSQL_PORT)
+    name = f"asynctask_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture
+def url(schema: str) -> str:
+    return f"{BASE}?schema={schema}"
+
+
+@pytest.fixture
+def transport(url: str) -> Iterator[PgsqlTransport]:
+    with PgsqlTransport(url) as made:
+        yield made
+
+
+def run_python(code: str, *args: str, timeout: float = 60) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+# -- URLs and options ---------------------------------------------------------------------------
+
+
+def test_url_forms_parse_to_connection_keywords() -> None:
+    dsn, options, where = parse_pgsql_url("pgsql://alice:s3cret@db.example:6543/jobs?schema=q1&lease_s=12")
+    assert dsn == {
+        "dbname": "jobs", "host": "db.example", "port": 6543, "user": "alice", "password": "s3cret",
+        "connect_timeout": 5,
+    }
+    assert options == {"schema": "q1", "lease_s": 12.0}
+    assert "db.example:6543" in where and "'jobs'" in where and "s3cret" not in where and "***" in where
+    assert parse_pgsql_url("pgsql:jobs")[0] == {"dbname": "jobs", "connect_timeout": 5}
+    for scheme in ("postgresql", "postgres"):
+        assert parse_pgsql_url(f"{scheme}://h/d")[0] == {"dbname": "d", "host": "h", "connect_timeout": 5}
+    assert parse_pgsql_url("pgsql://h/d?sslmode=require&connect_timeout=2")[0]["sslmode"] == "require"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "pgsql://h/d?schema=Bad-Name",
+        "pgsql://h/d?schema=" + "x" * 41,
+        "pgsql://h/d?lease_s=0",
+        "pgsql://h/d?colour=red",
+        "pgsql://h/",
+        "pgsql:",
+    ],
+)
+def test_bad_urls_are_rejected(bad: str) -> None:
+    with pytest.raises(TransportURLError):
+        PgsqlTransport(bad)
+
+
+@pytest.mark.parametrize("scheme", ["pgsql", "postgresql", "postgres"])
+def test_every_scheme_reaches_the_server(scheme: str, schema: str) -> None:
+    with get_transport(f"{scheme}://postgres@127.0.0.1:5432/test?schema={schema}&lease_s=7") as transport:
+        assert isinstance(transport, PgsqlTransport)
+        assert transport.lease_s == 7.0 and transport.schema == schema
+        task_id = transport.submit_task("q_url", {"a": 1})
+        task = transport.get_task("q_url")
+        assert task is not None and task.id == task_id
+        transport.ack(task)
+
+
+def test_pgsql_dbname_form_uses_libpq_environment(schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGHOST", PGSQL_HOST)
+    monkeypatch.setenv("PGPORT", str(PGSQL_PORT))
+    monkeypatch.setenv("PGUSER", "postgres")
+    with get_transport(f"pgsql:test?schema={schema}") as transport:
+        transport.submit_task("q_env")
+        assert transport.stats("q_env").ready == 1
+        assert f"{PGSQL_HOST}:{PGSQL_PORT}" in transport.where
+
+
+def test_lease_s_option_is_the_default_lease(schema: str) -> None:
+    with PgsqlTransport(f"{BASE}?schema={schema}&lease_s=0.3") as transport:
+        transport.submit_task("q_lease")
+        first = transport.get_task("q_lease")
+        assert first is not None and transport.get_task("q_lease") is None
+        again = transport.get_task("q_lease", timeout_s=3)
+        assert again is not None and again.id == first.id and again.attempts == 2
+
+
+def test_default_schema_is_asynctask() -> None:
+    assert PgsqlTransport(BASE).schema == "asynctask"
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def test_password_is_masked_in_repr_and_errors() -> None:
+    transport = PgsqlTransport("pgsql://bob:hunter2@127.0.0.1:1/nowhere?connect_timeout=2")
+    assert "hunter2" not in repr(transport) and "***" in repr(transport)
+    with pytest.raises(TransportUnavailableError) as info:
+        transport.submit_task("q_err")
+    assert "hunter2" not in str(info.value)
+
+
+def test_unreachable_server_is_one_line_naming_host_port_database() -> None:
+    transport = PgsqlTransport("pgsql://postgres:pw@127.0.0.1:1/somedb?connect_timeout=2")
+    started = time.monotonic()
+    with pytest.raises(TransportUnavailableError) as info:
+        transport.get_task("q_err")
+    message = str(info.value)
+    assert "\n" not in message and "127.0.0.1:1" in message and "somedb" in message and "pw@" not in message
+    assert time.monotonic() - started < 10
+    with pytest.raises(TransportUnavailableError):  # still unavailable, after a short backoff
+        transport.stats("q_err")
+
+
+def test_missing_database_is_one_line_naming_it() -> None:
+    require_service("PostgreSQL", PGSQL_HOST, PGSQL_PORT)
+    transport = PgsqlTransport(f"postgresql://postgres@{PGSQL_HOST}:{PGSQL_PORT}/asynctask_no_such_db")
+    with pytest.raises(TransportUnavailableError) as info:
+        transport.submit_task("q_err")
+    message = str(info.value)
+    assert "\n" not in message and f"{PGSQL_HOST}:{PGSQL_PORT}" in message
+    assert "asynctask_no_such_db" in message and "does not exist" in message
+
+
+def test_a_killed_connection_is_reopened_transparently(transport: PgsqlTransport) -> None:
+    transport.submit_task("q_kill")
+    assert transport._conn is not None
+    pid = transport._conn.get_backend_pid()
+    sql("SELECT pg_terminate_backend(%s)", (pid,))
+    time.sleep(0.2)
+    assert transport.stats("q_kill").ready == 1  # reconnected and retried once
+    assert transport._conn is not None and transport._conn.get_backend_pid() != pid
+
+
+# -- schema -------------------------------------------------------------------------------------
+
+
+def test_schema_version_row_and_tables(transport: PgsqlTransport, schema: str) -> None:
+    transport.queues()
+    assert sql(f'SELECT version FROM "{schema}".schema_version') == [(SCHEMA_VERSION,)]
+    tables = {row[0] for row in sql("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,))}
+    assert tables == {"schema_version", "queues", "tasks", "dead", "waiters", "claims"}
+    indexes = {row[0] for row in sql("SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,))}
+    assert {"tasks_fetch_order", "dead_queue_order"} <= indexes
+
+
+def test_a_newer_schema_version_is_refused(transport: PgsqlTransport, schema: str) -> None:
+    transport.queues()
+    sql(f'INSERT INTO "{schema}".schema_version (version) VALUES (%s)', (SCHEMA_VERSION + 1,))
+    with PgsqlTransport(transport.url) as other, pytest.raises(TransportError, match="newer"):
+        other.queues()
+
+
+def test_schema_creation_race_between_processes(url: str, schema: str) -> None:
+    start_at = time.time() + 1.5
+    code = """
+        import sys, time
+        from asynctask.transports import get_transport
+        transport = get_transport(sys.argv[1])
+        time.sleep(max(float(sys.argv[2]) - time.time(), 0))
+        transport.submit_task("q_race")
+        print("ok")
+    """
+    procs = [run_python(code, url, str(start_at)) for _ in range(6)]
+    outputs = [proc.communicate(timeout=60) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 6, [err for _, err in outputs]
+    assert sql(f'SELECT version FROM "{schema}".schema_version') == [(SCHEMA_VERSION,)]
+    assert sql(f'SELECT count(*) FROM "{schema}".tasks') == [(6,)]
+
+
+# -- bad data -----------------------------------------------------------------------------------
+
+
+def test_undecodable_rows_injected_in_the_table_go_to_dead_letters(transport: PgsqlTransport, schema: str) -> None:
+    transport.submit_task("q_bad", {"n": 1})
+    for body in ("not json at all", "[1, 2, 3]", "\"a string\""):
+        sql(f'INSERT INTO "{schema}".tasks (id, queue, body) VALUES (%s, %s, %s)', (uuid.uuid4().hex, "q_bad", body))
+    transport.submit_task("q_bad", {"n": 2})
+    tasks = transport.get_tasks("q_bad", 2)
+    assert [t.payload for t in tasks] == [{"n": 1}, {"n": 2}]
+    dead = transport.dead_tasks("q_bad")
+    assert sorted(d.body for d in dead) == sorted(["not json at all", "[1, 2, 3]", '"a string"'])
+    assert all(d.reason.startswith("undecodable task body") and d.attempts == 1 for d in dead)
+    assert transport.stats("q_bad").dead == 3
+
+
+def test_receipts_that_are_not_ours_are_ignored(transport: PgsqlTransport) -> None:
+    transport.submit_task("q_rcpt")
+    task = transport.get_task("q_rcpt")
+    assert task is not None
+    for receipt in ("", "junk", "1.2.3", f"{task.receipt}0"):
+        forged = type(task)(task.id, task.queue, task.payload, task.attempts, task.enqueued_at, task.priority, receipt)
+        transport.ack(forged)
+        transport.nack(forged)
+        assert transport.extend(forged, 5) is False
+    assert transport.stats("q_rcpt").in_flight == 1
+    assert transport.replay_dead("q_rcpt", ["not-an-id"]) == 0
+
+
+# -- faults and scale ---------------------------------------------------------------------------
+
+
+CONSUMER_HOLDING_A_BATCH = """
+    import sys, time
+    from asynctask.transports import get_transport
+    transport = get_transport(sys.argv[1])
+    tasks = transport.get_tasks("q_kill9", 10, lease_s=float(sys.argv[2]))
+    print(" ".join(t.id for t in tasks), flush=True)
+    time.sleep(60)
+"""
+
+
+def test_kill_9_of_a_consumer_holding_a_batch(transport: PgsqlTransport, url: str) -> None:
+    ids = transport.submit_tasks("q_kill9", [{"n": n} for n in range(15)])
+    proc = run_python(CONSUMER_HOLDING_A_BATCH, url, "1.5")
+    try:
+        assert proc.stdout is not None
+        held = proc.stdout.readline().split()
+        assert held == ids[:10]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert transport.stats("q_kill9").in_flight == 10
+    rest = transport.get_tasks("q_kill9", 100)
+    assert [t.id for t in rest] == ids[10:]
+    back = transport.get_tasks("q_kill9", 100, timeout_s=5)
+    assert sorted(t.id for t in back) == sorted(ids[:10]) and {t.attempts for t in back} == {2}
+    transport.ack_tasks(rest + back)
+    assert transport.stats("q_kill9") == type(transport.stats("q_kill9"))()
+
+
+CONSUMER = """
+    import sys, time
+    from asynctask.transports import get_transport
+    with get_transport(sys.argv[1]) as transport:
+        time.sleep(max(float(sys.argv[2]) - time.time(), 0))
+        idle = 0
+        while idle < 2:
+            tasks = transport.get_tasks("q_many", 100, timeout_s=0.5)
+            if not tasks:
+                idle += 1
+                continue
+            idle = 0
+            transport.ack_tasks(tasks)
+            sys.stdout.write("".join(t.id + "\\n" for t in tasks))
+        sys.stdout.flush()
+"""
+
+
+@pytest.mark.slow
+def test_four_consumer_processes_on_20000_tasks_each_acked_exactly_once(transport: PgsqlTransport, url: str) -> None:
+    ids: list[str] = []
+    for start in range(0, 20_000, 1000):
+        ids += transport.submit_tasks("q_many", [{"n": n} for n in range(start, start + 1000)])
+    start_at = time.time() + 1.0
+    procs = [run_python(CONSUMER, url, str(start_at)) for _ in range(4)]
+    outputs = [proc.communicate(timeout=150) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 4, [err[-2000:] for _, err in outputs]
+    acked = Counter(line for out, _ in outputs for line in out.split())
+    assert len(acked) == 20_000 and set(acked) == set(ids)
+    assert max(acked.values()) == 1
+    assert all(out.count("\n") > 0 for out, _ in outputs), "every consumer took a share"
+    assert transport.stats("q_many") == type(transport.stats("q_many"))()
+
+
+# -- waiting ------------------------------------------------------------------------------------
+
+
+def test_notify_wakes_a_blocked_get_task_quickly(transport: PgsqlTransport, url: str) -> None:
+    latencies = []
+    with PgsqlTransport(url) as producer:
+        for _ in range(15):
+            got: list[float] = []
+
+            def consume(got: list[float] = got) -> None:
+                task = transport.get_task("q_wake", timeout_s=10)
+                got.append(time.perf_counter())
+                assert task is not None
+                transport.ack(task)
+
+            thread = threading.Thread(target=consume)
+            thread.start()
+            time.sleep(0.1)  # the consumer is blocked (registered as a waiter, listening)
+            submitted = time.perf_counter()
+            producer.submit_task("q_wake", {"at": submitted})
+            thread.join(timeout=10)
+            assert got, "the blocked get_task did not return"
+            latencies.append(got[0] - submitted)
+    median = statistics.median(latencies)
+    print(f"submit-to-get latency: median {median * 1000:.2f} ms, max {max(latencies) * 1000:.2f} ms")
+    assert median < 0.1  # the safety poll is 2 s: only a notification explains this
+
+
+def test_blocked_get_task_wakes_at_the_delayed_due_time(transport: PgsqlTransport) -> None:
+    transport.submit_task("q_due", delay_s=0.6)
+    started = time.monotonic()
+    task = transport.get_task("q_due", timeout_s=5)
+    assert task is not None and 0.5 <= time.monotonic() - started < 1.5
+
+
+def test_producers_do_not_notify_when_no_consumer_waits(transport: PgsqlTransport, url: str, schema: str) -> None:
+    transport.submit_task("q_quiet")
+    assert sql(f'SELECT count(*) FROM "{schema}".waiters') == [(0,)]
+    assert transport.get_task("q_quiet", timeout_s=0.2) is not None
+    assert transport.get_task("q_quiet", timeout_s=0.2) is None  # waited: now registered
+    assert sql(f'SELECT queue FROM "{schema}".waiters') == [("q_quiet",)]
+    transport.submit_task("q_quiet")
+    assert transport.get_task("q_quiet", timeout_s=1) is not None  # busy again: unregistered
+    assert sql(f'SELECT count(*) FROM "{schema}".waiters') == [(0,)]
+
+
+def test_threads_share_one_transport(transport: PgsqlTransport) -> None:
+    transport.submit_tasks("q_threads", [{"n": n} for n in range(400)])
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        while tasks := transport.get_tasks("q_threads", 7, timeout_s=0.3):
+            transport.ack_tasks(tasks)
+            with lock:
+                seen.extend(t.id for t in tasks)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(seen) == len(set(seen)) == 400
+
+
+def test_payloads_round_trip_exactly(transport: PgsqlTransport) -> None:
+    payload = {"text": "héllo 'quoted' %s %(x)s \\ \u2603", "nested": {"list": [1, 2.5, None, True]}}
+    transport.submit_tasks("q_rt", [payload, payload])
+    transport.submit_task("q_rt", payload, priority=3, delay_s=0)
+    tasks = transport.get_tasks("q_rt", 3)
+    assert [t.payload for t in tasks] == [payload] * 3 and tasks[0].priority == 3
+    assert json.loads(json.dumps(tasks[0].payload)) == payload
