@@ -19,7 +19,7 @@ Layout under the root (every name sorts by its first, fixed-width field)::
 
 A file holds only the JSON body; the rest is in its name, so each state change is one ``rename``.
 ``order_ns`` is a wall-clock key strictly increasing within a process (FIFO); ``<bucket>`` is
-``order_ns >> 27`` (134 ms of submissions), so no directory a consumer lists grows with the backlog
+``order_ns >> 30`` (1.07 s of submissions), so no directory a consumer lists grows with the backlog
 beyond one bucket.  ``deliveries`` counts deliveries so far.  The in-flight name is the delivery's
 receipt (portable: any process may ack by it).  The lease ends at ``deadline_ns``, or at the file's
 mtime when that is >= ``claimed_ns`` (set by ``extend``; a file's write time is before its claim and
@@ -55,6 +55,7 @@ Unknown file names (not starting with ``.``) and bodies that do not decode go to
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import itertools
@@ -64,6 +65,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from asynctask.errors import TaskDecodeError, TransportError, TransportURLError
@@ -84,7 +86,7 @@ logger = logging.getLogger(__name__)
 PRIORITIES = range(MAX_PRIORITY, -1, -1)
 PROMOTE_BATCH = 1000
 TMP_MAX_AGE_S = 600.0
-BUCKET_SHIFT = 27
+BUCKET_SHIFT = 30
 _S = 1_000_000_000
 _ID = r"[0-9A-Za-z_-]{1,64}"
 _RECEIPT_RE = re.compile(rf"\d{{19}}\.\d{{19}}\.{_ID}\.\d{{1,9}}\.\d{{1,19}}\.\d\.[0-9a-f]{{1,32}}\Z", re.ASCII)
@@ -130,6 +132,18 @@ def _bad_name(name: str) -> str:
     return dead_reason_for_undecodable(ValueError(f"file name {name!r} is not a task file name"))
 
 
+def _new_task(*fields: Any) -> Task:
+    """Task(*fields), built without the frozen dataclass's per-field __setattr__ (the hot path)."""
+    task: Task = object.__new__(Task)
+    task.__dict__.update(zip(_TASK_FIELDS, fields, strict=True))
+    return task
+
+
+_TASK_FIELDS = [field.name for field in dataclasses.fields(Task)]
+if hasattr(Task, "__slots__") or getattr(Task, "__post_init__", None):  # pragma: no cover - keep it honest
+    _new_task = Task
+
+
 class _Dirs:
     """The directory paths of one queue."""
 
@@ -161,6 +175,7 @@ class FilesystemTransport(Transport):
         self.dir_mode = self.file_mode | ((self.file_mode & 0o444) >> 2)
         self.root = os.path.abspath(parsed.path)
         self._tmp = f"{self.root}/tmp"
+        self._pid = os.getpid()  # a forked child opens its own transport (see Transport)
         self._lock = threading.Lock()
         self._dirs: dict[str, _Dirs] = {}
         self._names: dict[tuple[str, int], list[str]] = {}  # sorted names of the current bucket, reversed
@@ -213,7 +228,7 @@ class FilesystemTransport(Transport):
 
     def _write_new(self, data: bytes) -> str:
         """Write ``data`` to a fresh file in tmp/ and return its path (to be renamed into place)."""
-        path = f"{self._tmp}/{os.getpid()}.{next(_counter)}.{os.urandom(4).hex()}"
+        path = f"{self._tmp}/{self._pid}.{next(_counter)}.{os.urandom(4).hex()}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.file_mode)
         try:
             if self.file_mode != 0o600:
@@ -264,10 +279,12 @@ class FilesystemTransport(Transport):
 
     def _receipt(self, task: Task) -> tuple[_Dirs, str, Meta] | None:
         """The queue dirs, in-flight path and meta a task's receipt names (None: not ours / malformed)."""
-        validate_queue_name(task.queue)
+        dirs = self._dirs.get(task.queue)
+        if dirs is None:
+            validate_queue_name(task.queue)
         if not isinstance(task.receipt, str) or not _RECEIPT_RE.match(task.receipt):
             return None
-        dirs = self._queue_dirs(task.queue)
+        dirs = dirs or self._queue_dirs(task.queue)
         if dirs is None:
             return None
         _, _, task_id, deliveries, enq_us, priority, _ = task.receipt.split(".")
@@ -343,10 +360,7 @@ class FilesystemTransport(Transport):
         for priority in PRIORITIES:
             key = (queue, priority)
             while len(tasks) < max_count and (self._names.get(key) or self._refill(key, dirs, listed)):
-                where = (priority, self._current[key], self._names[key].pop())
-                task = self._claim(queue, dirs, where, now=now, lease_ns=lease_ns)
-                if task is not None:
-                    tasks.append(task)
+                self._claim(queue, dirs, key, tasks, max_count, f"{now + lease_ns:019d}.{now:019d}.")
         return tasks
 
     def _refill(self, key: tuple[str, int], dirs: _Dirs, listed: set[str]) -> bool:
@@ -380,36 +394,43 @@ class FilesystemTransport(Transport):
                     return False
             self._current[key] = f"{dirs.ready[key[1]]}/{buckets.pop()}"
 
-    def _claim(self, queue: str, dirs: _Dirs, key: tuple[int, str, str], *, now: int, lease_ns: int) -> Task | None:
-        priority, bucket, name = key
-        match = _READY_RE.match(name)
-        if match is None:
-            task_id, deliveries, enq_us = new_task_id(), 1, str(now // 1000)
-        else:
-            task_id, deliveries, enq_us = match[1], int(match[2]) + 1, match[3]
-        receipt = f"{now + lease_ns:019d}.{now:019d}.{task_id}.{deliveries}.{enq_us}.{priority}.{os.urandom(4).hex()}"
-        path = f"{dirs.inflight}/{receipt}"
-        try:
-            os.rename(f"{bucket}/{name}", path)
-        except FileNotFoundError:
-            return None  # another consumer won it
-        meta = (task_id, deliveries, enq_us, priority)
-        if match is None:
-            self._bury(dirs, path, meta, _bad_name(name))
-            return None
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            chunks = [os.read(fd, 1 << 16)]
-            while len(chunks[-1]) == 1 << 16:
-                chunks.append(os.read(fd, 1 << 16))
-        finally:
-            os.close(fd)
-        try:
-            payload = decode_payload(b"".join(chunks))
-        except TaskDecodeError as exc:
-            self._bury(dirs, path, meta, dead_reason_for_undecodable(exc))
-            return None
-        return Task(task_id, queue, payload, deliveries, int(enq_us) / 1e6, priority, receipt)
+    def _claim(self, queue: str, dirs: _Dirs, key: tuple[str, int], tasks: list[Task], *args: Any) -> None:
+        """Claim names of the current bucket of ``key`` into ``tasks`` until it holds ``max_count``.
+
+        The hot loop: one rename, one read per task.  args = (max_count, receipt prefix).
+        """
+        max_count, prefix = args
+        priority, bucket, names, inflight = key[1], self._current[key], self._names[key], dirs.inflight
+        suffix = f".{priority}.{self._pid:x}"
+        while names and len(tasks) < max_count:
+            name = names.pop()
+            match = _READY_RE.match(name)
+            if match is None:
+                task_id, deliveries, enq_us = new_task_id(), 1, str(time.time_ns() // 1000)
+            else:
+                task_id, deliveries, enq_us = match[1], int(match[2]) + 1, match[3]
+            receipt = f"{prefix}{task_id}.{deliveries}.{enq_us}{suffix}{next(_counter) & 0xFFFFFFFF:08x}"
+            path = f"{inflight}/{receipt}"
+            try:
+                os.rename(f"{bucket}/{name}", path)
+            except FileNotFoundError:
+                continue  # another consumer won it
+            if match is None:
+                self._bury(dirs, path, (task_id, deliveries, enq_us, priority), _bad_name(name))
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                data = os.read(fd, 1 << 16)
+                while len(data) % (1 << 16) == 0 and (more := os.read(fd, 1 << 16)):
+                    data += more
+            finally:
+                os.close(fd)
+            try:
+                payload = decode_payload(data.decode("utf-8"))
+            except (UnicodeDecodeError, TaskDecodeError) as exc:
+                self._bury(dirs, path, (task_id, deliveries, enq_us, priority), dead_reason_for_undecodable(exc))
+                continue
+            tasks.append(_new_task(task_id, queue, payload, deliveries, int(enq_us) / 1e6, priority, receipt))
 
     def _maintain(self, queue: str, dirs: _Dirs) -> None:
         """Promote due delayed tasks and reclaim expired leases, at most PROMOTE_BATCH of each."""
@@ -470,11 +491,14 @@ class FilesystemTransport(Transport):
         synced: set[str] = set()
         with self._os_errors("ack"):
             for task in tasks:
-                found = self._receipt(task)
-                if found is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(found[1])
-                        synced.add(found[0].inflight)
+                receipt, dirs = task.receipt, self._dirs.get(task.queue)
+                if dirs is None or not isinstance(receipt, str) or not _RECEIPT_RE.match(receipt):
+                    if (found := self._receipt(task)) is None:
+                        continue
+                    dirs = found[0]
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{dirs.inflight}/{receipt}")
+                    synced.add(dirs.inflight)
             for path in synced:
                 self._sync_dir(path)
 

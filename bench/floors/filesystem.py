@@ -2,7 +2,8 @@
 
 submit: open(O_CREAT|O_EXCL) + write + close in tmp/, rename into ready/ (fsync file and directory
 when the URL says ``fsync=1``), exactly the transport's atomic write.  drain: rename ready/x to
-inflight/x, open + read + close, unlink: what a claim, a read and an ack cost at least.
+inflight/x, open + read + close, for 100 names, then unlink those 100: what the transport's
+``get_tasks(queue, 100)`` + ``ack_tasks`` loop must do at least.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import time
 
 from asynctask.transports.base import option_bool, parse_url
 from bench.floors import BODY
+
+BATCH = 100
 
 
 class Floor:
@@ -74,15 +77,19 @@ class Floor:
         names = [self.names.popleft() for _ in range(n)]
         ready, inflight = self.ready, self.inflight
         started = time.perf_counter()
-        for name in names:
-            src, dst = os.path.join(ready, name), os.path.join(inflight, name)
-            os.rename(src, dst)
-            fd = os.open(dst, os.O_RDONLY)
-            os.read(fd, 1 << 16)
-            os.close(fd)
-            os.unlink(dst)
-        if self.fsync:
-            self._sync(inflight)
+        for start in range(0, n, BATCH):  # as get_tasks(queue, 100) then ack_tasks(those 100)
+            taken = []
+            for name in names[start : start + BATCH]:
+                src, dst = f"{ready}/{name}", f"{inflight}/{name}"
+                os.rename(src, dst)
+                fd = os.open(dst, os.O_RDONLY)
+                os.read(fd, 1 << 16)
+                os.close(fd)
+                taken.append(dst)
+            for dst in taken:
+                os.unlink(dst)
+            if self.fsync:
+                self._sync(inflight)
         return time.perf_counter() - started
 
     def close(self) -> None:
