@@ -173,7 +173,8 @@ class RedisTransport(Transport):
         # A blocking wait must end before the socket timeout would call the server unreachable.
         self._max_block_s = max(self.socket_timeout_s - 1.0, self.socket_timeout_s / 2)
         self._password = parsed.password
-        self._client = self._connect(parsed, options)
+        #: The redis-py client (connection pool) this transport uses, for tools and tests.
+        self.client = self._client = self._connect(parsed, options)
         self._where = self._address(parsed)
         self._bases: dict[str, bytes] = {}
         self._lock = threading.Lock()
