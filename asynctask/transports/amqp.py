@@ -23,7 +23,9 @@ Options (query parameters):
     30 min by default, also applies).
 ``queue_type`` (classic)
     ``quorum`` declares replicated quorum queues (work, dead, delay).  They have no priorities on
-    RabbitMQ < 4.0: priority then only orders what one consumer has prefetched.
+    RabbitMQ < 4.0: priority then only orders what one consumer has prefetched.  Their consumers
+    take no channel-wide qos, so they prefetch the whole ``prefetch`` option whatever the fetch
+    size: lower it for slow tasks.
 ``prefix`` (asynctask)
     The first part of every queue name (tests use one per run).
 ``connect_timeout_s`` (5)
@@ -200,6 +202,12 @@ class AmqpTransport(AmqpAdmin):
         return consumer
 
     def _set_qos(self, consumer: _Consumer, max_count: int) -> None:
+        if self.options.queue_type == "quorum":
+            # Quorum queues refuse a channel-wide qos, and a consumer's own is fixed when it starts.
+            if not consumer.qos:
+                consumer.channel.basic_qos(prefetch_count=self.options.prefetch)
+                consumer.qos = self.options.prefetch
+            return
         qos = qos_for(max_count, self.options.prefetch)
         if qos != consumer.qos:
             consumer.channel.basic_qos(prefetch_count=qos, global_qos=True)  # channel-wide: applies at once
@@ -434,7 +442,8 @@ class AmqpTransport(AmqpAdmin):
     def close(self) -> None:
         """Give back what was prefetched but not handed out (unchanged attempts), then disconnect.
 
-        Handed-out deliveries still current return through the broker, counted as an attempt.
+        Handed-out deliveries still current return through the broker, counted as an attempt, and
+        so do deliveries still in transit when the consumer is cancelled (pika rejects them).
         """
         if self._conn is None:
             return
@@ -442,7 +451,6 @@ class AmqpTransport(AmqpAdmin):
             if self._conn.is_open and self._consumers:
                 self._conn.process_data_events(time_limit=0)
                 for consumer in self._consumers.values():
-                    consumer.channel.basic_qos(prefetch_count=1, global_qos=True)
                     for tag in list(consumer.channel.consumer_tags):
                         consumer.channel.basic_cancel(tag)
                     waiting = self._waiting(consumer.queue)

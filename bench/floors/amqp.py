@@ -43,8 +43,8 @@ class Floor:
         self.properties = pika.BasicProperties(delivery_mode=2, priority=0, content_type="application/json")
 
     def _on_confirm(self, frame: Any) -> None:
-        self._confirmed = frame.method.delivery_tag if frame.method.multiple else max(
-            self._confirmed, frame.method.delivery_tag
+        self._confirmed = (
+            frame.method.delivery_tag if frame.method.multiple else max(self._confirmed, frame.method.delivery_tag)
         )
 
     def _publish_batch(self, count: int) -> None:
