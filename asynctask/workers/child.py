@@ -83,7 +83,7 @@ def _open_transport(url: str, stop: threading.Event) -> Transport | None:
     return None
 
 
-def child_main(spec: ChildSpec, conn: Connection, parent_pid: int) -> None:
+def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.CurrentTask | None = None) -> None:
     """Run one worker on one queue until stopped or halted; exits the process."""
     configure_logging(spec.log_level, spec.quiet)
     stop = threading.Event()
@@ -128,6 +128,7 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int) -> None:
             rate_period_s=spec.rate_period_s,
             max_tasks=spec.max_tasks,
             report=report,
+            current=current,
             stop=stop,
         )
         try:

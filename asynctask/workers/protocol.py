@@ -7,7 +7,7 @@ only reads (signals carry the supervisor's wishes to the child), so neither can 
 ``("ready", pid)``                                           ``setup()`` is done, fetching starts
 ``("fetched", [task_dict, ...], wall_time)``                 the child now holds these tasks (``Task.to_dict()``)
 ``("polled", wall_time)``                                    a fetch came back empty (the child is alive)
-``("started", task_id, wall_time, timeout_s or None)``       ``process`` began on this task
+``("started", task_id, wall_time, timeout_s or None)``       ``process`` began on this task (see below)
 ``("finished", [(task_id, outcome, duration_s), ...])``      the child no longer holds these tasks
 ``("halted",)``                                              ``--halt-when-empty``: the queue is empty, exiting 0
 ``("recycle", reason)``                                      leaving on purpose (``max_tasks_per_child``...)
@@ -17,6 +17,11 @@ Outcomes in ``finished``: ``acked`` (processed and acknowledged), ``retried`` (f
 delay), ``dead`` (dead-lettered: rejected, timed out or out of attempts), ``released`` (fetched but
 never started, given back without counting an attempt), ``lost`` (the lease was lost before the
 outcome could be recorded).  ``duration_s`` is the processing time (0 for ``released``).
+
+The task in hand is not sent per task (a message per task would cost the supervisor a wake-up per
+task): the child writes it into a :class:`CurrentTask` in shared memory instead, and the supervisor
+passes ``started`` on to its listeners (metrics) itself once a task has run for a second.  A Runner
+used without a CurrentTask (tests, eager mode) reports ``started`` for every task.
 """
 
 from __future__ import annotations
@@ -52,5 +57,51 @@ __all__ = [
     "RELEASED",
     "RETRIED",
     "STARTED",
+    "CurrentTask",
     "Message",
 ]
+
+
+class CurrentTask:
+    """The task a child is running, in shared memory: the child writes it per task without a system
+    call, the supervisor reads it (timeouts, and which task a dead child was running).
+
+    Written only by the child; a sequence number (odd while writing) lets the reader skip a torn
+    value.  Created by the supervisor and passed to the child as a ``Process`` argument.
+    """
+
+    ID_BYTES = 256
+
+    def __init__(self, context: Any = None) -> None:
+        import ctypes  # noqa: PLC0415
+        import multiprocessing  # noqa: PLC0415
+
+        ctx = context or multiprocessing.get_context()
+        self._id = ctx.RawArray(ctypes.c_char, self.ID_BYTES)
+        self._nums = ctx.RawArray(ctypes.c_double, 3)  # sequence, started (wall time), timeout_s (0: none)
+
+    def set(self, task_id: str, started: float, timeout_s: float | None) -> None:
+        nums = self._nums
+        nums[0] += 1
+        self._id.value = task_id.encode()[: self.ID_BYTES - 1]
+        nums[1] = started
+        nums[2] = timeout_s or 0.0
+        nums[0] += 1
+
+    def clear(self) -> None:
+        nums = self._nums
+        nums[0] += 1
+        self._id.value = b""
+        nums[0] += 1
+
+    def read(self) -> tuple[str, float, float | None] | None:
+        """(task id, wall time it started, timeout_s or None), or None when no task is running."""
+        nums = self._nums
+        for _ in range(100):
+            before = nums[0]
+            if before % 2:
+                continue
+            raw, started, timeout = self._id.value, nums[1], nums[2]
+            if nums[0] == before:
+                return (raw.decode(errors="replace"), started, timeout or None) if raw else None
+        return None

@@ -121,6 +121,7 @@ class Runner:
         max_batch: int = 100,
         max_tasks: int | None = None,
         report: Report | None = None,
+        current: P.CurrentTask | None = None,
         stop: threading.Event | None = None,
         clock: Clock = time.monotonic,
         sleep: Callable[[float], Any] | None = None,
@@ -132,6 +133,7 @@ class Runner:
         self.max_batch = max(1, min(max_batch, MAX_BATCH))
         self.max_tasks = max_tasks
         self.report: Report = report or (lambda message: None)
+        self.current = current
         self.stop = stop or threading.Event()
         self.clock = clock
         self.sleep = sleep or self.stop.wait
@@ -235,7 +237,7 @@ class Runner:
                 continue
             with self._held_lock:
                 self._held.update((task.id, task) for task in tasks)
-            self.report((P.FETCHED, [task.to_dict() for task in tasks], time.time()))
+            self.report((P.FETCHED, [dict(vars(task)) for task in tasks], time.time()))
             for index, task in enumerate(tasks):
                 if self.stop.is_set() or not self._wait_for_rate_slot():
                     self._release(tasks[index:])
@@ -276,11 +278,17 @@ class Runner:
         worker.task = task
         timeout = worker.timeout_s
         started = self.clock()
-        self.report((P.STARTED, task.id, time.time(), timeout))
+        if self.current is not None:
+            self.current.set(task.id, time.time(), timeout)
+        else:
+            self.report((P.STARTED, task.id, time.time(), timeout))
         outcome: str | None = None
         reason = ""
         try:
-            with self._soft_timeout(timeout):
+            if timeout:
+                with self._soft_timeout(timeout):
+                    worker.process(task.payload)
+            else:
                 worker.process(task.payload)
         except Retry as exc:
             delay = exc.delay_s if exc.delay_s is not None else worker.retry_delay(task.attempts)
@@ -296,14 +304,17 @@ class Runner:
             reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
         finally:
             worker.task = None
-        duration = self.clock() - started
+            if self.current is not None:
+                self.current.clear()
+        ended = self.clock()
+        duration = ended - started
         self.processed += 1
         if self.limiter is not None:
             self.limiter.record()
         self._avg_task_s = duration if self._avg_task_s is None else 0.8 * self._avg_task_s + 0.2 * duration
         if outcome is None and not reason:
             if not self._pending_acks:
-                self._pending_since = self.clock()
+                self._pending_since = ended
             self._pending_acks.append((task, duration))
             return
         if outcome is None:

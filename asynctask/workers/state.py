@@ -89,9 +89,12 @@ class ChildState:
     #: task id -> Task.to_dict() of every task the child holds
     held: dict[str, dict[str, Any]] = field(default_factory=dict)
     started_ids: set[str] = field(default_factory=set)
-    #: (task id, monotonic time the supervisor learnt it started, timeout_s) of the task in hand
+    #: where the child writes the task in hand (shared memory); see :meth:`running_task`
+    current: P.CurrentTask | None = None
+    #: (task id, wall time it started, timeout_s) from a ``started`` message (children that send them)
     running: tuple[str, float, float | None] | None = None
-    kill_at: float | None = None
+    #: the last task id passed on to listeners as ``started``
+    announced: str | None = None
     kill_cause: str | None = None
     killing: bool = False
     halted: bool = False
@@ -109,6 +112,21 @@ class ChildState:
     def worker(self) -> str:
         return self.spec.worker
 
+    def running_task(self) -> tuple[str, float, float | None] | None:
+        """(task id, wall time it started, timeout_s or None) of the task in hand, or None."""
+        if self.current is not None:
+            found = self.current.read()
+            if found is not None:
+                return found
+        return self.running
+
+    def kill_deadline(self) -> float | None:
+        """Wall time after which the child is killed for running past ``timeout_s``, or None."""
+        found = self.running_task()
+        if found is None or not found[2]:
+            return None
+        return found[1] + hard_timeout_s(found[2])
+
     def attach(self, process: BaseProcess, conn: Connection) -> None:
         self.process, self.conn, self.pid = process, conn, process.pid
         self.started_at = time.monotonic()
@@ -122,7 +140,9 @@ class ChildState:
         self.held.clear()
         self.started_ids.clear()
         self.running = None
-        self.kill_at = None
+        self.announced = None
+        if self.current is not None:
+            self.current.clear()
 
     def handle(self, message: P.Message) -> None:
         """Update the bookkeeping from one child message."""
@@ -134,11 +154,8 @@ class ChildState:
         elif kind == P.POLLED:
             self.last_fetch_at = message[1]
         elif kind == P.STARTED:
-            task_id, timeout = message[1], message[3]
-            now = time.monotonic()
-            self.started_ids.add(task_id)
-            self.running = (task_id, now, timeout)
-            self.kill_at = now + hard_timeout_s(timeout) if timeout else None
+            self.started_ids.add(message[1])
+            self.running = (message[1], message[2], message[3])
         elif kind == P.FINISHED:
             for task_id, outcome, _ in message[1]:
                 self.held.pop(task_id, None)
@@ -146,7 +163,6 @@ class ChildState:
                 self.counts[outcome] += 1
                 if self.running is not None and self.running[0] == task_id:
                     self.running = None
-                    self.kill_at = None
         elif kind == P.HALTED:
             self.halted = True
         elif kind == P.RECYCLE:

@@ -40,7 +40,7 @@ from asynctask.transports import get_transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import get_worker
 from asynctask.workers.child import ChildSpec, child_main
-from asynctask.workers.state import ChildState, describe_exit, import_requires
+from asynctask.workers.state import ChildState, describe_exit, hard_timeout_s, import_requires
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ EXIT_FORCED = 4  #: shutdown forced (second signal or grace period over): childr
 RESTART_FIRST_S = 1.0
 RESTART_MAX_S = 60.0
 HEALTHY_AFTER_S = 60.0
+#: a task running this long is passed on to listeners as ``started`` (health checks, metrics)
+ANNOUNCE_AFTER_S = 1.0
 
 Listener = Callable[[ChildState, P.Message], None]
 
@@ -103,7 +105,8 @@ class Supervisor:
                 quiet=quiet,
             )
             for slot in range(processes):
-                self.children.append(ChildState(spec, slot, cls.max_attempts, cls.timeout_s))
+                current = P.CurrentTask(self._context)
+                self.children.append(ChildState(spec, slot, cls.max_attempts, cls.timeout_s, current=current))
         self.transport = get_transport(self.transport_url)
 
     # -- public ------------------------------------------------------------------------------
@@ -235,15 +238,16 @@ class Supervisor:
         for child in self.children:
             if child.process is None and not child.done:
                 deadline = min(deadline, child.next_start_at)
-            if child.kill_at is not None:
-                deadline = min(deadline, child.kill_at)
+            kill_at = child.kill_deadline() if child.process is not None else None
+            if kill_at is not None:
+                deadline = min(deadline, now + max(kill_at - time.time(), 0.0))
         return deadline
 
     def _start(self, child: ChildState) -> None:
         parent_conn, child_conn = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=child_main,
-            args=(child.spec, child_conn, os.getpid()),
+            args=(child.spec, child_conn, os.getpid(), child.current),
             name=f"{child.queue}:{child.worker}#{child.slot}",
             daemon=False,
         )
@@ -270,14 +274,31 @@ class Supervisor:
             pass
 
     def _check_timeouts(self, now: float) -> None:
+        wall = time.time()
         for child in self.children:
-            if child.kill_at is not None and now >= child.kill_at and child.process is not None and not child.killing:
-                task_id = child.running[0] if child.running else "?"
+            if child.process is None or child.killing:
+                continue
+            running = child.running_task()
+            if running is None:
+                continue
+            task_id, started, timeout = running
+            if task_id != child.announced and wall - started >= ANNOUNCE_AFTER_S:
+                self._announce(child, running)
+            if timeout and wall >= started + hard_timeout_s(timeout):
                 logger.error("task %s on queue %s ran past timeout_s=%s: killing worker %s (pid %s)", task_id,
-                             child.queue, child.timeout_s, child.worker, child.pid)
-                child.kill_cause = f"TaskTimeout: the task ran longer than timeout_s={child.timeout_s}; child killed"
+                             child.queue, timeout, child.worker, child.pid)
+                child.kill_cause = f"TaskTimeout: the task ran longer than timeout_s={timeout}; child killed"
                 child.killing = True
                 child.process.kill()
+
+    def _announce(self, child: ChildState, running: tuple[str, float, float | None]) -> None:
+        """Pass a ``started`` message on to listeners for a task the child wrote to shared memory."""
+        child.announced = running[0]
+        message = (P.STARTED, *running)
+        if self.metrics is not None:
+            self.metrics.observe(str(child.pid), message)
+        for listener in self.listeners:
+            listener(child, message)
 
     def _begin_shutdown(self) -> None:
         logger.info("stopping: waiting up to %.1f s for running tasks", self.settings.shutdown_timeout_s)
@@ -309,9 +330,10 @@ class Supervisor:
         how = describe_exit(exitcode)
         cause = child.kill_cause or f"worker child {how}"
         lived = time.monotonic() - child.started_at
-        running = child.running
+        running = child.running_task()
+        if running is not None and running[0] != child.announced:
+            self._announce(child, running)
         self._give_back(child, cause)
-        child.running = running
         timed_out = child.kill_cause is not None and child.kill_cause.startswith("TaskTimeout")
         halted, recycling = child.halted, child.recycling
         if self.metrics is not None:
@@ -320,7 +342,7 @@ class Supervisor:
                 str(child.pid),
                 restarted=not (halted or child.done or recycling),
                 recycled=recycling,
-                signal_name=killed_by if child.running is not None else None,
+                signal_name=killed_by if running is not None else None,
             )
         child.detach()
         if halted:
@@ -350,10 +372,11 @@ class Supervisor:
         if not self.transport.portable_receipts:
             logger.info("%d task(s) of the dead worker %s go back through the broker", len(child.held), child.worker)
             return
+        running = child.running_task()
         for task_id, data in list(child.held.items()):
             task = Task.from_dict(data)
             try:
-                if task_id in child.started_ids and task_id == (child.running[0] if child.running else None):
+                if running is not None and task_id == running[0]:
                     if task.attempts >= child.max_attempts:
                         logger.error("task %s on %s dead-lettered: %s (attempt %d of %d)", task.id, task.queue,
                                      cause, task.attempts, child.max_attempts)

@@ -45,10 +45,14 @@ def test_child_state_follows_the_protocol() -> None:
     child.handle((P.FETCHED, [task, {**task, "id": "t2"}], 123.0))
     assert set(child.held) == {"t1", "t2"} and child.last_fetch_at == 123.0
     child.handle((P.STARTED, "t1", 124.0, 10.0))
-    assert child.running is not None and child.running[0] == "t1"
-    assert child.kill_at is not None and child.kill_at - time.monotonic() == pytest.approx(11.0, abs=0.5)
+    assert child.running_task() == ("t1", 124.0, 10.0)
+    assert child.kill_deadline() == 135.0
     child.handle((P.FINISHED, [("t1", P.ACKED, 0.1), ("t2", P.RELEASED, 0.0)]))
-    assert child.held == {} and child.running is None and child.kill_at is None
+    assert child.held == {} and child.running_task() is None and child.kill_deadline() is None
+    assert child.current is not None
+    child.current.set("t9", time.time(), None)
+    assert child.running_task() is not None and child.running_task()[0] == "t9"  # type: ignore[index]
+    child.current.clear()
     assert child.counts == {P.ACKED: 1, P.RELEASED: 1}
     child.handle((P.HALTED,))
     assert child.halted
@@ -70,7 +74,8 @@ def test_a_dead_childs_tasks_are_given_back_at_once() -> None:
     supervisor = Supervisor(settings_for(url, jobs="sup_ok"))
     child: ChildState = supervisor.children[0]
     child.handle((P.FETCHED, [t.to_dict() for t in fetched], 0.0))
-    child.handle((P.STARTED, fetched[0].id, 0.0, None))
+    assert child.current is not None
+    child.current.set(fetched[0].id, time.time(), None)  # as the child does, in shared memory
     supervisor._give_back(child, "worker child was killed by signal SIGKILL")
     again = {t.id: t.attempts for t in store.get_tasks("jobs", 10, lease_s=300)}
     # the running task counts an attempt; the two never started do not

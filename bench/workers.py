@@ -1,0 +1,184 @@
+"""``python -m bench.workers [URL]``: tasks through ``asynctask-workers`` beside the bare consumer loop.
+
+Figures, for any transport URL (default: the filesystem transport in a temporary directory):
+
+* ``consumer loop``: :func:`bench.transport.drain` (``get_tasks(queue, 100)`` + ``ack_tasks``) taking
+  ``--tasks`` tasks: the floor for a worker on this transport;
+* ``supervisor, 1 child``: the same number of tasks through ``asynctask-workers --halt-when-empty``
+  with one child running a no-op worker, timed inside the child from the end of ``setup()`` (just
+  before the first fetch) to the end of the last task (process start-up and the halt are left out), and the ratio to the loop (issue 3 asks >= 0.70 on
+  the filesystem transport);
+* ``submit-to-start latency``: with the worker idle (blocked on an empty queue), ``--samples``
+  single tasks submitted ``--gap-ms`` apart; p50 / p99 / max of the time from ``submit_task`` to the
+  start of ``process``.
+
+The worker below (``bench_noop``) is imported by the child with ``--require bench.workers``; it
+writes what it measured to ``$ASYNCTASK_BENCH_OUT.<pid>`` in ``teardown``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from asynctask.transports import get_transport
+from asynctask.transports.base import mask_url
+from asynctask.workers import AsyncTaskWorker
+from bench.transport import bench_url, cleanup_queue_dirs, drain, fill, machine
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = str(Path(sys.executable).parent / "asynctask-workers")
+
+
+class BenchNoop(AsyncTaskWorker):
+    """No work; records when it became ready, when the last task ran, and submit-to-start latencies."""
+
+    name = "bench_noop"
+
+    def setup(self) -> None:
+        self.count = 0
+        self.first = self.last = time.time()  # the clock starts before the first fetch, as the loop's does
+        self.latencies: list[float] = []
+        ready = os.environ.get("ASYNCTASK_BENCH_READY")
+        if ready:
+            Path(ready).write_text(str(os.getpid()))
+
+    def process(self, payload: dict[str, Any]) -> None:
+        now = time.time()
+        if "t" in payload:
+            self.latencies.append(now - payload["t"])
+        self.last = now
+        self.count += 1
+
+    def teardown(self) -> None:
+        out = os.environ.get("ASYNCTASK_BENCH_OUT")
+        if out:
+            data = {"count": self.count, "first": self.first, "last": self.last, "latencies": self.latencies}
+            Path(f"{out}.{os.getpid()}").write_text(json.dumps(data))
+
+
+def _results(out: str) -> dict[str, Any]:
+    merged: dict[str, Any] = {"count": 0, "first": None, "last": None, "latencies": []}
+    directory, prefix = os.path.split(out)
+    for name in os.listdir(directory):
+        if name.startswith(prefix + "."):
+            data = json.loads(Path(directory, name).read_text())
+            merged["count"] += data["count"]
+            merged["latencies"] += data["latencies"]
+            if data["count"]:
+                merged["first"] = min(filter(None, [merged["first"], data["first"]]))
+                merged["last"] = max(filter(None, [merged["last"], data["last"]]))
+            os.unlink(os.path.join(directory, name))
+    return merged
+
+
+def _command(url: str, queue: str, *extra: str) -> list[str]:
+    return [CLI, "--transport", url, "--require", "bench.workers", "--set",
+            f"asynctask_workers={{{queue}: bench_noop}}", "-q", *extra]
+
+
+def _env(work: str, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **extra}
+    env["ASYNCTASK_BENCH_OUT"] = os.path.join(work, "out")
+    return env
+
+
+def through_supervisor(url: str, queue: str, tasks: int, work: str) -> tuple[float, float]:
+    """(tasks/s inside the child, wall seconds of the whole run)."""
+    transport = get_transport(url)
+    try:
+        fill(transport, queue, tasks)
+    finally:
+        transport.close()
+    started = time.perf_counter()
+    subprocess.run(_command(url, queue, "--halt-when-empty"), env=_env(work), check=True, timeout=600)
+    wall = time.perf_counter() - started
+    result = _results(os.path.join(work, "out"))
+    if result["count"] != tasks:
+        raise RuntimeError(f"the worker processed {result['count']} of {tasks} tasks")
+    return result["count"] / max(result["last"] - result["first"], 1e-9), wall
+
+
+def latency(url: str, queue: str, samples: int, gap_s: float, work: str) -> list[float]:
+    """Submit-to-start latencies (seconds) with an idle worker."""
+    ready = os.path.join(work, "ready")
+    process = subprocess.Popen(_command(url, queue), env=_env(work, ASYNCTASK_BENCH_READY=ready))
+    transport = get_transport(url)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(ready):
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("the worker did not start")
+            time.sleep(0.05)
+        time.sleep(0.5)
+        for _ in range(samples):
+            transport.submit_task(queue, {"t": time.time()})
+            time.sleep(gap_s)
+        deadline = time.monotonic() + 30
+        while transport.stats(queue).ready or transport.stats(queue).in_flight:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the worker did not take every sample")
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+        transport.close()
+    return sorted(_results(os.path.join(work, "out"))["latencies"])
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    index = min(int(round(fraction * (len(sorted_values) - 1))), len(sorted_values) - 1)
+    return sorted_values[index]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.workers", description=__doc__.split("\n\n")[0])
+    parser.add_argument("url", nargs="?", help="transport URL (default: filesys: in a temporary directory)")
+    parser.add_argument("--tasks", type=int, default=20000, help="tasks per throughput run (default 20000)")
+    parser.add_argument("--runs", type=int, default=3, help="throughput repetitions, median shown (default 3)")
+    parser.add_argument("--samples", type=int, default=200, help="latency samples (default 200)")
+    parser.add_argument("--gap-ms", type=float, default=20.0, help="ms between latency samples (default 20)")
+    args = parser.parse_args(argv)
+    with bench_url(args.url) as url, tempfile.TemporaryDirectory(prefix="asynctask-bench-w-") as work:
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        print(f"asynctask bench workers {mask_url(url)}")
+        print(f"date: {now}; machine: {machine()}")
+        print(f"command: python -m bench.workers {' '.join(argv if argv is not None else sys.argv[1:])}")
+        queues = [f"bench_{uuid.uuid4().hex[:12]}" for _ in range(3)]
+        loop_rates, sup_rates, walls = [], [], []
+        transport = get_transport(url)
+        try:
+            for _ in range(args.runs):
+                fill(transport, queues[0], args.tasks)
+                loop_rates.append(args.tasks / drain(transport, queues[0], args.tasks))
+                rate, wall = through_supervisor(url, queues[1], args.tasks, work)
+                sup_rates.append(rate)
+                walls.append(wall)
+            lat = latency(url, queues[2], args.samples, args.gap_ms / 1000, work) if args.samples else []
+        finally:
+            cleanup_queue_dirs(transport, queues)
+            transport.close()
+        loop, sup = statistics.median(loop_rates), statistics.median(sup_rates)
+        print(f"{'figure (median of ' + str(args.runs) + ' runs)':<40}{'tasks/s':>12}")
+        print(f"{'consumer loop (get_tasks 100 + ack_tasks)':<40}{loop:>12,.0f}")
+        print(f"{'supervisor, 1 child, no-op worker':<40}{sup:>12,.0f}"
+              f"   ratio {sup / loop:.2f}   (whole run incl. start/halt: {args.tasks / statistics.median(walls):,.0f}/s)")
+        if lat:
+            print(f"submit-to-start latency, idle worker, {len(lat)} samples: p50 {percentile(lat, 0.5) * 1000:.1f} ms"
+                  f"  p99 {percentile(lat, 0.99) * 1000:.1f} ms  max {lat[-1] * 1000:.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
