@@ -6,8 +6,8 @@ Figures, for any transport URL (default: the filesystem transport in a temporary
   ``--tasks`` tasks: the floor for a worker on this transport;
 * ``supervisor, 1 child``: the same number of tasks through ``asynctask-workers --halt-when-empty``
   with one child running a no-op worker, timed inside the child from the end of ``setup()`` (just
-  before the first fetch) to the end of the last task (process start-up and the halt are left out), and the ratio to the loop (issue 3 asks >= 0.70 on
-  the filesystem transport);
+  before the first fetch) to the end of the last task (process start-up and the halt are left
+  out), and its ratio to the loop (issue 3 asks >= 0.70 on the filesystem transport);
 * ``submit-to-start latency``: with the worker idle (blocked on an empty queue), ``--samples``
   single tasks submitted ``--gap-ms`` apart; p50 / p99 / max of the time from ``submit_task`` to the
   start of ``process``.
@@ -138,7 +138,7 @@ def latency(url: str, queue: str, samples: int, gap_s: float, work: str) -> list
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
-    index = min(int(round(fraction * (len(sorted_values) - 1))), len(sorted_values) - 1)
+    index = min(round(fraction * (len(sorted_values) - 1)), len(sorted_values) - 1)
     return sorted_values[index]
 
 
@@ -172,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         loop, sup = statistics.median(loop_rates), statistics.median(sup_rates)
         print(f"{'figure (median of ' + str(args.runs) + ' runs)':<40}{'tasks/s':>12}")
         print(f"{'consumer loop (get_tasks 100 + ack_tasks)':<40}{loop:>12,.0f}")
+        whole = args.tasks / statistics.median(walls)
         print(f"{'supervisor, 1 child, no-op worker':<40}{sup:>12,.0f}"
-              f"   ratio {sup / loop:.2f}   (whole run incl. start/halt: {args.tasks / statistics.median(walls):,.0f}/s)")
+              f"   ratio {sup / loop:.2f}   (whole run incl. start/halt: {whole:,.0f}/s)")
         if lat:
             print(f"submit-to-start latency, idle worker, {len(lat)} samples: p50 {percentile(lat, 0.5) * 1000:.1f} ms"
                   f"  p99 {percentile(lat, 0.99) * 1000:.1f} ms  max {lat[-1] * 1000:.1f} ms")
