@@ -2,7 +2,7 @@
 
 * ``greet``: prints nothing, just logs a greeting every 50 tasks (a no-op-ish fast worker);
 * ``thumbnail``: pretends to resize an image (a few milliseconds of sleep);
-* ``flaky``: fails about one time in three, retried up to 3 attempts with a short backoff; a payload
+* ``flaky``: fails about one time in five, retried up to 4 attempts with a short backoff; a payload
   with ``"poison": true`` always fails and ends in the dead-letter store with its traceback;
 * ``crawl``: follows links by calling ``self.requeue`` for each child page, up to a depth.
 """
@@ -34,13 +34,13 @@ class Thumbnail(AsyncTaskWorker):
 
 class Flaky(AsyncTaskWorker):
     name = "flaky"
-    max_attempts = 3
+    max_attempts = 4
     retry_delay_s = 0.2
 
     def process(self, payload: dict[str, Any]) -> None:
         if payload.get("poison"):
             raise ValueError(f"cannot handle poison payload {payload}")
-        if random.random() < 1 / 3:
+        if random.random() < 0.2:
             raise ConnectionError(f"flaky upstream (attempt {self.task.attempts if self.task else '?'})")
 
 
