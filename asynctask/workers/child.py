@@ -108,6 +108,7 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.Cu
     if transport is None:
         sys.exit(0)
     started = time.monotonic()
+    runner: Runner | None = None
     try:
         worker.bind(transport, spec.queue)
         try:
@@ -128,6 +129,7 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.Cu
             rate_period_s=spec.rate_period_s,
             max_tasks=spec.max_tasks,
             report=report,
+            reopen=lambda: get_transport(spec.transport_url),
             current=current,
             stop=stop,
         )
@@ -142,6 +144,6 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.Cu
         elif outcome == MAX_TASKS:
             report((P.RECYCLE, "max_tasks_per_child"))
     finally:
-        transport.close()
+        (runner.transport if runner is not None else transport).close()
         conn.close()
     sys.exit(0)

@@ -13,7 +13,8 @@
 * A background thread extends the lease of every held task every third of the lease.
 * ``rate_max_calls`` per ``rate_period`` seconds counts tasks processed (not polls).
 * ``TransportUnavailableError`` from any call is logged once, then retried with backoff (0.5 s
-  doubling to 30 s) until it works again; the loop never dies of it.
+  doubling to 30 s), reopening the transport (``reopen``) before each retry, until it works again;
+  the loop never dies of it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from asynctask.errors import TransportError, TransportUnavailableError
 from asynctask.task import Task
@@ -38,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 Report = Callable[[P.Message], None]
-T = TypeVar("T")
 
 BATCH_TARGET_S = 0.25
 ACK_FLUSH_S = 1.0
@@ -121,6 +121,7 @@ class Runner:
         max_batch: int = 100,
         max_tasks: int | None = None,
         report: Report | None = None,
+        reopen: Callable[[], Transport] | None = None,
         current: P.CurrentTask | None = None,
         stop: threading.Event | None = None,
         clock: Clock = time.monotonic,
@@ -134,6 +135,7 @@ class Runner:
         self.max_tasks = max_tasks
         self.report: Report = report or (lambda message: None)
         self.current = current
+        self.reopen = reopen
         self.stop = stop or threading.Event()
         self.clock = clock
         self.sleep = sleep or self.stop.wait
@@ -171,19 +173,20 @@ class Runner:
 
     # -- transport calls that survive an outage ------------------------------------------------
 
-    def _call(self, what: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
-        """Call ``func``; on TransportUnavailableError log once and retry with backoff until it works
-        or ``stop`` is set (then None).  Other TransportErrors are logged and retried the same way."""
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``self.transport.<method>``; on TransportUnavailableError log once, wait with backoff
+        (0.5 s doubling to 30 s), reopen the transport when ``reopen`` was given, and try again until
+        it works or ``stop`` is set (then None).  Other TransportErrors are logged and retried alike."""
         delay = RECONNECT_FIRST_S
         while True:
             try:
-                result = func(*args, **kwargs)
+                result = getattr(self.transport, method)(*args, **kwargs)
             except TransportUnavailableError as exc:
                 if not self._unavailable:
-                    logger.error("transport unavailable (%s): %s; retrying with backoff", what, exc)
+                    logger.error("transport unavailable (%s): %s; retrying with backoff", method, exc)
                     self._unavailable = True
             except TransportError as exc:
-                logger.error("transport error (%s): %s; retrying in %.1f s", what, exc, delay)
+                logger.error("transport error (%s): %s; retrying in %.1f s", method, exc, delay)
             else:
                 if self._unavailable:
                     logger.warning("transport reachable again; resuming")
@@ -195,12 +198,28 @@ class Runner:
             if self.stop.is_set():
                 return None
             delay = min(delay * 2, RECONNECT_MAX_S)
+            if self.reopen is not None:
+                self._reopen()
+
+    def _reopen(self) -> None:
+        assert self.reopen is not None
+        try:
+            fresh = self.reopen()
+        except TransportError as exc:
+            logger.debug("reopening the transport failed: %s", exc)
+            return
+        old, self.transport = self.transport, fresh
+        self.worker.bind(fresh, self.queue)
+        try:
+            old.close()
+        except Exception as exc:  # closing a broken connection may fail in any way
+            logger.debug("closing the old transport failed: %s", exc)
 
     def _flush_acks(self) -> None:
         if not self._pending_acks:
             return
         pending, self._pending_acks = self._pending_acks, []
-        self._call("ack", self.transport.ack_tasks, [task for task, _ in pending])
+        self._call("ack_tasks", [task for task, _ in pending])
         self._finish([(task, P.ACKED, duration) for task, duration in pending])
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -226,8 +245,7 @@ class Runner:
                 self.sleep(wait)
                 continue
             timeout = 0.0 if self.halt == HALT_IDLE else self.poll_interval_s
-            get = self.transport.get_tasks
-            tasks = self._call("fetch", get, self.queue, self.batch_size(), timeout_s=timeout, lease_s=self.lease_s)
+            tasks = self._call("get_tasks", self.queue, self.batch_size(), timeout_s=timeout, lease_s=self.lease_s)
             if not tasks:
                 if self.stop.is_set():
                     return STOPPED
@@ -257,7 +275,7 @@ class Runner:
     def _queue_is_empty(self) -> bool:
         if self.halt == HALT_IDLE:
             return True
-        stats = self._call("stats", self.transport.stats, self.queue)
+        stats = self._call("stats", self.queue)
         return stats is not None and stats.ready == 0 and stats.delayed == 0 and stats.in_flight == 0
 
     def _release(self, tasks: Sequence[Task]) -> None:
@@ -267,7 +285,7 @@ class Runner:
             with self._held_lock:
                 if task.id not in self._held:
                     continue
-            self._call("nack", self.transport.nack, task, count_attempt=False)
+            self._call("nack", task, count_attempt=False)
             released.append((task, P.RELEASED, 0.0))
         self._finish(released)
 
@@ -293,7 +311,7 @@ class Runner:
         except Retry as exc:
             delay = exc.delay_s if exc.delay_s is not None else worker.retry_delay(task.attempts)
             logger.info("task %s on %s: retry requested (%s), again in %.2f s", task.id, task.queue, exc, delay)
-            self._call("nack", self.transport.nack, task, delay_s=delay)
+            self._call("nack", task, delay_s=delay)
             outcome = P.RETRIED
         except Reject as exc:
             reason = f"rejected: {exc.reason}"
@@ -322,7 +340,7 @@ class Runner:
         if outcome == P.DEAD:
             logger.error("task %s on %s dead-lettered after %d attempt(s): %s", task.id, task.queue,
                          task.attempts, reason.splitlines()[0])
-            self._call("dead", self.transport.dead, task, reason)
+            self._call("dead", task, reason)
         self._finish([(task, outcome, duration)])
 
     def _fail(self, task: Task, reason: str) -> str:
@@ -330,7 +348,7 @@ class Runner:
             delay = self.worker.retry_delay(task.attempts)
             logger.warning("task %s on %s failed (attempt %d of %d), retrying in %.2f s: %s", task.id, task.queue,
                            task.attempts, self.worker.max_attempts, delay, reason.splitlines()[0])
-            self._call("nack", self.transport.nack, task, delay_s=delay)
+            self._call("nack", task, delay_s=delay)
             return P.RETRIED
         return P.DEAD
 

@@ -107,6 +107,7 @@ class Supervisor:
             for slot in range(processes):
                 current = P.CurrentTask(self._context)
                 self.children.append(ChildState(spec, slot, cls.max_attempts, cls.timeout_s, current=current))
+        self._prepare_extras()
         self.transport = get_transport(self.transport_url)
 
     # -- public ------------------------------------------------------------------------------
@@ -156,14 +157,16 @@ class Supervisor:
         except (OSError, AttributeError):
             pass
 
-    def _start_extras(self) -> None:
+    def _prepare_extras(self) -> None:
+        """Build the scheduler and metrics (their configuration errors surface before any child)."""
+        self._scheduler: Any = None
         if self.scheduler:
             try:
                 from asynctask.scheduler import Scheduler  # noqa: PLC0415 - optional, lazily
             except ImportError as exc:
                 logger.warning("scheduler not available (%s)", exc)
             else:
-                scheduler = Scheduler(
+                self._scheduler = Scheduler(
                     entries=list(self.settings.scheduled_workers),
                     transport_url=self.transport_url,
                     worker_queues={
@@ -171,8 +174,6 @@ class Supervisor:
                         **self.settings.worker_queues,
                     },
                 )
-                threading.Thread(target=scheduler.run, args=(self.stop_event,), name="asynctask-scheduler",
-                                 daemon=True).start()
         if self.metrics_port is not None:
             try:
                 from asynctask.metrics import WorkerMetrics  # noqa: PLC0415 - optional, lazily
@@ -181,7 +182,13 @@ class Supervisor:
             else:
                 url = self.transport_url
                 self.metrics = WorkerMetrics({c.queue for c in self.children}, lambda: get_transport(url))
-                self.metrics.serve(self.metrics_port)
+
+    def _start_extras(self) -> None:
+        if self._scheduler is not None:
+            threading.Thread(target=self._scheduler.run, args=(self.stop_event,), name="asynctask-scheduler",
+                             daemon=True).start()
+        if self.metrics is not None and self.metrics_port is not None:
+            self.metrics.serve(self.metrics_port)
 
     def _loop(self, read_fd: int) -> int:
         grace_until: float | None = None

@@ -248,3 +248,24 @@ def test_transport_outage_is_logged_once_and_retried_with_backoff(caplog: pytest
     assert sleeps == [0.5, 1.0, 2.0, 4.0]
     assert sum("transport unavailable" in r.message for r in caplog.records) == 1
     assert any("reachable again" in r.message for r in caplog.records)
+
+
+def test_outage_reopens_the_transport_and_rebinds_the_worker() -> None:
+    url = f"memory://{uuid.uuid4().hex}"
+    broken = Flaky(url, failures=10**6)
+    broken.submit_task("jobs", {"n": 1})
+    opened: list[MemoryTransport] = []
+
+    def reopen() -> MemoryTransport:
+        if len(opened) < 2:
+            opened.append(Flaky(url, failures=10**6))
+        else:
+            opened.append(MemoryTransport(url))
+        return opened[-1]
+
+    SEEN.clear()
+    worker = get_worker("unit_ok")()
+    runner = Runner(broken, "jobs", worker, halt=HALT_IDLE, sleep=lambda s: None, reopen=reopen)
+    assert runner.run() == HALTED
+    assert SEEN == [("ok", 1)] and len(opened) == 3
+    assert runner.transport is opened[-1] and worker.transport is opened[-1]
