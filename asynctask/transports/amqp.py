@@ -85,7 +85,6 @@ import math
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import pika
@@ -93,17 +92,18 @@ import pika
 from asynctask.errors import TaskDecodeError
 from asynctask.task import Task, decode_payload, new_task_id
 from asynctask.transports.amqp_admin import AmqpAdmin
-from asynctask.transports.amqp_core import (
+from asynctask.transports.amqp_consumer import Consumer, Delivery, ack_tags, qos_for
+from asynctask.transports.amqp_names import (
     HDR_ATTEMPTS,
     HDR_DEAD_AT,
     HDR_DUE,
-    HDR_ENQUEUED,
     HDR_QUEUE,
     HDR_REASON,
     PERSISTENT,
     delay_bucket_ms,
     enqueued_at,
     from_ms,
+    task_properties,
     to_ms,
 )
 from asynctask.transports.base import dead_reason_for_undecodable
@@ -120,50 +120,12 @@ SYNC_WAIT_S = 1.0
 GRACE_S = 0.005
 
 
-@dataclass
-class _Consumer:
-    """The consumer of one queue: its own channel (so its own ``basic.qos``), buffer and tags."""
-
-    queue: str
-    channel: Any
-    qos: int = 0
-    buffer: list[tuple[int, int, _Delivery]] = field(default_factory=list)
-    unacked: dict[int, _Delivery] = field(default_factory=dict)  # buffered and handed out
-
-
-@dataclass
-class _Delivery:
-    """A message on a consume channel: buffered (receipt "") or handed out."""
-
-    consumer: _Consumer
-    tag: int
-    seq: int
-    properties: Any
-    body: bytes
-    attempts: int  # of its next hand-out, or of the current one
-    receipt: str = ""
-    lease_until: float = 0.0
-
-    def entry(self) -> tuple[int, int, _Delivery]:
-        return (-(self.properties.priority or 0), self.seq, self)
-
-
-def qos_for(max_count: int, prefetch: int) -> int:
-    """The prefetch for fetches of ``max_count``: the batch handed out and about three more.
-
-    A power of two >= 4 * max_count (so it changes rarely), at most the ``prefetch`` option: a
-    worker fetching one slow task at a time holds four, not the option's 512, and leaves the rest
-    to other workers; one fetching 100 fast ones keeps 512 coming.
-    """
-    return min(prefetch, 1 << (4 * max_count - 1).bit_length())
-
-
 class AmqpTransport(AmqpAdmin):
     """RabbitMQ through pika; see the module docstring for the layout and the threading rule."""
 
     def __init__(self, url: str) -> None:
-        self._consumers: dict[str, _Consumer] = {}
-        self._by_receipt: dict[str, _Delivery] = {}  # the handed-out, current ones
+        self._consumers: dict[str, Consumer] = {}
+        self._by_receipt: dict[str, Delivery] = {}  # the handed-out, current ones
         self._seq = itertools.count()
         self._token = uuid.uuid4().hex[:12]
         super().__init__(url)
@@ -173,7 +135,7 @@ class AmqpTransport(AmqpAdmin):
     def _reset_consumers(self) -> None:
         self._consumers, self._by_receipt = {}, {}
 
-    def _on_message(self, consumer: _Consumer, method: Any, properties: Any, body: bytes) -> None:
+    def _on_message(self, consumer: Consumer, method: Any, properties: Any, body: bytes) -> None:
         headers = properties.headers or {}
         try:
             before = int(headers.get(HDR_ATTEMPTS, 0))
@@ -181,15 +143,15 @@ class AmqpTransport(AmqpAdmin):
             before = 0
         returns = headers.get("x-delivery-count")
         extra = int(returns) if isinstance(returns, int) else (1 if method.redelivered else 0)
-        delivery = _Delivery(consumer, method.delivery_tag, next(self._seq), properties, body, before + 1 + extra)
+        delivery = Delivery(consumer, method.delivery_tag, next(self._seq), properties, body, before + 1 + extra)
         consumer.unacked[delivery.tag] = delivery
         heapq.heappush(consumer.buffer, delivery.entry())
 
-    def _consumer(self, queue: str, max_count: int) -> _Consumer:
+    def _consumer(self, queue: str, max_count: int) -> Consumer:
         consumer = self._consumers.get(queue)
         if consumer is None:
             name = self.ensure_work(queue)
-            consumer = _Consumer(queue, self._conn.channel())
+            consumer = Consumer(queue, self._conn.channel())
             self._set_qos(consumer, max_count)
 
             def on_message(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
@@ -201,7 +163,7 @@ class AmqpTransport(AmqpAdmin):
             self._set_qos(consumer, max_count)
         return consumer
 
-    def _set_qos(self, consumer: _Consumer, max_count: int) -> None:
+    def _set_qos(self, consumer: Consumer, max_count: int) -> None:
         if self.options.queue_type == "quorum":
             # Quorum queues refuse a channel-wide qos, and a consumer's own is fixed when it starts.
             if not consumer.qos:
@@ -262,7 +224,7 @@ class AmqpTransport(AmqpAdmin):
                 wait = min(remaining, max(next_end - time.monotonic(), 0.001))
                 self._conn.process_data_events(time_limit=wait)
 
-    def _hand_out(self, consumer: _Consumer, max_count: int, lease_s: float) -> list[Task]:
+    def _hand_out(self, consumer: Consumer, max_count: int, lease_s: float) -> list[Task]:
         tasks: list[Task] = []
         buffer = consumer.buffer
         lease_until = time.monotonic() + lease_s
@@ -298,19 +260,6 @@ class AmqpTransport(AmqpAdmin):
 
     # -- producing ---------------------------------------------------------------------------
 
-    def _properties(self, task_id: str, priority: int, attempts: int, enqueued: float, due: float) -> Any:
-        headers: dict[str, Any] = {HDR_ATTEMPTS: attempts, HDR_ENQUEUED: to_ms(enqueued)}
-        if due:
-            headers[HDR_DUE] = to_ms(due)
-        return pika.BasicProperties(
-            delivery_mode=PERSISTENT,
-            priority=priority,
-            message_id=task_id,
-            timestamp=int(enqueued),
-            content_type="application/json",
-            headers=headers,
-        )
-
     def _target(self, queue: str, delay_s: float) -> str:
         return self.ensure_delay(queue, delay_bucket_ms(delay_s)) if delay_s > 0 else self.ensure_work(queue)
 
@@ -322,7 +271,7 @@ class AmqpTransport(AmqpAdmin):
             ids = [new_task_id() for _ in bodies]
             self.publish(
                 [
-                    (target, self._properties(task_id, priority, 0, now, due), body.encode())
+                    (target, task_properties(task_id, priority, 0, now, due), body.encode())
                     for task_id, body in zip(ids, bodies, strict=True)
                 ]
             )
@@ -330,50 +279,35 @@ class AmqpTransport(AmqpAdmin):
 
     # -- finishing a delivery --------------------------------------------------------------------
 
-    def _take(self, task: Task) -> _Delivery | None:
+    def _take(self, task: Task) -> Delivery | None:
         """The current delivery named by ``task.receipt``, no longer current; None if it is not."""
         delivery = self._by_receipt.pop(task.receipt, None)
         if delivery is None or self._conn is None:
             return None
         return delivery
 
-    @staticmethod
-    def _ack_tags(consumer: _Consumer, tags: list[int]) -> None:
-        """Ack ``tags`` of ``consumer``: one ``multiple`` ack when no other unacked tag is below."""
-        if not tags:
-            return
-        highest = max(tags)
-        below = sum(1 for tag in consumer.unacked if tag <= highest)
-        for tag in tags:
-            consumer.unacked.pop(tag, None)
-        if below == len(tags):
-            consumer.channel.basic_ack(highest, multiple=True)
-        else:
-            for tag in tags:
-                consumer.channel.basic_ack(tag)
-
     def ack(self, task: Task) -> None:
         self.ack_tasks([task])
 
     def ack_tasks(self, tasks: Sequence[Task]) -> None:
         """Ack in one frame when the tags are contiguous (``multiple``); a lost lease is a no-op."""
-        by_consumer: dict[int, tuple[_Consumer, list[int]]] = {}
+        by_consumer: dict[int, tuple[Consumer, list[int]]] = {}
         for delivery in map(self._take, tasks):
             if delivery is not None:
                 by_consumer.setdefault(id(delivery.consumer), (delivery.consumer, []))[1].append(delivery.tag)
         if by_consumer:
             with self._guard(reconnect=False):
                 for consumer, tags in by_consumer.values():
-                    self._ack_tags(consumer, tags)
+                    ack_tags(consumer, tags)
 
-    def _republish(self, delivery: _Delivery, attempts: int, delay_s: float) -> None:
+    def _republish(self, delivery: Delivery, attempts: int, delay_s: float) -> None:
         properties = delivery.properties
         enqueued = enqueued_at(properties) or time.time()
         due = time.time() + delay_s if delay_s > 0 else 0.0
         task_id = properties.message_id or new_task_id()
-        new = self._properties(task_id, properties.priority or 0, max(attempts, 0), enqueued, due)
+        new = task_properties(task_id, properties.priority or 0, max(attempts, 0), enqueued, due)
         self.publish([(self._target(delivery.consumer.queue, delay_s), new, delivery.body)])
-        self._ack_tags(delivery.consumer, [delivery.tag])
+        ack_tags(delivery.consumer, [delivery.tag])
 
     def nack(self, task: Task, *, delay_s: float = 0, count_attempt: bool = True) -> None:
         """Publish a copy (attempts so far in its header) to the queue or a delay queue, then ack."""
@@ -382,7 +316,7 @@ class AmqpTransport(AmqpAdmin):
             with self._guard(reconnect=False):
                 self._republish(delivery, delivery.attempts - (0 if count_attempt else 1), max(delay_s, 0.0))
 
-    def _bury(self, delivery: _Delivery, reason: str) -> None:
+    def _bury(self, delivery: Delivery, reason: str) -> None:
         properties = delivery.properties
         now = time.time()
         headers = {
@@ -399,7 +333,7 @@ class AmqpTransport(AmqpAdmin):
             headers=headers,
         )
         self.publish([(self.names.dead(delivery.consumer.queue), dead, delivery.body)])
-        self._ack_tags(delivery.consumer, [delivery.tag])
+        ack_tags(delivery.consumer, [delivery.tag])
         logger.debug("task %s of %s is dead: %s", dead.message_id, delivery.consumer.queue, reason)
 
     def dead(self, task: Task, reason: str) -> None:
@@ -418,7 +352,7 @@ class AmqpTransport(AmqpAdmin):
 
     # -- local counts for stats and purge ---------------------------------------------------------
 
-    def _waiting(self, queue: str) -> list[_Delivery]:
+    def _waiting(self, queue: str) -> list[Delivery]:
         consumer = self._consumers.get(queue)
         if consumer is None:
             return []
@@ -434,7 +368,7 @@ class AmqpTransport(AmqpAdmin):
         waiting = self._waiting(queue)
         if waiting:
             waiting[0].consumer.buffer.clear()
-            self._ack_tags(waiting[0].consumer, [d.tag for d in waiting])
+            ack_tags(waiting[0].consumer, [d.tag for d in waiting])
         return len(waiting)
 
     # -- closing ------------------------------------------------------------------------------
@@ -460,7 +394,7 @@ class AmqpTransport(AmqpAdmin):
                         copies.append(
                             (
                                 self.names.work(consumer.queue),
-                                self._properties(
+                                task_properties(
                                     properties.message_id or new_task_id(),
                                     properties.priority or 0,
                                     delivery.attempts - 1,
@@ -471,7 +405,7 @@ class AmqpTransport(AmqpAdmin):
                             )
                         )
                     self.publish(copies)
-                    self._ack_tags(consumer, [d.tag for d in waiting])
+                    ack_tags(consumer, [d.tag for d in waiting])
             if self._conn.is_open:
                 self._conn.close()
         except Exception as exc:  # closing must not raise

@@ -24,14 +24,14 @@ import pika.exceptions
 
 from asynctask.errors import TransportError
 from asynctask.task import MAX_PRIORITY, DeadTask, QueueStats, new_task_id, validate_queue_name
-from asynctask.transports.amqp_core import (
+from asynctask.transports.amqp_core import AmqpCore
+from asynctask.transports.amqp_names import (
     HDR_ATTEMPTS,
     HDR_DEAD_AT,
     HDR_ENQUEUED,
     HDR_REASON,
     MAX_TTL_MS,
     PERSISTENT,
-    AmqpCore,
     claim_expiry_ms,
     from_ms,
     to_ms,

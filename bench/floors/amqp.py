@@ -17,7 +17,7 @@ from typing import Any
 
 import pika
 
-from asynctask.transports.amqp_core import connection_parameters, parse_amqp_url
+from asynctask.transports.amqp_names import connection_parameters, parse_amqp_url
 from bench.floors import BODY
 
 DRAIN_BATCH = 100

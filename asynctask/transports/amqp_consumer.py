@@ -1,0 +1,61 @@
+"""The consuming side's records for the AMQP transport (see ``amqp.py``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Consumer", "Delivery", "ack_tags", "qos_for"]
+
+
+@dataclass
+class Consumer:
+    """The consumer of one queue: its own channel (so its own ``basic.qos``), buffer and tags."""
+
+    queue: str
+    channel: Any
+    qos: int = 0
+    buffer: list[tuple[int, int, Delivery]] = field(default_factory=list)
+    unacked: dict[int, Delivery] = field(default_factory=dict)  # buffered and handed out
+
+
+@dataclass
+class Delivery:
+    """A message on a consume channel: buffered (receipt "") or handed out."""
+
+    consumer: Consumer
+    tag: int
+    seq: int
+    properties: Any
+    body: bytes
+    attempts: int  # of its next hand-out, or of the current one
+    receipt: str = ""
+    lease_until: float = 0.0
+
+    def entry(self) -> tuple[int, int, Delivery]:
+        return (-(self.properties.priority or 0), self.seq, self)
+
+
+def qos_for(max_count: int, prefetch: int) -> int:
+    """The prefetch for fetches of ``max_count``: the batch handed out and about three more.
+
+    A power of two >= 4 * max_count (so it changes rarely), at most the ``prefetch`` option: a
+    worker fetching one slow task at a time holds four, not the option's 512, and leaves the rest
+    to other workers; one fetching 100 fast ones keeps 512 coming.
+    """
+    return min(prefetch, 1 << (4 * max_count - 1).bit_length())
+
+
+def ack_tags(consumer: Consumer, tags: list[int]) -> None:
+    """Ack ``tags`` of ``consumer``: one ``multiple`` ack when no other unacked tag is below."""
+    if not tags:
+        return
+    highest = max(tags)
+    below = sum(1 for tag in consumer.unacked if tag <= highest)
+    for tag in tags:
+        consumer.unacked.pop(tag, None)
+    if below == len(tags):
+        consumer.channel.basic_ack(highest, multiple=True)
+    else:
+        for tag in tags:
+            consumer.channel.basic_ack(tag)

@@ -1,0 +1,205 @@
+"""Names, headers, URL options and small helpers of the AMQP transport (layout: see ``amqp.py``)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from asynctask.errors import TransportURLError
+from asynctask.transports.base import ParsedURL, option_positive_float, parse_url, take_options
+
+#: Headers this transport writes.  ``asynctask-attempts`` is the number of deliveries the task had
+#: before this copy was published (0 for a new task); a delivery's ``attempts`` is that plus one,
+#: plus the broker's count of returns (``x-delivery-count`` on quorum queues, else 1 when the
+#: ``redelivered`` flag is set).
+HDR_ATTEMPTS = "asynctask-attempts"
+HDR_ENQUEUED = "asynctask-enqueued-ms"  # epoch milliseconds, like every time header
+HDR_DUE = "asynctask-due-ms"
+HDR_REASON = "asynctask-reason"
+HDR_DEAD_AT = "asynctask-dead-ms"
+HDR_QUEUE = "asynctask-queue"
+
+#: The largest TTL/expiry RabbitMQ takes (milliseconds, an unsigned 32-bit field).
+MAX_TTL_MS = 2**32 - 1
+#: Delay buckets never go past this (46 days); a longer delay is re-delayed when it comes out early.
+MAX_DELAY_MS = 4_000_000_000
+#: How many messages one confirmed publish batch holds.
+PUBLISH_CHUNK = 2000
+
+_PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
+PERSISTENT = 2
+
+
+def to_ms(epoch_s: float) -> int:
+    """Epoch seconds as the integer milliseconds the time headers hold (AMQP tables have no float)."""
+    return round(epoch_s * 1000)
+
+
+def from_ms(value: object, default: float = 0.0) -> float:
+    """Epoch seconds from a time header (default when missing or not a number)."""
+    return value / 1000 if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def enqueued_at(properties: Any) -> float:
+    """When the task of a message was enqueued (or replayed): its header, else its timestamp."""
+    return from_ms((properties.headers or {}).get(HDR_ENQUEUED), float(properties.timestamp or 0))
+
+
+@dataclass(frozen=True)
+class AmqpOptions:
+    """The URL options, parsed (see the module docstring of ``amqp.py``)."""
+
+    prefetch: int = 512
+    heartbeat_s: int = 600
+    queue_type: str = "classic"
+    prefix: str = "asynctask"
+    connect_timeout_s: float = 5.0
+    lease_s: float | None = None
+
+
+def _option_prefetch(name: str, value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise TransportURLError(f"option {name}={value!r}: an integer from 1 to 65535 is allowed")
+    return int(value)
+
+
+def _option_heartbeat(name: str, value: str) -> int:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0 or number > 65535:
+        raise TransportURLError(f"option {name}={value!r}: seconds from 0 (off) to 65535 are allowed")
+    return math.ceil(number)
+
+
+def _option_queue_type(name: str, value: str) -> str:
+    if value not in ("classic", "quorum"):
+        raise TransportURLError(f"option {name}={value!r}: 'classic' or 'quorum' is allowed")
+    return value
+
+
+def _option_prefix(name: str, value: str) -> str:
+    if _PREFIX_RE.match(value) is None or value.lower().startswith("amq."):
+        raise TransportURLError(
+            f"option {name}={value!r}: 1 to 64 letters, digits and _ . : - (not starting with 'amq.') are allowed"
+        )
+    return value
+
+
+def parse_amqp_url(url: str) -> tuple[ParsedURL, AmqpOptions]:
+    """Split and check an ``amqp://`` / ``amqps://`` URL; raises TransportURLError (password masked)."""
+    parsed = parse_url(url)
+    if parsed.scheme not in ("amqp", "amqps"):
+        raise TransportURLError(f"not an AMQP URL: {parsed.masked!r} (amqp:// or amqps:// is expected)")
+    if not parsed.host:
+        raise TransportURLError(f"AMQP URL {parsed.masked!r} names no host")
+    values = take_options(
+        parsed,
+        {
+            "prefetch": _option_prefetch,
+            "heartbeat_s": _option_heartbeat,
+            "queue_type": _option_queue_type,
+            "prefix": _option_prefix,
+            "connect_timeout_s": option_positive_float,
+            "lease_s": option_positive_float,
+        },
+    )
+    return parsed, AmqpOptions(**values)
+
+
+def connection_parameters(parsed: ParsedURL, options: AmqpOptions) -> pika.ConnectionParameters:
+    """pika parameters for the URL: vhost from the path (``/`` when empty; ``%2F`` is ``/``)."""
+    tls = parsed.scheme == "amqps"
+    vhost = parsed.path[1:] if parsed.path.startswith("/") else parsed.path
+    ssl_options = None
+    if tls:
+        ssl_options = pika.SSLOptions(ssl.create_default_context(), server_hostname=parsed.host)
+    return pika.ConnectionParameters(
+        host=parsed.host,
+        port=parsed.port or (5671 if tls else 5672),
+        virtual_host=vhost or "/",
+        credentials=pika.PlainCredentials(parsed.username or "guest", parsed.password or "guest"),
+        heartbeat=options.heartbeat_s,
+        connection_attempts=1,
+        socket_timeout=options.connect_timeout_s,
+        stack_timeout=options.connect_timeout_s * 2,
+        blocked_connection_timeout=60,
+        ssl_options=ssl_options,
+        client_properties={"connection_name": "asynctask"},
+    )
+
+
+def delay_bucket_ms(delay_s: float) -> int:
+    """The holding-queue TTL a delay goes to: milliseconds rounded UP to two significant digits.
+
+    So a task is never visible early, and at most ~10% late (1234 ms -> 1300 ms, 0.2 s -> 200 ms,
+    61 s -> 61000 ms, 3 h 25 min -> 12 300 000 ms); one queue serves every delay that rounds the same.
+    """
+    ms = max(1, math.ceil(delay_s * 1000))
+    if ms >= 100:
+        step = 10 ** (len(str(ms)) - 2)
+        ms = -(-ms // step) * step
+    return min(ms, MAX_DELAY_MS)
+
+
+def claim_expiry_ms(ttl_ms: int) -> int:
+    """``x-expires`` of a claim queue: a power-of-two number of seconds >= the TTL (>= 64 s)."""
+    seconds = max(64, 2 ** math.ceil(math.log2(max(ttl_ms / 1000, 1))))
+    return int(min(seconds * 1000, MAX_TTL_MS))
+
+
+class Names:
+    """Queue names for one ``prefix`` (see the module docstring of ``amqp.py``)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.registry = f"{prefix}.registry"
+        self.lock = f"{prefix}.lock"
+
+    def work(self, queue: str) -> str:
+        return f"{self.prefix}.{queue}"
+
+    def dead(self, queue: str) -> str:
+        return f"{self.prefix}.{queue}.dead"
+
+    def delay(self, queue: str, ms: int) -> str:
+        return f"{self.prefix}.{queue}.delay.{ms}"
+
+    def claim(self, key: str) -> str:
+        name = f"{self.prefix}.claim.{key}"
+        if len(name.encode()) <= 255 and key.isprintable():
+            return name
+        return f"{self.prefix}.claim.sha1-{hashlib.sha1(key.encode()).hexdigest()}"
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a pika exception (pika's own texts can be tuples or span lines)."""
+    if isinstance(exc, pika.exceptions.ChannelClosed | pika.exceptions.ConnectionClosed):
+        text = f"{exc.reply_code} {exc.reply_text}"
+    else:
+        text = " ".join(str(part) for part in exc.args) if exc.args else ""
+        text = text or type(exc).__name__
+    return " ".join(text.split())[:300]
+
+
+def task_properties(task_id: str, priority: int, attempts: int, enqueued: float, due: float) -> Any:
+    """The properties of a task message: persistent, id, priority, the attempts and time headers."""
+    headers: dict[str, Any] = {HDR_ATTEMPTS: attempts, HDR_ENQUEUED: to_ms(enqueued)}
+    if due:
+        headers[HDR_DUE] = to_ms(due)
+    return pika.BasicProperties(
+        delivery_mode=PERSISTENT,
+        priority=priority,
+        message_id=task_id,
+        timestamp=int(enqueued),
+        content_type="application/json",
+        headers=headers,
+    )
