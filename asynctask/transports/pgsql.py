@@ -63,7 +63,16 @@ import psycopg2
 import psycopg2.extensions
 
 from asynctask.errors import TaskDecodeError, TransportError, TransportUnavailableError, TransportURLError
-from asynctask.task import DeadTask, QueueStats, Task, decode_payload, validate_queue_name
+from asynctask.task import (
+    DeadTask,
+    QueueStats,
+    Task,
+    decode_payload,
+    encode_payload,
+    validate_delay,
+    validate_priority,
+    validate_queue_name,
+)
 from asynctask.transports.base import (
     Backoff,
     Transport,
@@ -90,6 +99,15 @@ _HEX_ID_RE = re.compile(r"[0-9a-f]{32}\Z")
 _SAFE_TEXT_RE = re.compile(r"[A-Za-z0-9_.:-]*\Z")
 _STATEMENT_RE = re.compile(r"^-- name: (\w+) \(([^)]*)\)\n", re.MULTILINE)
 _RETRY_MIN_S, _RETRY_MAX_S = 0.1, 5.0
+_fork_generation = 0  # raised in every forked child: a connection of an older generation is the parent's
+
+
+def _after_fork() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _option_schema(name: str, value: str) -> str:
@@ -195,7 +213,7 @@ class PgsqlTransport(Transport):
         self._cursor: psycopg2.extensions.cursor | None = None
         self._channels: dict[str, str] = {}
         self._prepared: set[str] = set()
-        self._pid = os.getpid()
+        self._generation = _fork_generation
         self._retry_at = 0.0
         self._retry_delay = 0.0
         self._lost = False
@@ -214,8 +232,8 @@ class PgsqlTransport(Transport):
 
     def _open(self) -> Connection:
         """A new autocommit connection, with backoff between failed attempts (caller holds a lock)."""
-        if os.getpid() != self._pid:  # forked: never touch the parent's sockets
-            self._pid, self._conn, self._cursor, self._listener = os.getpid(), None, None, None
+        if self._generation != _fork_generation:  # forked: never touch the parent's sockets
+            self._generation, self._conn, self._cursor, self._listener = _fork_generation, None, None, None
             self._prepared.clear()
             self._listening.clear()
         wait = self._retry_at - time.monotonic()
@@ -304,19 +322,23 @@ class PgsqlTransport(Transport):
 
     def _run(self, name: str, *args: Any, rows: bool = False) -> Any:
         """Execute the prepared statement ``name``; return its rows (``rows=True``) or its rowcount."""
-        prepare, execute = self._statements[name]
-        execute, params = self._execute_text(execute, args)
+        execute, params = self._execute_text(self._statements[name][1], args)
+        return self._call(name, execute, params, rows)
+
+    def _call(self, name: str, execute: str, params: list[Any] | None, rows: bool = False) -> Any:
+        """Run ``execute`` (an EXECUTE of statement ``name``, PREPAREd first when this connection has
+        not yet); reconnect once at once when a connection that worked before turns out lost."""
         with self._lock:
             fresh = False
             while True:
                 cur = self._cursor
-                if cur is None or os.getpid() != self._pid:
+                if cur is None or self._generation != _fork_generation:
                     self._conn = self._open()
                     cur = self._cursor = self._conn.cursor()
                     fresh = True
                 try:
                     if name not in self._prepared:
-                        cur.execute(prepare)
+                        cur.execute(self._statements[name][0])
                         self._prepared.add(name)
                     cur.execute(execute, params)
                     return cur.fetchall() if rows else cur.rowcount
@@ -332,7 +354,7 @@ class PgsqlTransport(Transport):
     def close(self) -> None:
         with self._lock, self._listen_lock:
             for conn in (self._conn, self._listener):
-                if conn is not None and os.getpid() == self._pid:
+                if conn is not None and self._generation == _fork_generation:
                     conn.close()
             self._conn = self._listener = self._cursor = None
             self._prepared.clear()
@@ -346,6 +368,21 @@ class PgsqlTransport(Transport):
         return channel
 
     # -- producing -------------------------------------------------------------------------
+
+    def submit_task(
+        self, queue: str, payload: dict[str, Any] | None = None, *, delay_s: float = 0, priority: int = 0
+    ) -> str:
+        """As :meth:`Transport.submit_task`: one round trip, one short statement (the common path, kept lean)."""
+        validate_queue_name(queue)
+        delay = validate_delay(delay_s)
+        validate_priority(priority)
+        body = encode_payload(payload)
+        if queue not in self._registered:
+            return self._submit(queue, [body], delay, priority)[0]
+        task_id = os.urandom(16).hex()
+        self._call("submit_one", f"EXECUTE asynctask_submit_one ('{task_id}', '{queue}', {priority}, {delay!r}, %s)",
+                   [body])
+        return task_id
 
     def _submit(self, queue: str, bodies: list[str], delay_s: float, priority: int) -> list[str]:
         if queue not in self._registered:
@@ -423,7 +460,7 @@ class PgsqlTransport(Transport):
 
     def _listener_connection(self) -> Connection:
         """The listening connection, opened when missing (listen lock held)."""
-        if self._listener is None or self._listener.closed or os.getpid() != self._pid:
+        if self._listener is None or self._listener.closed or self._generation != _fork_generation:
             with self._lock:
                 self._listener = self._open()
             self._listening.clear()
