@@ -150,17 +150,23 @@ class AmqpTransport(AmqpAdmin):
     def _consumer(self, queue: str, max_count: int) -> Consumer:
         consumer = self._consumers.get(queue)
         if consumer is None:
+            consumer = self._consumers[queue] = Consumer(queue, self._conn.channel())
+
+            def on_cancel(_frame: Any) -> None:  # the broker cancelled it: the queue was deleted
+                logger.warning("RabbitMQ cancelled the consumer of %s; consuming again", queue)
+                self._declared.pop(self.names.work(queue), None)
+                consumer.cancelled = True
+
+            consumer.channel.add_on_cancel_callback(on_cancel)
+        self._set_qos(consumer, max_count)
+        if consumer.cancelled:
             name = self.ensure_work(queue)
-            consumer = Consumer(queue, self._conn.channel())
-            self._set_qos(consumer, max_count)
 
             def on_message(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
                 self._on_message(consumer, method, properties, body)
 
             consumer.channel.basic_consume(name, on_message, auto_ack=False)
-            self._consumers[queue] = consumer
-        else:
-            self._set_qos(consumer, max_count)
+            consumer.cancelled = False
         return consumer
 
     def _set_qos(self, consumer: Consumer, max_count: int) -> None:

@@ -15,6 +15,7 @@ class Consumer:
     queue: str
     channel: Any
     qos: int = 0
+    cancelled: bool = True  # not consuming (yet, or any more)
     buffer: list[tuple[int, int, Delivery]] = field(default_factory=list)
     unacked: dict[int, Delivery] = field(default_factory=dict)  # buffered and handed out
 

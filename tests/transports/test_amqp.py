@@ -346,6 +346,21 @@ def test_close_gives_back_prefetched_tasks_without_counting_an_attempt(url: str,
         other.ack_tasks(tasks)
 
 
+def test_a_deleted_queue_is_consumed_again_once_recreated(url: str, transport: AmqpTransport) -> None:
+    transport.submit_task("gone", {"n": 1})
+    task = transport.get_task("gone", timeout_s=5)
+    assert task is not None
+    transport.ack(task)
+    with contextlib.closing(AmqpTransport(url)) as admin:
+        admin._admin_channel().queue_delete(admin.names.work("gone"))
+    assert transport.get_task("gone", timeout_s=0.3) is None
+    with contextlib.closing(AmqpTransport(url)) as producer:
+        producer.submit_task("gone", {"n": 2})
+    again = transport.get_task("gone", timeout_s=5)
+    assert again is not None and again.payload == {"n": 2}
+    transport.ack(again)
+
+
 def test_quorum_queues(url: str) -> None:
     quorum_url = url + "&queue_type=quorum"
     with contextlib.closing(AmqpTransport(quorum_url)) as transport:
