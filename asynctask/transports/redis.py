@@ -46,6 +46,7 @@ one; connection errors are raised as :class:`~asynctask.errors.TransportUnavaila
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -139,6 +140,7 @@ def _pack(args: Sequence[Any]) -> bytes:
 
 
 _loaded: dict[str, _Script] = {}
+_decode_json = json.JSONDecoder().decode
 
 
 def _script(name: str) -> _Script:
@@ -338,8 +340,8 @@ class RedisTransport(Transport):
         deadline = 0.0
         while True:
             reply = self._eval(fetch, base, max_count, lease_us, PROMOTE_BOUND)
-            if len(reply) > 1:
-                tasks = self._tasks(queue, base, reply)
+            if reply[1]:
+                tasks = self._tasks(queue, base, reply[1])
                 if tasks:
                     return tasks
                 continue  # every one was undecodable (now dead): look again at once
@@ -357,18 +359,28 @@ class RedisTransport(Transport):
             block = max(min(block, self._max_block_s), 0.001)
             self._execute("BLPOP", base + b"wake", round(block, 3))
 
-    def _tasks(self, queue: str, base: bytes, reply: list[Any]) -> list[Task]:
+    def _tasks(self, queue: str, base: bytes, blob: bytes) -> list[Task]:
+        """Tasks from a fetch reply: per task "<receipt> <body length>\\n<body>"."""
         tasks = []
         buried: list[str] = []
-        for item in reply[1:]:
-            raw_receipt, body = item.split(b"|", 1)
-            receipt = raw_receipt.decode()
-            _, attempts, priority, enqueued, task_id = receipt.split(":", 4)
+        pos, end = 0, len(blob)
+        while pos < end:
+            newline = blob.index(b"\n", pos)
+            head, size = blob[pos:newline].split(b" ")
+            pos = newline + 1 + int(size)
+            body = blob[newline + 1 : pos]
+            receipt = head.decode()
+            _, attempts, priority, enqueued, task_id = receipt.split(":")
             try:
-                payload = decode_payload(body)
-            except TaskDecodeError as exc:
-                buried += [receipt, dead_reason_for_undecodable(exc)]
-                continue
+                payload = _decode_json(body.decode())
+                if type(payload) is not dict:
+                    raise ValueError(payload)
+            except ValueError:
+                try:
+                    payload = decode_payload(body)
+                except TaskDecodeError as exc:
+                    buried += [receipt, dead_reason_for_undecodable(exc)]
+                    continue
             tasks.append(Task(task_id, queue, payload, int(attempts), int(enqueued) / 1e6, int(priority), receipt))
         if buried:
             logger.warning("queue %s: %d undecodable task(s) moved to the dead letters", queue, len(buried) // 2)

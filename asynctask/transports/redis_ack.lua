@@ -7,7 +7,7 @@ local current = {}
 local ids = {}
 for i = 1, #receipts do
   if scores[i] then
-    local _, _, _, _, id = string.match(receipts[i], RECEIPT)
+    local id = string.match(receipts[i], '^%d+:%d+:%d:%d+:([%w_%-]+)$')
     current[#current + 1] = receipts[i]
     ids[#ids + 1] = body_key(id)
   end

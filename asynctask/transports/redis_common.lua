@@ -13,8 +13,8 @@ local delayed_key = base .. 'delayed'
 local dead_key = base .. 'dead'
 local deadinfo_key = base .. 'deadinfo'
 local wake_key = base .. 'wake'
-local ENTRY = '^(%d+):(%d):(%d+):(.+)$'
-local RECEIPT = '^%d+:((%d+):(%d):(%d+):(.+))$'
+local ENTRY = '^(%d+):(%d):(%d+):([%w_%-]+)$'
+local RECEIPT = '^%d+:((%d+):(%d):(%d+):([%w_%-]+))$'
 
 local function now_us()
   local t = redis.call('TIME')
