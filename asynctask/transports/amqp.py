@@ -69,11 +69,21 @@ supervisor, and its connection closing gives its tasks back.  ``portable_receipt
 After a crash, messages the dead consumer had prefetched but not yet handed out come back
 ``redelivered`` too, and count one attempt more than they had.
 
+Counts (``stats``): ``ready`` is the broker's ready count (a passive declare) plus what this
+instance has prefetched and not handed out; ``delayed`` sums the holding queues the registry lists;
+``dead`` is the dead queue's count; ``in_flight`` counts only THIS instance's handed-out deliveries
+(AMQP tells nobody the unacked count of other connections without the management plugin), and
+``oldest_ready_age_s`` only this instance's prefetched ones (None otherwise: reading the head of
+the queue would mark it redelivered).  ``dead_tasks`` and ``replay_dead`` read the dead queue with
+``basic.get`` on a channel of their own; what they do not take is put back by closing it, in order.
+
 Threads: an instance is used from one thread (pika is not thread-safe), except :meth:`extend`,
 which touches no socket (a local check that the delivery is current on the open channel, and a
 new local lease end), so the runner's heartbeat thread may call it.  A server that goes away
 raises ``TransportUnavailableError`` (host:port, password masked); the next call reconnects, and
-the receipts of the deliveries made before are no longer current (their acks are no-ops).
+the receipts of the deliveries made before are no longer current (their acks are no-ops).  A
+connection the broker closed while the instance was idle is noticed and replaced at the start of
+the next call, which then goes on.
 """
 
 from __future__ import annotations
