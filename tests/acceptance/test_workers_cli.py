@@ -142,3 +142,12 @@ def test_unreachable_transport_exits_3(world: Env) -> None:
         pytest.skip("the redis transport has not landed yet")
     assert result.returncode == 3, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_scheduled_worker_on_no_queue_gets_a_child_on_scheduled_queue(world: Env) -> None:
+    world.transport.submit_task("scheduled_acc_record", {"out": world.out, "n": 3})
+    config = world.config({}, asynctask_scheduled_workers=[{"worker": "acc_record", "hour": 3, "minute": 0}])
+    result = world.run("--config", config, "--halt-when-empty")
+    assert result.returncode == EXIT_OK, result.stderr
+    assert [r["payload"]["n"] for r in world.records()] == [3]
+    assert "started worker acc_record on queue scheduled_acc_record" in result.stderr
