@@ -7,44 +7,48 @@ URL forms::
     redis+unix://[[user]:password@]/path/to/redis.sock[?db=N&options]
 
 Options (URL query): ``key_prefix`` (default ``asynctask``; letters, digits and ``_.:-``),
-``lease_s`` (default lease, seconds), ``socket_timeout_s`` (default 10: a server that does not
-answer for that long counts as unavailable), ``db`` (``redis+unix`` only); with ``rediss``
-also ``ssl_cert_reqs`` (``required``, ``optional`` or ``none``) and ``ssl_ca_certs`` (a file).
+``lease_s`` (default lease, seconds), ``socket_timeout_s`` (default 10: a server silent that long
+counts as unavailable), ``db`` (``redis+unix`` only); with ``rediss`` also ``ssl_cert_reqs``
+(``required``, ``optional``, ``none``) and ``ssl_ca_certs`` (a file).
 
-Layout: every key of one queue starts with ``{<key_prefix>:<queue>}:``; the braces are a Redis Cluster
-hash tag, so all keys of a queue share one slot and each Lua script runs on a cluster too.  With
-``Q = {<key_prefix>:<queue>}:``::
+Layout.  Every key of a queue starts with ``Q = {<key_prefix>:<queue>}:``; the braces are a Redis
+Cluster hash tag, so a queue's keys share one slot and every script runs on a cluster too.  A task's
+place is its *entry* ``<attempts>:<priority>:<enqueued_us>:<id>`` (attempts = deliveries so far);
+a delivery's *receipt* (``Task.receipt``) is ``<seq>:<entry after this delivery>``::
 
-    Q task:<id>     hash: b (body, JSON text), p (priority), e (enqueued at, µs), a (deliveries so far);
-                    a dead task's hash also has x (reason) and d (died at, µs)
-    Q ready:<p>     list per priority 0..9 of ready task ids: LPUSH at the back, RPOP from the front
-    Q delayed       sorted set: task id -> due time (µs)
-    Q leased        sorted set: receipt "<seq>:<id>" -> lease end (µs); a delivery is current while
-                    its receipt is a member
-    Q dead          sorted set: task id -> died at (µs)
-    Q wake          list of wake-up tokens a waiting fetch BLPOPs on (pushed by submit, nack, replay)
-    Q seq           counter naming fetches (the <seq> of receipts)
-    <key_prefix>:queues         set of the queue names ever submitted to (for ``queues()``)
+    Q b:<id>          string: the task's body (JSON text), from submit until ack or purge
+    Q ready:<p>       list of entries per priority 0..9: LPUSH at the back, RPOP from the front
+    Q delayed         sorted set: entry -> due time (µs)
+    Q leased          sorted set: receipt -> lease end (µs); a delivery is current while a member
+    Q dead            sorted set: id -> died at (µs)
+    Q deadinfo        hash: id -> "<attempts>:<priority>:<enqueued_us>:<reason>"
+    Q wake            list of wake-up tokens a waiting fetch BLPOPs on (submit, nack, replay push)
+    Q seq             counter naming fetches (the <seq> of receipts)
+    <key_prefix>:queues         set of the queue names ever submitted to (``queues()``)
     <key_prefix>:claim:<key>    ``claim_once`` keys (SET NX PX)
 
-Every operation is one Lua script (``redis_*.lua`` beside this module, each prefixed with
-``redis_common.lua``), run by EVALSHA, so a client dying between two steps never loses or
-duplicates a task; times come from the server's clock (TIME).  A fetch first moves due delayed
-tasks and expired leases back to their ready lists (at most 1000 of each per call: no daemon),
-then pops up to ``max_count`` ids from the highest priority down and records their leases.  When
-nothing is ready, the client blocks with BLPOP on ``Q wake`` for the remaining timeout, capped at
-the moment the next delayed task or lease is due (a lease taken by another consumer after the wait
-began is noticed when the wait ends); a submit pushes a token, so an idle worker wakes at once.
+Every operation is one Lua script (``redis_<op>.lua`` beside this module, each after
+``redis_common.lua``) run by EVALSHA (loaded again on NOSCRIPT), so a client dying between two
+steps never loses or duplicates a task; times are the server's (TIME).  A fetch moves due delayed
+entries and expired leases back to the ready lists (at most 1000 of each per call: no daemon), pops
+up to ``max_count`` entries from the highest priority down, records their receipts in ``Q leased``
+and returns receipts and bodies in one framed string.  When nothing is ready the client BLPOPs
+``Q wake`` for the remaining timeout, capped at the next due delayed task or lease (a lease taken by
+another consumer after the wait began is seen when the wait ends); a submit pushes a token, so an
+idle worker wakes at once.  Batches (submit, ack) are one script call per 1000 tasks, all calls of a
+batch in one round trip.  The hot scripts go over a connection of the transport's own with RESP
+packed here (a fraction of redis-py's per-call cost); admin and blocking calls use redis-py's pool.
 
-Submitting checks that the id is not stored yet, so a call retried after a lost reply stores a task
-once.  A ready-list entry that is not a stored id, and a body that does not decode, go to the
-dead letters.  With persistence (AOF) a restarted server has every submitted task and no acked
-one; connection errors are raised as :class:`~asynctask.errors.TransportUnavailableError`
-("cannot reach Redis at host:port: reason") and the next call reconnects.
+A submit skips an id already stored, so a call retried after a lost reply stores the task once.  A
+ready entry that is not an entry, and a body that does not decode, go to the dead letters.  With
+``appendonly yes`` a restarted server has every submitted task and no acked one (``appendfsync
+always`` for a server crash too).  Connection errors raise TransportUnavailableError ("cannot reach
+Redis at host:port: reason", password masked); the next call reconnects.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -109,14 +113,13 @@ def _option_db(name: str, value: str) -> int:
     return int(value)
 
 
-def _option_cert_reqs(name: str, value: str) -> str:
-    if value not in ("required", "optional", "none"):
-        raise TransportURLError(f"option {name}={value!r}: one of required, optional, none is allowed")
-    return value
+def _option_choice(*choices: str) -> Any:
+    def parse(name: str, value: str) -> str:
+        if value not in choices:
+            raise TransportURLError(f"option {name}={value!r}: one of {', '.join(choices)} is allowed")
+        return value
 
-
-def _option_text(name: str, value: str) -> str:
-    return value
+    return parse
 
 
 class _Script:
@@ -139,15 +142,12 @@ def _pack(args: Sequence[Any]) -> bytes:
     return b"".join(parts)
 
 
-_loaded: dict[str, _Script] = {}
 _decode_json = json.JSONDecoder().decode
 
 
+@functools.cache
 def _script(name: str) -> _Script:
-    script = _loaded.get(name)
-    if script is None:
-        script = _loaded[name] = _Script(name)
-    return script
+    return _Script(name)
 
 
 class RedisTransport(Transport):
@@ -166,8 +166,8 @@ class RedisTransport(Transport):
         if parsed.scheme == "redis+unix":
             parsers["db"] = _option_db
         if parsed.scheme == "rediss":
-            parsers["ssl_cert_reqs"] = _option_cert_reqs
-            parsers["ssl_ca_certs"] = _option_text
+            parsers["ssl_cert_reqs"] = _option_choice("required", "optional", "none")
+            parsers["ssl_ca_certs"] = lambda name, value: value
         options = take_options(parsed, parsers)
         self.lease_s = options.get("lease_s", self.lease_s)
         self.key_prefix: str = options.get("key_prefix", "asynctask")
@@ -275,6 +275,9 @@ class RedisTransport(Transport):
                     if attempt:
                         raise self._unavailable(exc) from None
                     continue
+                except BaseException:
+                    conn.disconnect()  # replies may be left unread: never reuse the connection
+                    raise
                 errors = [reply for reply in replies if isinstance(reply, redis.ResponseError)]
                 if not errors:
                     return replies
