@@ -49,6 +49,8 @@ A forked child must open its own transport; the parent's connections are never u
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import logging
 import os
 import re
@@ -96,7 +98,7 @@ SAFETY_POLL_S = 2.0
 _FIRST_WAIT_S = 0.05
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,39}\Z")
 _HEX_ID_RE = re.compile(r"[0-9a-f]{32}\Z")
-_SAFE_TEXT_RE = re.compile(r"[A-Za-z0-9_.:-]*\Z")
+_SAFE_TEXT_RE = re.compile(r"[A-Za-z0-9_.:,{}-]*\Z")
 _STATEMENT_RE = re.compile(r"^-- name: (\w+) \(([^)]*)\)\n", re.MULTILINE)
 _RETRY_MIN_S, _RETRY_MAX_S = 0.1, 5.0
 _fork_generation = 0  # raised in every forked child: a connection of an older generation is the parent's
@@ -138,6 +140,15 @@ def _literal(value: object) -> str | None:
     return None
 
 
+def _copy_escape(text: str) -> str:
+    """``text`` as a field of COPY's text format."""
+    if "\\" in text:
+        text = text.replace("\\", "\\\\")
+    if "\n" in text or "\r" in text or "\t" in text:
+        text = text.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return text
+
+
 def _load_statements(schema: str) -> dict[str, tuple[str, str]]:
     """name -> (PREPARE statement, "EXECUTE name"), from pgsql_queries.sql."""
     text = resources.files(__package__).joinpath("pgsql_queries.sql").read_text("utf-8")
@@ -148,7 +159,10 @@ def _load_statements(schema: str) -> dict[str, tuple[str, str]]:
         body = re.sub(r"^--.*$", "", body, flags=re.MULTILINE).strip().rstrip(";")
         signature = f"asynctask_{name} ({types})" if types.strip() else f"asynctask_{name}"
         body = body.replace("@schema@", schema).replace("@schema_name@", schema.strip('"'))
-        statements[name] = (f"PREPARE {signature} AS {body}", f"EXECUTE asynctask_{name}")
+        if types == "copy":  # not preparable: run as it is
+            statements[name] = ("", body)
+        else:
+            statements[name] = (f"PREPARE {signature} AS {body}", f"EXECUTE asynctask_{name}")
     return statements
 
 
@@ -325,9 +339,12 @@ class PgsqlTransport(Transport):
         execute, params = self._execute_text(self._statements[name][1], args)
         return self._call(name, execute, params, rows)
 
-    def _call(self, name: str, execute: str, params: list[Any] | None, rows: bool = False) -> Any:
+    def _call(
+        self, name: str, execute: str, params: list[Any] | None, rows: bool = False, copy_data: str | None = None
+    ) -> Any:
         """Run ``execute`` (an EXECUTE of statement ``name``, PREPAREd first when this connection has
-        not yet); reconnect once at once when a connection that worked before turns out lost."""
+        not yet; or a COPY fed ``copy_data``); reconnect once at once when a connection that worked
+        before turns out lost."""
         with self._lock:
             fresh = False
             while True:
@@ -337,6 +354,9 @@ class PgsqlTransport(Transport):
                     cur = self._cursor = self._conn.cursor()
                     fresh = True
                 try:
+                    if copy_data is not None:
+                        cur.copy_expert(execute, io.StringIO(copy_data))
+                        return cur.rowcount
                     if name not in self._prepared:
                         cur.execute(self._statements[name][0])
                         self._prepared.add(name)
@@ -393,7 +413,14 @@ class PgsqlTransport(Transport):
             self._run("submit_one", task_id, queue, priority, delay_s, bodies[0])
             return [task_id]
         ids = [os.urandom(16).hex() for _ in bodies]
-        self._run("submit_many", ids, queue, priority, delay_s, bodies)
+        if delay_s == 0:  # COPY: the fastest way in; then wake waiting consumers, if any
+            prefix = f"\t{queue}\t{priority}\t"
+            rows = "".join(f"{i}{prefix}{_copy_escape(body)}\n" for i, body in zip(ids, bodies, strict=True))
+            self._call("copy_tasks", self._statements["copy_tasks"][1], None, copy_data=rows)
+            self._run("notify", queue)
+            return ids
+        self._run("submit_many", "{" + ",".join(ids) + "}", queue, priority, delay_s,
+                  json.dumps(bodies, ensure_ascii=False))
         return ids
 
     # -- consuming -------------------------------------------------------------------------

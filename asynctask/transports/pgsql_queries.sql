@@ -13,10 +13,19 @@ WITH i AS (
 )
 SELECT pg_notify('asynctask_' || md5('@schema_name@.' || $2), '') FROM @schema@.waiters WHERE queue = $2 LIMIT 1;
 
--- name: submit_many (text[], text, smallint, float8, text[])
+-- name: copy_tasks (copy)
+COPY @schema@.tasks (id, queue, priority, body) FROM STDIN;
+
+-- name: notify (text)
+SELECT pg_notify('asynctask_' || md5('@schema_name@.' || $1), '') FROM @schema@.waiters WHERE queue = $1 LIMIT 1;
+
+-- name: submit_many (uuid[], text, smallint, float8, json)
+-- $5 is a JSON array of the bodies (one text parameter: far cheaper to send than a text[]).
 WITH i AS (
     INSERT INTO @schema@.tasks (id, queue, priority, visible_at, body)
-    SELECT u.id::uuid, $2, $3, now() + $4 * interval '1 second', u.body FROM unnest($1, $5) AS u (id, body)
+    SELECT u.id, $2, $3, now() + $4 * interval '1 second', u.body
+    FROM unnest($1, ARRAY(SELECT j.body FROM json_array_elements_text($5) WITH ORDINALITY AS j (body, n) ORDER BY n))
+        AS u (id, body)
 )
 SELECT pg_notify('asynctask_' || md5('@schema_name@.' || $2), '') FROM @schema@.waiters WHERE queue = $2 LIMIT 1;
 
