@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -347,5 +348,38 @@ def test_killed_consumer_holding_a_batch_gives_it_back_after_the_lease(shared_pr
         assert set(seen) == ids
         assert sorted(seen[i] for i in held) == [2] * 20
         assert transport.stats("held") == QueueStats()
+    finally:
+        transport.close()
+
+
+def test_a_waiting_fetch_sees_a_delayed_task_submitted_meanwhile(shared_prefix: str) -> None:
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/9?key_prefix={shared_prefix}"
+    consumer, producer = get_transport(url), get_transport(url)
+    try:
+        timer = threading.Timer(0.2, producer.submit_task, args=("late", {"x": 1}), kwargs={"delay_s": 0.5})
+        started = time.monotonic()
+        timer.start()
+        task = consumer.get_task("late", timeout_s=8)
+        elapsed = time.monotonic() - started
+        timer.join()
+        assert task is not None and 0.6 <= elapsed < 3
+        consumer.ack(task)
+    finally:
+        consumer.close()
+        producer.close()
+
+
+def test_big_batches_keep_their_order_across_script_calls(shared_prefix: str) -> None:
+    transport = get_transport(f"redis://{REDIS_HOST}:{REDIS_PORT}/9?key_prefix={shared_prefix}")
+    try:
+        ids = transport.submit_tasks("big", [{"n": n} for n in range(2500)])
+        tasks = []
+        while len(tasks) < 2500:
+            got = transport.get_tasks("big", 1000)
+            assert got
+            tasks += got
+        assert [t.id for t in tasks] == ids and [t.payload["n"] for t in tasks] == list(range(2500))
+        transport.ack_tasks(tasks)
+        assert transport.stats("big") == QueueStats()
     finally:
         transport.close()
