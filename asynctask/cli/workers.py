@@ -4,12 +4,16 @@ Exit codes are :mod:`asynctask.workers.supervisor`'s ``EXIT_*`` constants: 0 cle
 stopped by a signal with every task finished; also "no workers configured"), 1 internal error,
 2 bad usage or configuration, 3 transport unreachable at start, 4 shutdown forced (second signal
 or end of the grace period).  Errors the user can fix print one line on stderr, no traceback.
+
+Modules named by ``--require`` / ``asynctask_require`` are imported with the current directory on
+``sys.path`` (as ``python -m`` does); the worker children inherit that path.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -61,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     args = build_parser().parse_args(argv)
+    # --require names modules of the project being run, as ``python -m`` would find them (children
+    # started with spawn inherit sys.path)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     level = getattr(logging, args.log_level)
     configure_logging(level, args.quiet)
     log = logging.getLogger("asynctask.workers")

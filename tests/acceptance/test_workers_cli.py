@@ -151,3 +151,25 @@ def test_a_scheduled_worker_on_no_queue_gets_a_child_on_scheduled_queue(world: E
     assert result.returncode == EXIT_OK, result.stderr
     assert [r["payload"]["n"] for r in world.records()] == [3]
     assert "started worker acc_record on queue scheduled_acc_record" in result.stderr
+
+
+def test_require_finds_modules_in_the_current_directory(world: Env) -> None:
+    (world.tmp / "cwd_workers.py").write_text(
+        "from asynctask.workers import AsyncTaskWorker\n"
+        "class CwdWorker(AsyncTaskWorker):\n"
+        "    name = 'cwd_worker'\n"
+        "    def process(self, payload):\n"
+        "        open(payload['out'], 'a').write('ran\\n')\n"
+    )
+    world.transport.submit_task("jobs", {"out": world.out})
+    env = {**world.env, "PYTHONPATH": ""}
+    import subprocess
+
+    from workers_support import CLI
+    result = subprocess.run(
+        [CLI, "--transport", world.url, "--require", "cwd_workers", "--set", "asynctask_workers={jobs: cwd_worker}",
+         "--set", "asynctask_workers_poll_interval=50", "--halt-when-empty"],
+        env=env, cwd=world.tmp, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == EXIT_OK, result.stderr
+    assert Path(world.out).read_text() == "ran\n"
