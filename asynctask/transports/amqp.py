@@ -88,18 +88,19 @@ the next call, which then goes on.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pika
 
-from asynctask.errors import TaskDecodeError
+from asynctask.errors import TaskDecodeError, TransportError
 from asynctask.task import Task, decode_payload, new_task_id
 from asynctask.transports.amqp_admin import AmqpAdmin
 from asynctask.transports.amqp_consumer import Consumer, Delivery, ack_tags, qos_for
@@ -285,7 +286,7 @@ class AmqpTransport(AmqpAdmin):
             now = time.time()
             due = now + delay_s if delay_s > 0 else 0.0
             ids = [new_task_id() for _ in bodies]
-            self.publish(
+            self.publish_all(
                 [
                     (target, task_properties(task_id, priority, 0, now, due), body.encode())
                     for task_id, body in zip(ids, bodies, strict=True)
@@ -322,15 +323,25 @@ class AmqpTransport(AmqpAdmin):
         due = time.time() + delay_s if delay_s > 0 else 0.0
         task_id = properties.message_id or new_task_id()
         new = task_properties(task_id, properties.priority or 0, max(attempts, 0), enqueued, due)
-        self.publish([(self._target(delivery.consumer.queue, delay_s), new, delivery.body)])
+        self.publish_all([(self._target(delivery.consumer.queue, delay_s), new, delivery.body)])
         ack_tags(delivery.consumer, [delivery.tag])
 
     def nack(self, task: Task, *, delay_s: float = 0, count_attempt: bool = True) -> None:
         """Publish a copy (attempts so far in its header) to the queue or a delay queue, then ack."""
         delivery = self._take(task)
         if delivery is not None:
-            with self._guard(reconnect=False):
+            with self._kept_on_failure(delivery), self._guard(reconnect=False):
                 self._republish(delivery, delivery.attempts - (0 if count_attempt else 1), max(delay_s, 0.0))
+
+    @contextlib.contextmanager
+    def _kept_on_failure(self, delivery: Delivery) -> Iterator[None]:
+        """When giving a delivery back fails but its channel lives, it stays current (retry-able)."""
+        try:
+            yield
+        except TransportError:
+            if self._consumers.get(delivery.consumer.queue) is delivery.consumer:
+                self._by_receipt[delivery.receipt] = delivery
+            raise
 
     def _bury(self, delivery: Delivery, reason: str) -> None:
         properties = delivery.properties
@@ -348,14 +359,14 @@ class AmqpTransport(AmqpAdmin):
             timestamp=int(now),
             headers=headers,
         )
-        self.publish([(self.names.dead(delivery.consumer.queue), dead, delivery.body)])
+        self.publish_all([(self.names.dead(delivery.consumer.queue), dead, delivery.body)])
         ack_tags(delivery.consumer, [delivery.tag])
         logger.debug("task %s of %s is dead: %s", dead.message_id, delivery.consumer.queue, reason)
 
     def dead(self, task: Task, reason: str) -> None:
         delivery = self._take(task)
         if delivery is not None:
-            with self._guard(reconnect=False):
+            with self._kept_on_failure(delivery), self._guard(reconnect=False):
                 self._bury(delivery, reason)
 
     def extend(self, task: Task, lease_s: float) -> bool:
@@ -420,7 +431,7 @@ class AmqpTransport(AmqpAdmin):
                                 delivery.body,
                             )
                         )
-                    self.publish(copies)
+                    self.publish_all(copies)
                     ack_tags(consumer, [d.tag for d in waiting])
             if self._conn.is_open:
                 self._conn.close()

@@ -288,7 +288,7 @@ class AmqpAdmin(AmqpCore):
 
     def _replay_batch(self, channel: Any, batch: list[tuple[int, tuple[str, Any, bytes]]]) -> int:
         if batch:
-            self.publish([item for _, item in batch])
+            self.publish_all([item for _, item in batch])
             for tag, _ in batch:
                 channel.basic_ack(tag)
         return len(batch)

@@ -233,8 +233,18 @@ class AmqpCore(Transport):
                 for routing_key in {r[0] for r in returned}:
                     self._declared.pop(routing_key, None)
                     self.redeclare(routing_key)
-                self.publish([(rk, props, body) for rk, props, body in returned], retry_unroutable=False)
+                again = self.publish([(rk, props, body) for rk, props, body in returned], retry_unroutable=False)
+                if again:
+                    raise TransportError(f"RabbitMQ at {self._where} refused a message to {returned[again[0]][0]!r}")
         return nacked
+
+    def publish_all(self, items: list[tuple[str, Any, bytes]]) -> None:
+        """:meth:`publish`, raising TransportError when the broker refused any message."""
+        nacked = self.publish(items)
+        if nacked:
+            raise TransportError(
+                f"RabbitMQ at {self._where} refused {len(nacked)} of {len(items)} messages to {items[nacked[0]][0]!r}"
+            )
 
     def redeclare(self, name: str) -> None:
         """Hook: declare queue ``name`` again after a publish to it came back unroutable."""
@@ -256,5 +266,5 @@ class AmqpCore(Transport):
         self._pub.queue_declare(name, durable=True, arguments=arguments)
         if not existed:
             self.declare(self.names.registry, {})
-            self.publish([(self.names.registry, pika.BasicProperties(delivery_mode=PERSISTENT), register.encode())])
+            self.publish_all([(self.names.registry, pika.BasicProperties(delivery_mode=PERSISTENT), register.encode())])
         self._declared[name] = now
