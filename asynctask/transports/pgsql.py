@@ -1,49 +1,41 @@
 """The PostgreSQL transport (psycopg2).
 
-URL forms::
+URLs: ``pgsql:dbname`` (libpq defaults and PGHOST, PGPORT, PGUSER... for the rest),
+``pgsql://user:password@host:port/dbname``, and the same with ``postgresql://`` or ``postgres://``.
+Options: ``schema`` (default ``asynctask``; 1-40 lowercase letters, digits, ``_``), ``lease_s`` (the
+default lease), ``sslmode`` and ``connect_timeout`` (for libpq; default 5 s).
 
-    pgsql:dbname                                  libpq defaults (PGHOST, PGPORT, PGUSER...) for the rest
-    pgsql://user:password@host:port/dbname
-    postgresql://user:password@host:port/dbname   (alias)
-    postgres://user:password@host:port/dbname     (alias)
+Storage: one schema, created on first use (in one transaction under ``pg_advisory_xact_lock``, so
+processes starting together do not race) from ``pgsql_schema_<n>.sql`` beside this module:
 
-Options (query parameters): ``schema`` (default ``asynctask``; lowercase letters, digits and ``_``,
-at most 40 characters), ``lease_s`` (default lease), ``sslmode`` and ``connect_timeout`` (passed
-to libpq; connect_timeout defaults to 5 s).
-
-Storage, all inside the one schema (created on first use, in one transaction under
-``pg_advisory_xact_lock``, so several processes starting at once do not race):
-
-* ``schema_version (version, applied_at)``: one row per applied schema version, so later releases
-  can migrate forward (``pgsql_schema_<n>.sql`` beside this module, applied in order);
+* ``schema_version (version, applied_at)``: a row per applied version; later releases migrate forward
+  by applying the missing ``pgsql_schema_<n>.sql`` files in order;
 * ``queues (name)``: every queue that holds or held a task;
-* ``tasks (rowid, id, receipt, visible_at, enqueued_at, attempts, priority, queue, body)`` with the
-  index ``tasks_fetch_order (queue, priority DESC, visible_at, rowid)`` that the fetch's ORDER BY
-  walks.  A row is ready when ``visible_at <= now()``; in flight while it has a ``receipt`` and a
-  future ``visible_at`` (the lease end); delayed with no receipt and a future ``visible_at``.  An
-  expired lease is thus ready again in the very statement that fetches, with no daemon;
-* ``dead (id, n, dead_at, attempts, priority, queue, reason, body)`` with index
-  ``dead_queue_order (queue, n)``;
-* ``claims (key, expires_at)`` for ``claim_once``.
+* ``tasks (rowid, id, receipt, visible_at, enqueued_at, attempts, priority, queue, body)``, index
+  ``tasks_fetch_order (queue, priority DESC, visible_at, rowid)`` = the fetch's ORDER BY.  Ready:
+  ``visible_at <= now()``; in flight: a ``receipt`` and a future ``visible_at`` (the lease end);
+  delayed: no receipt, future ``visible_at``.  An expired lease is ready again with no write at all;
+* ``dead (id, n, dead_at, attempts, priority, queue, reason, body)``, index ``dead_queue_order (queue, n)``;
+* ``waiters (queue, pid, since)``, unlogged: consumers blocked in ``get_task``;
+* ``claims (key, expires_at)``: ``claim_once`` (``INSERT ... ON CONFLICT DO UPDATE ... WHERE expired``).
 
-No functions or triggers are created.  The statements are in ``pgsql_queries.sql``, PREPAREd once per
-connection.  A fetch is one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)`` that sets
-the lease and a new receipt; ack is a receipt-checked ``DELETE`` (``ack_tasks``: one statement for
-the batch), so an ack after a lost lease never deletes the new delivery.
+No functions or triggers.  The statements (``pgsql_queries.sql``) are PREPAREd once per connection.
+A fetch is one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)`` setting the lease and
+a new receipt (``<rowid>.<random token>``); ack, nack, extend and dead check the receipt, so they
+never touch a later delivery; ``ack_tasks`` is one ``DELETE``.  ``submit_tasks`` uses COPY.
 
-Waiting: statements that make a task ready (submit, nack, replay) ``pg_notify`` the queue's channel
-(``asynctask_`` + md5 of schema and queue) within the same statement.  A blocked ``get_task`` LISTENs
-on a second, lazily opened connection and wakes on a notification, at the next delayed or lease
-due time, or after a safety poll of 2 s at most.
+Waiting: a blocked ``get_task`` registers in ``waiters`` and LISTENs (on a second connection, opened
+when first needed) on ``asynctask_<md5(schema.queue)>``.  Submit, nack and replay ``pg_notify`` that
+channel in the same statement, only when the queue has a waiter, so busy systems pay nothing for it.
+The waiter wakes on a notification, at the next delayed or lease due time, or after a 2 s safety poll.
 
-Connections: one persistent connection per transport instance for statements (autocommit, durable
-server settings untouched), guarded by a lock so threads may share the instance, plus the
-listening connection above for waiting consumers.  A connection lost to a server restart is
-reopened on the next call (once right away, for a connection that worked before; then with
-backoff from 0.1 s to 5 s between attempts); until then calls raise
-:class:`~asynctask.errors.TransportUnavailableError` naming host, port and database (one line,
-password masked).  The loss is logged once as a warning and the recovery once as info.
-A forked child must open its own transport; the parent's connections are never used there.
+Connections: one persistent autocommit connection per instance (durable server settings untouched),
+behind a lock so threads can share the instance, plus the listening one.  A connection lost (server
+restart) is reopened at once and the statement retried once; then calls raise
+:class:`~asynctask.errors.TransportUnavailableError` (one line naming host, port and database, password
+masked), reconnecting on the next call with backoff from 0.1 s to 5 s.  The loss is logged once (warning),
+the recovery once (info).  A submit retried over a lost connection may, rarely, store a task twice
+(delivery is at least once anyway).  Forked children never use their parent's connections.
 """
 
 from __future__ import annotations
@@ -76,7 +68,6 @@ from asynctask.task import (
     validate_queue_name,
 )
 from asynctask.transports.base import (
-    Backoff,
     Transport,
     dead_reason_for_undecodable,
     option_positive_float,
@@ -458,13 +449,7 @@ class PgsqlTransport(Transport):
         if timeout_s <= 0:
             return tasks
         deadline = time.monotonic() + timeout_s
-        if not self._listen_lock.acquire(timeout=min(timeout_s, 0.01)):
-            # Another thread of this instance is waiting on the listener: poll with backoff.
-            backoff = Backoff(timeout_s, first_s=0.01, max_s=0.25)
-            while backoff.wait():
-                tasks = self._fetch(queue, max_count, lease_s)
-                if tasks:
-                    return tasks
+        if not self._listen_lock.acquire(timeout=timeout_s):  # another thread of this instance waits
             return self._fetch(queue, max_count, lease_s)
         try:
             channel = self._channel(queue)
@@ -497,15 +482,16 @@ class PgsqlTransport(Transport):
         return self._listener
 
     def _listener_run(self, name: str, *args: Any) -> None:
-        """Run statement ``name`` on the listening connection (listen lock held)."""
-        prepare, execute = self._statements[name]
-        execute, params = self._execute_text(execute, args)
+        """Run statement ``name`` (or ``LISTEN`` when name is ``listen``) on the listening connection."""
         try:
             with self._listener_connection().cursor() as cur:
+                if name == "listen":
+                    cur.execute(f'LISTEN "{args[0]}"')
+                    return
                 if name not in self._listener_prepared:
-                    cur.execute(prepare)
+                    cur.execute(self._statements[name][0])
                     self._listener_prepared.add(name)
-                cur.execute(execute, params)
+                cur.execute(*self._execute_text(self._statements[name][1], args))
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             self._listener = None
             raise self._unavailable(exc) from None
@@ -513,18 +499,17 @@ class PgsqlTransport(Transport):
             raise TransportError(f"{self.where}: {_one_line(exc)}") from None
 
     def _listen(self, channel: str) -> None:
-        """LISTEN on ``channel`` on the listener connection and drop pending notifications (listen lock held)."""
+        """LISTEN on ``channel`` (once per connection); drop notifications that came before."""
+        listener = self._listener_connection()  # reopened when lost: then it listens to nothing yet
+        if channel not in self._listening:
+            self._listener_run("listen", channel)
+            self._listening.add(channel)
         try:
-            listener = self._listener_connection()
-            if channel not in self._listening:
-                with listener.cursor() as cur:
-                    cur.execute(f'LISTEN "{channel}"')
-                self._listening.add(channel)
             listener.poll()
-            listener.notifies.clear()
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        except psycopg2.Error as exc:
             self._listener = None
             raise self._unavailable(exc) from None
+        listener.notifies.clear()
 
     def _wait(self, channel: str, timeout_s: float) -> None:
         """Block until a notification on ``channel`` or ``timeout_s`` (listen lock held)."""
@@ -562,7 +547,8 @@ class PgsqlTransport(Transport):
         if len(receipts) == 1:
             self._run("ack", *receipts[0])
         elif receipts:
-            self._run("ack_many", [r[0] for r in receipts], [r[1] for r in receipts])
+            rowids, tokens = (",".join(str(r[i]) for r in receipts) for i in (0, 1))
+            self._run("ack_many", f"{{{rowids}}}", f"{{{tokens}}}")
 
     def nack(self, task: Task, *, delay_s: float = 0, count_attempt: bool = True) -> None:
         receipt = self._receipt(task)
