@@ -26,7 +26,15 @@ from asynctask.transports import get_transport
 from asynctask.transports.base import Transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import get_worker
-from asynctask.workers.runner import HALT_EMPTY, HALTED, MAX_TASKS, RECONNECT_FIRST_S, RECONNECT_MAX_S, Runner
+from asynctask.workers.runner import (
+    HALT_EMPTY,
+    HALTED,
+    MAX_MEMORY,
+    MAX_TASKS,
+    RECONNECT_FIRST_S,
+    RECONNECT_MAX_S,
+    Runner,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +54,7 @@ class ChildSpec:
     rate_max_calls: int | None = None
     rate_period_s: float = 1.0
     max_tasks: int | None = None
+    max_memory_mb: float | None = None
     log_level: int = logging.INFO
     quiet: bool = False
 
@@ -128,6 +137,7 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.Cu
             rate_max_calls=spec.rate_max_calls,
             rate_period_s=spec.rate_period_s,
             max_tasks=spec.max_tasks,
+            max_memory_mb=spec.max_memory_mb,
             report=report,
             reopen=lambda: get_transport(spec.transport_url),
             current=current,
@@ -141,8 +151,8 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.Cu
                     runner.processed, time.monotonic() - started)
         if outcome == HALTED:
             report((P.HALTED,))
-        elif outcome == MAX_TASKS:
-            report((P.RECYCLE, "max_tasks_per_child"))
+        elif outcome in (MAX_TASKS, MAX_MEMORY):
+            report((P.RECYCLE, "max_tasks_per_child" if outcome == MAX_TASKS else "max_memory_mb"))
     finally:
         (runner.transport if runner is not None else transport).close()
         conn.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -46,10 +47,21 @@ RECONNECT_FIRST_S = 0.5
 RECONNECT_MAX_S = 30.0
 
 #: how the run ended
-STOPPED, HALTED, MAX_TASKS = "stopped", "halted", "max_tasks"
+STOPPED, HALTED, MAX_TASKS, MAX_MEMORY = "stopped", "halted", "max_tasks", "max_memory"
 #: halt modes: stop when the queue is empty (nothing ready, delayed or in flight), or when nothing
 #: is ready right now (the eager drain of asynctask.testing)
 HALT_EMPTY, HALT_IDLE = "empty", "idle"
+
+
+def resident_mb() -> float:
+    """This process's resident memory in MiB (Linux /proc; elsewhere the peak from getrusage)."""
+    try:
+        with open("/proc/self/statm", "rb") as stream:
+            return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource  # noqa: PLC0415 - POSIX only
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class RateLimiter:
@@ -120,6 +132,7 @@ class Runner:
         rate_period_s: float = 1.0,
         max_batch: int = 100,
         max_tasks: int | None = None,
+        max_memory_mb: float | None = None,
         report: Report | None = None,
         reopen: Callable[[], Transport] | None = None,
         current: P.CurrentTask | None = None,
@@ -133,6 +146,7 @@ class Runner:
         self.limiter = RateLimiter(rate_max_calls, rate_period_s, clock) if rate_max_calls else None
         self.max_batch = max(1, min(max_batch, MAX_BATCH))
         self.max_tasks = max_tasks
+        self.max_memory_mb = max_memory_mb
         self.report: Report = report or (lambda message: None)
         self.current = current
         self.reopen = reopen
@@ -225,7 +239,8 @@ class Runner:
     # -- the loop ----------------------------------------------------------------------------------
 
     def run(self) -> str:
-        """Run until stopped (``stopped``), halted (``halted``) or max_tasks ran (``max_tasks``)."""
+        """Run until stopped (``stopped``), halted (``halted``), ``max_tasks`` ran (``max_tasks``) or the
+        resident memory passed ``max_memory_mb`` after a batch (``max_memory``)."""
         keeper = _LeaseKeeper(self, self.lease_s)
         keeper.start()
         try:
@@ -264,6 +279,9 @@ class Runner:
                 if self._pending_acks and self.clock() - self._pending_since >= ACK_FLUSH_S:
                     self._flush_acks()
             self._flush_acks()
+            if self.max_memory_mb is not None and resident_mb() > self.max_memory_mb:
+                logger.info("resident memory above max_memory_mb=%s: leaving to be replaced", self.max_memory_mb)
+                return MAX_MEMORY
 
     def _wait_for_rate_slot(self) -> bool:
         while self.limiter is not None and (wait := self.limiter.wait_s()) > 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import importlib
+import logging
 import signal
 import time
 from dataclasses import dataclass, field
@@ -17,12 +18,16 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from asynctask.config import COMMAND_WORKER, Settings, check_worker_names
-from asynctask.errors import ConfigurationError
+from asynctask.errors import ConfigurationError, TransportError
+from asynctask.task import Task
+from asynctask.transports.base import Transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import registered_workers
 from asynctask.workers.child import ChildSpec
 
-__all__ = ["ChildState", "describe_exit", "hard_timeout_s", "import_requires"]
+__all__ = ["ChildState", "describe_exit", "give_back", "hard_timeout_s", "import_requires"]
+
+logger = logging.getLogger(__name__)
 
 
 def hard_timeout_s(timeout_s: float) -> float:
@@ -169,3 +174,39 @@ class ChildState:
             self.recycling = True
         elif kind == P.READY:
             self.ready = True
+
+
+def give_back(transport: Transport, child: ChildState, cause: str) -> int:
+    """Give back the tasks a dead child held, at once; returns how many were dead-lettered.
+
+    The task it was running is nacked with the attempt counted, or dead-lettered with ``cause`` in
+    the reason once it reached ``max_attempts``; tasks it had not started are nacked uncounted.
+    Without portable receipts (AMQP) the broker gives them back itself when the connection closes.
+    """
+    if not child.held:
+        return 0
+    if not transport.portable_receipts:
+        logger.info("%d task(s) of the dead worker %s go back through the broker", len(child.held), child.worker)
+        child.held.clear()
+        return 0
+    running = child.running_task()
+    dead = 0
+    for task_id, data in list(child.held.items()):
+        task = Task.from_dict(data)
+        try:
+            if running is not None and task_id == running[0]:
+                if task.attempts >= child.max_attempts:
+                    logger.error("task %s on %s dead-lettered: %s (attempt %d of %d)", task.id, task.queue, cause,
+                                 task.attempts, child.max_attempts)
+                    transport.dead(task, f"{cause} while running the task (attempt {task.attempts}"
+                                         f" of {child.max_attempts})")
+                    dead += 1
+                else:
+                    logger.warning("task %s on %s given back: %s while running it", task.id, task.queue, cause)
+                    transport.nack(task)
+            else:
+                transport.nack(task, count_attempt=False)
+        except TransportError as exc:
+            logger.error("cannot give back task %s (its lease will): %s", task.id, exc)
+    child.held.clear()
+    return dead

@@ -31,16 +31,17 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from asynctask.config import Settings, scheduled_queue_name
-from asynctask.errors import TransportError
-from asynctask.task import Task
 from asynctask.transports import get_transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import get_worker
 from asynctask.workers.child import ChildSpec, child_main
-from asynctask.workers.state import ChildState, describe_exit, hard_timeout_s, import_requires
+from asynctask.workers.extras import build_metrics, build_scheduler
+from asynctask.workers.state import ChildState, describe_exit, give_back, hard_timeout_s, import_requires
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +102,17 @@ class Supervisor:
                 rate_max_calls=rate_max_calls,
                 rate_period_s=rate_period,
                 max_tasks=settings.max_tasks_per_child,
+                max_memory_mb=settings.max_memory_mb,
                 log_level=log_level,
                 quiet=quiet,
             )
             for slot in range(processes):
                 current = P.CurrentTask(self._context)
                 self.children.append(ChildState(spec, slot, cls.max_attempts, cls.timeout_s, current=current))
-        self._prepare_extras()
+        self._leaving: list[tuple[BaseProcess, Connection]] = []
+        self._scheduler = build_scheduler(settings, self.transport_url) if scheduler else None
+        if metrics_port is not None:
+            self.metrics = build_metrics([c.queue for c in self.children], self.transport_url)
         self.transport = get_transport(self.transport_url)
 
     # -- public ------------------------------------------------------------------------------
@@ -157,32 +162,6 @@ class Supervisor:
         except (OSError, AttributeError):
             pass
 
-    def _prepare_extras(self) -> None:
-        """Build the scheduler and metrics (their configuration errors surface before any child)."""
-        self._scheduler: Any = None
-        if self.scheduler:
-            try:
-                from asynctask.scheduler import Scheduler  # noqa: PLC0415 - optional, lazily
-            except ImportError as exc:
-                logger.warning("scheduler not available (%s)", exc)
-            else:
-                self._scheduler = Scheduler(
-                    entries=list(self.settings.scheduled_workers),
-                    transport_url=self.transport_url,
-                    worker_queues={
-                        **{w: scheduled_queue_name(w) for w in self.settings.scheduled_only_workers()},
-                        **self.settings.worker_queues,
-                    },
-                )
-        if self.metrics_port is not None:
-            try:
-                from asynctask.metrics import WorkerMetrics  # noqa: PLC0415 - optional, lazily
-            except ImportError as exc:
-                logger.warning("metrics not available (%s)", exc)
-            else:
-                url = self.transport_url
-                self.metrics = WorkerMetrics({c.queue for c in self.children}, lambda: get_transport(url))
-
     def _start_extras(self) -> None:
         if self._scheduler is not None:
             threading.Thread(target=self._scheduler.run, args=(self.stop_event,), name="asynctask-scheduler",
@@ -215,7 +194,8 @@ class Supervisor:
                     if child.process is None and not child.done and now >= child.next_start_at:
                         self._start(child)
             self._check_timeouts(now)
-            if all(child.done and child.process is None for child in self.children):
+            self._reap_leaving()
+            if not self._leaving and all(child.done and child.process is None for child in self.children):
                 if grace_until is not None:
                     logger.info("all workers stopped; exiting")
                 else:
@@ -225,6 +205,7 @@ class Supervisor:
             for child in self.children:
                 if child.process is not None and child.conn is not None:
                     waits += [child.conn, child.process.sentinel]
+            waits += [process.sentinel for process, _ in self._leaving]
             deadline = self._next_deadline(now, grace_until)
             ready = multiprocessing.connection.wait(waits, timeout=max(deadline - time.monotonic(), 0.0))
             if read_fd in ready:
@@ -277,8 +258,33 @@ class Supervisor:
                     self.metrics.observe(str(child.pid), message)
                 for listener in self.listeners:
                     listener(child, message)
+                if message[0] == P.RECYCLE and not child.done:
+                    self._replace(child, message[1])
+                    return
         except (EOFError, OSError):
             pass
+
+    def _replace(self, child: ChildState, reason: str) -> None:
+        """Start the replacement of a child leaving on purpose before it has left (it holds nothing)."""
+        process, conn = child.process, child.conn
+        assert process is not None and conn is not None
+        logger.info("worker %s on queue %s (pid %s) is recycled (%s)", child.worker, child.queue, process.pid, reason)
+        if self.metrics is not None:
+            self.metrics.child_exited(str(child.pid), recycled=True)
+        self._leaving.append((process, conn))
+        child.process = child.conn = None
+        child.detach()
+        self._start(child)
+
+    def _reap_leaving(self, kill: bool = False) -> None:
+        for process, conn in list(self._leaving):
+            if kill and process.exitcode is None:
+                process.kill()
+                process.join(5)
+            if process.exitcode is not None:
+                process.join(0)
+                conn.close()
+                self._leaving.remove((process, conn))
 
     def _check_timeouts(self, now: float) -> None:
         wall = time.time()
@@ -319,6 +325,7 @@ class Supervisor:
                     pass
 
     def _kill_all(self, cause: str) -> None:
+        self._reap_leaving(kill=True)
         for child in self.children:
             if child.process is not None:
                 child.done = True
@@ -340,7 +347,8 @@ class Supervisor:
         running = child.running_task()
         if running is not None and running[0] != child.announced:
             self._announce(child, running)
-        self._give_back(child, cause)
+        if give_back(self.transport, child, cause) and self.metrics is not None:
+            self.metrics.task_dead_lettered(child.queue, child.worker)
         timed_out = child.kill_cause is not None and child.kill_cause.startswith("TaskTimeout")
         halted, recycling = child.halted, child.recycling
         if self.metrics is not None:
@@ -372,30 +380,3 @@ class Supervisor:
         child.next_start_at = time.monotonic() + delay
         logger.warning("worker %s on queue %s (pid %s) %s; restarting in %.1f s", child.worker, child.queue,
                        process.pid, how, delay)
-
-    def _give_back(self, child: ChildState, cause: str) -> None:
-        if not child.held:
-            return
-        if not self.transport.portable_receipts:
-            logger.info("%d task(s) of the dead worker %s go back through the broker", len(child.held), child.worker)
-            return
-        running = child.running_task()
-        for task_id, data in list(child.held.items()):
-            task = Task.from_dict(data)
-            try:
-                if running is not None and task_id == running[0]:
-                    if task.attempts >= child.max_attempts:
-                        logger.error("task %s on %s dead-lettered: %s (attempt %d of %d)", task.id, task.queue,
-                                     cause, task.attempts, child.max_attempts)
-                        self.transport.dead(task, f"{cause} while running the task (attempt {task.attempts}"
-                                                  f" of {child.max_attempts})")
-                        if self.metrics is not None:
-                            self.metrics.task_dead_lettered(child.queue, child.worker)
-                    else:
-                        logger.warning("task %s on %s given back: %s while running it", task.id, task.queue, cause)
-                        self.transport.nack(task)
-                else:
-                    self.transport.nack(task, count_attempt=False)
-            except TransportError as exc:
-                logger.error("cannot give back task %s (its lease will): %s", task.id, exc)
-        child.held.clear()

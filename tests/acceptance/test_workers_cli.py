@@ -173,3 +173,15 @@ def test_require_finds_modules_in_the_current_directory(world: Env) -> None:
     )
     assert result.returncode == EXIT_OK, result.stderr
     assert Path(world.out).read_text() == "ran\n"
+
+
+@pytest.mark.parametrize("setting", [{"asynctask_max_tasks_per_child": 2}, {"asynctask_max_memory_mb": 1}])
+def test_children_are_recycled_and_replaced(world: Env, setting: dict[str, int]) -> None:
+    world.transport.submit_tasks("jobs", [{"out": world.out, "n": n} for n in range(4)])
+    result = world.run("--config", world.config({"jobs": "acc_record"}, **setting), "--halt-when-empty")
+    assert result.returncode == EXIT_OK, result.stderr
+    records = world.records()
+    assert sorted(r["payload"]["n"] for r in records) == [0, 1, 2, 3]
+    assert len({r["pid"] for r in records}) >= 2
+    assert "is recycled (max_" in result.stderr
+    assert "restarting" not in result.stderr

@@ -15,7 +15,7 @@ from asynctask.testing import process_queue, run_worker
 from asynctask.transports.memory import MemoryTransport
 from asynctask.workers import AsyncTaskWorker
 from asynctask.workers import protocol as P  # noqa: N812
-from asynctask.workers.state import ChildState, describe_exit, hard_timeout_s
+from asynctask.workers.state import ChildState, describe_exit, give_back, hard_timeout_s
 from asynctask.workers.supervisor import Supervisor
 
 DONE: list[Any] = []
@@ -76,7 +76,7 @@ def test_a_dead_childs_tasks_are_given_back_at_once() -> None:
     child.handle((P.FETCHED, [t.to_dict() for t in fetched], 0.0))
     assert child.current is not None
     child.current.set(fetched[0].id, time.time(), None)  # as the child does, in shared memory
-    supervisor._give_back(child, "worker child was killed by signal SIGKILL")
+    give_back(supervisor.transport, child, "worker child was killed by signal SIGKILL")
     again = {t.id: t.attempts for t in store.get_tasks("jobs", 10, lease_s=300)}
     # the running task counts an attempt; the two never started do not
     assert again == {fetched[0].id: 2, fetched[1].id: 1, fetched[2].id: 1}
@@ -94,7 +94,7 @@ def test_give_back_dead_letters_at_max_attempts() -> None:
         (task,) = store.get_tasks("jobs", 1)
         child.handle((P.FETCHED, [task.to_dict()], 0.0))
         child.handle((P.STARTED, task.id, 0.0, None))
-        supervisor._give_back(child, "worker child was killed by signal SIGSEGV")
+        give_back(supervisor.transport, child, "worker child was killed by signal SIGSEGV")
     dead = store.dead_tasks("jobs")
     assert [d.id for d in dead] == [task_id]
     assert dead[0].reason == "worker child was killed by signal SIGSEGV while running the task (attempt 2 of 2)"
