@@ -184,9 +184,14 @@ def describe(exc: BaseException) -> str:
     """One line for a pika exception (pika's own texts can be tuples or span lines)."""
     if isinstance(exc, pika.exceptions.ChannelClosed | pika.exceptions.ConnectionClosed):
         text = f"{exc.reply_code} {exc.reply_text}"
+    elif isinstance(exc, OSError):
+        text = str(exc)
     else:
-        text = " ".join(str(part) for part in exc.args) if exc.args else ""
-        text = text or type(exc).__name__
+        parts = []
+        for part in exc.args:
+            inner = getattr(part, "exception", None)  # pika wraps the socket error of a failed connect
+            parts.append(describe(inner) if isinstance(inner, BaseException) else str(part) or repr(part))
+        text = " ".join(parts) or type(exc).__name__
     return " ".join(text.split())[:300]
 
 
