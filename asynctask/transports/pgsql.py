@@ -56,42 +56,29 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
+from asynctask import task as _task
 from asynctask.errors import TaskDecodeError, TransportError, TransportUnavailableError, TransportURLError
-from asynctask.task import (
-    DeadTask,
-    QueueStats,
-    Task,
-    decode_payload,
-    encode_payload,
-    validate_delay,
-    validate_priority,
-    validate_queue_name,
-)
-from asynctask.transports.base import (
-    Transport,
-    dead_reason_for_undecodable,
-    option_positive_float,
-    parse_url,
-    take_options,
-    validate_claim,
-)
+from asynctask.task import DeadTask, QueueStats, Task
+from asynctask.transports import base
 
 logger = logging.getLogger(__name__)
 
 Connection = psycopg2.extensions.connection
+Cursor = psycopg2.extensions.cursor
+_LOST = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
 #: The schema version this module writes; ``pgsql_schema_<n>.sql`` for every n up to it must exist.
 SCHEMA_VERSION = 1
-#: Longest a blocked fetch sleeps without checking the table again.
+#: Longest a blocked fetch sleeps without looking at the table again.
 SAFETY_POLL_S = 2.0
-#: The first wait after registering as a waiter is this short: a submit whose statement began just
-#: before the registration did not see it and sent no notification.
+#: The first wait after registering as a waiter is short: a submit whose statement began just before
+#: the registration did not see it and sent no notification.
 _FIRST_WAIT_S = 0.05
+_RETRY_MIN_S, _RETRY_MAX_S = 0.1, 5.0
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,39}\Z")
 _HEX_ID_RE = re.compile(r"[0-9a-f]{32}\Z")
 _SAFE_TEXT_RE = re.compile(r"[A-Za-z0-9_.:,{}-]*\Z")
 _STATEMENT_RE = re.compile(r"^-- name: (\w+) \(([^)]*)\)\n", re.MULTILINE)
-_RETRY_MIN_S, _RETRY_MAX_S = 0.1, 5.0
 _fork_generation = 0  # raised in every forked child: a connection of an older generation is the parent's
 
 
@@ -105,30 +92,30 @@ os.register_at_fork(after_in_child=_after_fork)
 
 def _option_schema(name: str, value: str) -> str:
     if not _SCHEMA_RE.match(value):
-        raise TransportURLError(
-            f"option {name}={value!r}: 1 to 40 lowercase letters, digits and underscores, not starting with a digit"
-        )
-    return value
-
-
-def _option_text(name: str, value: str) -> str:
+        raise TransportURLError(f"option {name}={value!r}: 1 to 40 lowercase letters, digits and _, no digit first")
     return value
 
 
 def _literal(value: object) -> str | None:
     """``value`` as SQL text when that is cheap and safe (numbers, NULL, plain ASCII words), else None.
 
-    Adapting numbers through psycopg2 costs a few microseconds each, a fair part of a one-row submit.
-    """
+    Adapting numbers through psycopg2 costs microseconds each, a fair part of a one-row submit."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
         return repr(value)  # always finite here: arguments are validated first
     if value is None:
         return "NULL"
-    if isinstance(value, str) and _SAFE_TEXT_RE.match(value):
-        return f"'{value}'"
-    return None
+    return f"'{value}'" if isinstance(value, str) and _SAFE_TEXT_RE.match(value) else None
+
+
+def _execute_text(execute: str, args: tuple[Any, ...]) -> tuple[str, list[Any] | None]:
+    """``EXECUTE name (...)`` with cheap arguments inlined; the others as %s parameters."""
+    if not args:
+        return execute, None
+    literals = [_literal(arg) for arg in args]
+    params = [arg for arg, literal in zip(args, literals, strict=True) if literal is None]
+    return f"{execute} ({', '.join('%s' if lit is None else lit for lit in literals)})", params or None
 
 
 def _copy_escape(text: str) -> str:
@@ -140,26 +127,21 @@ def _copy_escape(text: str) -> str:
     return text
 
 
+def _sql_file(name: str, schema: str) -> str:
+    text = resources.files(__package__).joinpath(name).read_text("utf-8")
+    return text.replace("@schema@", f'"{schema}"').replace("@schema_name@", schema)
+
+
 def _load_statements(schema: str) -> dict[str, tuple[str, str]]:
-    """name -> (PREPARE statement, "EXECUTE name"), from pgsql_queries.sql."""
-    text = resources.files(__package__).joinpath("pgsql_queries.sql").read_text("utf-8")
-    parts = _STATEMENT_RE.split(text)
+    """name -> (PREPARE statement, "EXECUTE name"), from pgsql_queries.sql; COPY is run as it is."""
+    parts = _STATEMENT_RE.split(_sql_file("pgsql_queries.sql", schema))
     statements = {}
-    for index in range(1, len(parts), 3):
-        name, types, body = parts[index], parts[index + 1], parts[index + 2]
-        body = re.sub(r"^--.*$", "", body, flags=re.MULTILINE).strip().rstrip(";")
+    for name, types, raw in zip(parts[1::3], parts[2::3], parts[3::3], strict=True):
+        text = re.sub(r"^--.*$", "", raw, flags=re.MULTILINE).strip().rstrip(";")
         signature = f"asynctask_{name} ({types})" if types.strip() else f"asynctask_{name}"
-        body = body.replace("@schema@", schema).replace("@schema_name@", schema.strip('"'))
-        if types == "copy":  # not preparable: run as it is
-            statements[name] = ("", body)
-        else:
-            statements[name] = (f"PREPARE {signature} AS {body}", f"EXECUTE asynctask_{name}")
+        prepared = (f"PREPARE {signature} AS {text}", f"EXECUTE asynctask_{name}")
+        statements[name] = ("", text) if types == "copy" else prepared
     return statements
-
-
-def _schema_ddl(version: int, schema: str) -> str:
-    ddl = resources.files(__package__).joinpath(f"pgsql_schema_{version}.sql").read_text("utf-8")
-    return ddl.replace("@schema@", schema)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -167,64 +149,46 @@ def _one_line(exc: BaseException) -> str:
 
 
 def parse_pgsql_url(url: str) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """Split a pgsql URL into psycopg2.connect keywords, the parsed options and a description
-    naming host, port and database (password masked) for messages."""
-    parsed = parse_url(url)
-    options = take_options(
-        parsed,
-        {
-            "schema": _option_schema,
-            "lease_s": option_positive_float,
-            "sslmode": _option_text,
-            "connect_timeout": option_positive_float,
-        },
-    )
-    if parsed.host is None and not url.lower().startswith(f"{parsed.scheme}://"):
-        dbname = parsed.path  # pgsql:dbname
-    else:
-        dbname = parsed.path.lstrip("/")
+    """Split a pgsql URL into psycopg2.connect keywords, its options and a description naming host,
+    port and database (password masked) for messages."""
+    parsed = base.parse_url(url)
+    options = base.take_options(parsed, {"schema": _option_schema, "lease_s": base.option_positive_float,
+                                         "sslmode": lambda _, v: v, "connect_timeout": base.option_positive_float})
+    pgsql_colon = parsed.host is None and not url.lower().startswith(f"{parsed.scheme}://")
+    dbname = parsed.path if pgsql_colon else parsed.path.lstrip("/")
     if not dbname:
         raise TransportURLError(f"transport URL {parsed.masked!r} names no database")
     dsn: dict[str, Any] = {"dbname": dbname, "connect_timeout": max(1, round(options.get("connect_timeout", 5)))}
-    for key, value in (
-        ("host", parsed.host),
-        ("port", parsed.port),
-        ("user", parsed.username),
-        ("password", parsed.password),
-        ("sslmode", options.get("sslmode")),
-    ):
-        if value is not None:
-            dsn[key] = value
+    given = {"host": parsed.host, "port": parsed.port, "user": parsed.username, "password": parsed.password,
+             "sslmode": options.get("sslmode")}
+    dsn.update({key: value for key, value in given.items() if value is not None})
     host = parsed.host or os.environ.get("PGHOST") or "local socket"
     port = parsed.port or os.environ.get("PGPORT") or 5432
     return dsn, options, f"PostgreSQL at {host}:{port}, database {dbname!r} ({parsed.masked})"
 
 
-class PgsqlTransport(Transport):
+class PgsqlTransport(base.Transport):
     """Tasks in PostgreSQL tables; thread-safe (one locked connection per instance)."""
 
     schemes = ("pgsql", "postgresql", "postgres")
 
     def __init__(self, url: str = "pgsql:asynctask") -> None:
         super().__init__(url)
-        dsn, options, self.where = parse_pgsql_url(url)
-        self._dsn = dsn
+        self._dsn, options, self.where = parse_pgsql_url(url)
         self.lease_s = options.get("lease_s", self.lease_s)
         self.schema: str = options.get("schema", "asynctask")
-        self._quoted_schema = f'"{self.schema}"'
-        self._statements = _load_statements(self._quoted_schema)
-        self._lock = threading.RLock()
+        self._statements = _load_statements(self.schema)
+        self._lock = threading.RLock()  # guards the statement connection
         self._conn: Connection | None = None
-        self._cursor: psycopg2.extensions.cursor | None = None
-        self._channels: dict[str, str] = {}
+        self._cursor: Cursor | None = None
         self._prepared: set[str] = set()
         self._generation = _fork_generation
-        self._retry_at = 0.0
-        self._retry_delay = 0.0
+        self._retry_at = self._retry_delay = 0.0
         self._lost = False
-        self._registered: set[str] = set()
+        self._registered: set[str] = set()  # queues this instance put in the queues table
+        self._channels: dict[str, str] = {}
         self._claims = 0
-        self._listen_lock = threading.Lock()
+        self._listen_lock = threading.Lock()  # guards the listening connection and the three sets below
         self._listener: Connection | None = None
         self._listening: set[str] = set()
         self._waiting: set[str] = set()
@@ -235,14 +199,15 @@ class PgsqlTransport(Transport):
     def _unavailable(self, exc: BaseException) -> TransportUnavailableError:
         return TransportUnavailableError(f"{self.where} cannot be reached: {_one_line(exc)}")
 
+    def _error(self, exc: BaseException) -> TransportError:
+        return TransportError(f"{self.where}: {_one_line(exc)}")
+
     def _open(self) -> Connection:
-        """A new autocommit connection, with backoff between failed attempts (caller holds a lock)."""
+        """A new autocommit connection, with backoff between failed attempts (caller holds _lock)."""
         if self._generation != _fork_generation:  # forked: never touch the parent's sockets
             self._generation, self._conn, self._cursor, self._listener = _fork_generation, None, None, None
             self._prepared.clear()
-            self._listening.clear()
-        wait = self._retry_at - time.monotonic()
-        if wait > 0:
+        if (wait := self._retry_at - time.monotonic()) > 0:
             time.sleep(wait)
         try:
             conn: Connection = psycopg2.connect(application_name="asynctask", **self._dsn)
@@ -251,91 +216,60 @@ class PgsqlTransport(Transport):
         except psycopg2.Error as exc:
             self._retry_delay = min(max(self._retry_delay * 2, _RETRY_MIN_S), _RETRY_MAX_S)
             self._retry_at = time.monotonic() + self._retry_delay
-            if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
-                logger.debug("cannot connect to %s: %s", self.where, _one_line(exc))
-                raise self._unavailable(exc) from None
-            raise TransportError(f"{self.where}: {_one_line(exc)}") from None
+            logger.debug("cannot connect to %s: %s", self.where, _one_line(exc))
+            raise (self._unavailable(exc) if isinstance(exc, _LOST) else self._error(exc)) from None
         if self._lost:
             logger.info("reconnected to %s", self.where)
         self._lost, self._retry_delay, self._retry_at = False, 0.0, 0.0
         return conn
 
     def _ensure_schema(self, conn: Connection) -> None:
-        """Create or migrate the schema (under an advisory lock) unless it is current."""
+        """Create or migrate the schema (in one transaction, under an advisory lock) unless current."""
         with conn.cursor() as cur:
             current = self._version(cur)
-            if current < SCHEMA_VERSION:
-                conn.autocommit = False
-                with conn:
-                    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"asynctask schema {self.schema}",))
-                    for version in range(self._version(cur) + 1, SCHEMA_VERSION + 1):
-                        logger.info("creating schema %s version %d in %s", self.schema, version, self.where)
-                        cur.execute(_schema_ddl(version, self._quoted_schema))
-                        cur.execute(
-                            f"INSERT INTO {self._quoted_schema}.schema_version (version) VALUES (%s)"
-                            " ON CONFLICT DO NOTHING",
-                            (version,),
-                        )
-                conn.autocommit = True
-            elif current > SCHEMA_VERSION:
-                raise TransportError(
-                    f"{self.where}: schema {self.schema!r} has version {current}, newer than this"
-                    f" asynctask understands ({SCHEMA_VERSION}); upgrade asynctask"
-                )
+            if current > SCHEMA_VERSION:
+                raise TransportError(f"{self.where}: schema {self.schema!r} has version {current}, newer than"
+                                     f" this asynctask understands ({SCHEMA_VERSION}); upgrade asynctask")
+            if current == SCHEMA_VERSION:
+                return
+            conn.autocommit = False
+            with conn:
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"asynctask schema {self.schema}",))
+                for version in range(self._version(cur) + 1, SCHEMA_VERSION + 1):
+                    logger.info("creating schema %s version %d in %s", self.schema, version, self.where)
+                    cur.execute(_sql_file(f"pgsql_schema_{version}.sql", self.schema))
+                    cur.execute(f'INSERT INTO "{self.schema}".schema_version (version) VALUES (%s)'
+                                " ON CONFLICT DO NOTHING", (version,))
+            conn.autocommit = True
 
-    def _version(self, cur: psycopg2.extensions.cursor) -> int:
+    def _version(self, cur: Cursor) -> int:
         """The schema's version, 0 when absent.  Reads pg_tables (a fresh MVCC snapshot, unlike
         to_regclass's catalog cache, which may not yet see a schema another session just made)."""
-        cur.execute(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = 'schema_version')",
-            (self.schema,),
-        )
-        row = cur.fetchone()
-        if not row or not row[0]:
+        cur.execute("SELECT EXISTS (SELECT FROM pg_tables WHERE schemaname = %s AND tablename = 'schema_version')",
+                    (self.schema,))
+        if not (row := cur.fetchone()) or not row[0]:
             return 0
-        cur.execute(f"SELECT coalesce(max(version), 0) FROM {self._quoted_schema}.schema_version")
-        row = cur.fetchone()
-        return int(row[0]) if row else 0
+        cur.execute(f'SELECT coalesce(max(version), 0) FROM "{self.schema}".schema_version')
+        return int(row[0]) if (row := cur.fetchone()) else 0
 
     def _drop(self, exc: BaseException) -> None:
         if not self._lost:
             logger.warning("lost the connection to %s (%s); reconnecting with backoff", self.where, _one_line(exc))
         self._lost = True
         if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg2.Error:
-                pass
+            self._conn.close()
         self._conn = self._cursor = None
         self._prepared.clear()
 
-    @staticmethod
-    def _execute_text(execute: str, args: tuple[Any, ...]) -> tuple[str, list[Any] | None]:
-        """``EXECUTE name (...)`` with cheap arguments inlined; the others as %s parameters."""
-        if not args:
-            return execute, None
-        params: list[Any] = []
-        parts = []
-        for arg in args:
-            literal = _literal(arg)
-            if literal is None:
-                parts.append("%s")
-                params.append(arg)
-            else:
-                parts.append(literal)
-        return f"{execute} ({', '.join(parts)})", params or None
-
     def _run(self, name: str, *args: Any, rows: bool = False) -> Any:
         """Execute the prepared statement ``name``; return its rows (``rows=True``) or its rowcount."""
-        execute, params = self._execute_text(self._statements[name][1], args)
-        return self._call(name, execute, params, rows)
+        return self._call(name, *_execute_text(self._statements[name][1], args), rows)
 
-    def _call(
-        self, name: str, execute: str, params: list[Any] | None, rows: bool = False, copy_data: str | None = None
-    ) -> Any:
-        """Run ``execute`` (an EXECUTE of statement ``name``, PREPAREd first when this connection has
-        not yet; or a COPY fed ``copy_data``); reconnect once at once when a connection that worked
-        before turns out lost."""
+    def _call(self, name: str, execute: str, params: list[Any] | None, rows: bool = False,
+              copy_data: str | None = None) -> Any:
+        """Run ``execute`` (statement ``name``, PREPAREd first on a new connection; or a COPY fed
+        ``copy_data``).  A connection that worked before and turns out lost is reopened and the
+        statement retried once, at once."""
         with self._lock:
             fresh = False
             while True:
@@ -353,14 +287,14 @@ class PgsqlTransport(Transport):
                         self._prepared.add(name)
                     cur.execute(execute, params)
                     return cur.fetchall() if rows else cur.rowcount
-                except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                    if not cur.connection.closed:  # e.g. a deadlock or a cancelled statement: the connection is fine
-                        raise TransportError(f"{self.where}: {_one_line(exc)}") from None
+                except _LOST as exc:
+                    if not cur.connection.closed:  # e.g. a deadlock or a cancelled statement
+                        raise self._error(exc) from None
                     self._drop(exc)
-                    if fresh:  # a connection that worked before is retried once, right away
+                    if fresh:
                         raise self._unavailable(exc) from None
                 except psycopg2.Error as exc:
-                    raise TransportError(f"{self.where}: {_one_line(exc)}") from None
+                    raise self._error(exc) from None
 
     def close(self) -> None:
         with self._lock, self._listen_lock:
@@ -370,48 +304,40 @@ class PgsqlTransport(Transport):
             self._conn = self._listener = self._cursor = None
             self._prepared.clear()
             self._listening.clear()
-
-    def _channel(self, queue: str) -> str:
-        channel = self._channels.get(queue)
-        if channel is None:
-            digest = hashlib.md5(f"{self.schema}.{queue}".encode(), usedforsecurity=False).hexdigest()
-            channel = self._channels[queue] = "asynctask_" + digest
-        return channel
+            self._waiting.clear()
 
     # -- producing -------------------------------------------------------------------------
 
     def submit_task(
         self, queue: str, payload: dict[str, Any] | None = None, *, delay_s: float = 0, priority: int = 0
     ) -> str:
-        """As :meth:`Transport.submit_task`: one round trip, one short statement (the common path, kept lean)."""
-        validate_queue_name(queue)
-        delay = validate_delay(delay_s)
-        validate_priority(priority)
-        body = encode_payload(payload)
+        """As :meth:`Transport.submit_task`, in one round trip (the common path, kept lean)."""
+        _task.validate_queue_name(queue)
+        delay = _task.validate_delay(delay_s)
+        _task.validate_priority(priority)
+        body = _task.encode_payload(payload)
         if queue not in self._registered:
             return self._submit(queue, [body], delay, priority)[0]
         task_id = os.urandom(16).hex()
-        self._call("submit_one", f"EXECUTE asynctask_submit_one ('{task_id}', '{queue}', {priority}, {delay!r}, %s)",
-                   [body])
+        execute = f"EXECUTE asynctask_submit_one ('{task_id}', '{queue}', {priority}, {delay!r}, %s)"
+        self._call("submit_one", execute, [body])
         return task_id
 
     def _submit(self, queue: str, bodies: list[str], delay_s: float, priority: int) -> list[str]:
         if queue not in self._registered:
             self._run("register", queue)
             self._registered.add(queue)
-        if len(bodies) == 1:
-            task_id = os.urandom(16).hex()
-            self._run("submit_one", task_id, queue, priority, delay_s, bodies[0])
-            return [task_id]
         ids = [os.urandom(16).hex() for _ in bodies]
-        if delay_s == 0:  # COPY: the fastest way in; then wake waiting consumers, if any
+        if len(bodies) == 1:
+            self._run("submit_one", ids[0], queue, priority, delay_s, bodies[0])
+        elif delay_s == 0:  # COPY: the fastest way in; then wake waiting consumers, if any
             prefix = f"\t{queue}\t{priority}\t"
             rows = "".join(f"{i}{prefix}{_copy_escape(body)}\n" for i, body in zip(ids, bodies, strict=True))
             self._call("copy_tasks", self._statements["copy_tasks"][1], None, copy_data=rows)
             self._run("notify", queue)
-            return ids
-        self._run("submit_many", "{" + ",".join(ids) + "}", queue, priority, delay_s,
-                  json.dumps(bodies, ensure_ascii=False))
+        else:
+            ids_array, bodies_json = "{" + ",".join(ids) + "}", json.dumps(bodies, ensure_ascii=False)
+            self._run("submit_many", ids_array, queue, priority, delay_s, bodies_json)
         return ids
 
     # -- consuming -------------------------------------------------------------------------
@@ -426,10 +352,10 @@ class PgsqlTransport(Transport):
             buried = 0
             for rowid, task_id, body, attempts, enqueued_at, priority in rows:
                 try:
-                    payload = decode_payload(body)
+                    payload = _task.decode_payload(body)
                 except TaskDecodeError as exc:
                     logger.warning("task %s on queue %s does not decode; moved to dead letters", task_id, queue)
-                    self._run("bury", rowid, token, dead_reason_for_undecodable(exc))
+                    self._run("bury", rowid, token, base.dead_reason_for_undecodable(exc))
                     buried += 1
                     continue
                 tasks.append(Task(task_id, queue, payload, attempts, enqueued_at, priority, f"{rowid}.{token}"))
@@ -455,7 +381,7 @@ class PgsqlTransport(Transport):
             channel = self._channel(queue)
             first_wait = SAFETY_POLL_S
             if queue not in self._waiting:
-                self._listener_run("wait", queue)  # from now on submits of this queue notify us
+                self._listener_run("wait", queue)  # from now on submits to this queue notify
                 self._waiting.add(queue)
                 first_wait = _FIRST_WAIT_S
             while True:
@@ -470,6 +396,12 @@ class PgsqlTransport(Transport):
         finally:
             self._listen_lock.release()
 
+    def _channel(self, queue: str) -> str:
+        if (channel := self._channels.get(queue)) is None:
+            digest = hashlib.md5(f"{self.schema}.{queue}".encode(), usedforsecurity=False).hexdigest()
+            channel = self._channels[queue] = "asynctask_" + digest
+        return channel
+
     def _listener_connection(self) -> Connection:
         """The listening connection, opened when missing (listen lock held)."""
         if self._listener is None or self._listener.closed or self._generation != _fork_generation:
@@ -482,7 +414,7 @@ class PgsqlTransport(Transport):
         return self._listener
 
     def _listener_run(self, name: str, *args: Any) -> None:
-        """Run statement ``name`` (or ``LISTEN`` when name is ``listen``) on the listening connection."""
+        """Run statement ``name`` (``listen``: LISTEN) on the listening connection (listen lock held)."""
         try:
             with self._listener_connection().cursor() as cur:
                 if name == "listen":
@@ -491,12 +423,12 @@ class PgsqlTransport(Transport):
                 if name not in self._listener_prepared:
                     cur.execute(self._statements[name][0])
                     self._listener_prepared.add(name)
-                cur.execute(*self._execute_text(self._statements[name][1], args))
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                cur.execute(*_execute_text(self._statements[name][1], args))
+        except _LOST as exc:
             self._listener = None
             raise self._unavailable(exc) from None
         except psycopg2.Error as exc:
-            raise TransportError(f"{self.where}: {_one_line(exc)}") from None
+            raise self._error(exc) from None
 
     def _listen(self, channel: str) -> None:
         """LISTEN on ``channel`` (once per connection); drop notifications that came before."""
@@ -520,11 +452,11 @@ class PgsqlTransport(Transport):
             while (remaining := deadline - time.monotonic()) > 0:
                 if select.select([listener], [], [], remaining)[0]:
                     listener.poll()
-                    if any(note.channel == channel for note in listener.notifies):
-                        listener.notifies.clear()
-                        return
+                    mine = any(note.channel == channel for note in listener.notifies)
                     listener.notifies.clear()
-        except (psycopg2.OperationalError, psycopg2.InterfaceError, OSError, ValueError):
+                    if mine:
+                        return
+        except (*_LOST, OSError, ValueError):
             self._listener = None  # reopened by the next _listen; the fetch reports a lost server
 
     @staticmethod
@@ -537,8 +469,7 @@ class PgsqlTransport(Transport):
         return pair if min(pair) >= 0 and max(pair) < 1 << 63 else None
 
     def ack(self, task: Task) -> None:
-        receipt = self._receipt(task)
-        if receipt is not None:
+        if (receipt := self._receipt(task)) is not None:
             self._run("ack", *receipt)
 
     def ack_tasks(self, tasks: Sequence[Task]) -> None:
@@ -551,8 +482,7 @@ class PgsqlTransport(Transport):
             self._run("ack_many", f"{{{rowids}}}", f"{{{tokens}}}")
 
     def nack(self, task: Task, *, delay_s: float = 0, count_attempt: bool = True) -> None:
-        receipt = self._receipt(task)
-        if receipt is not None:
+        if (receipt := self._receipt(task)) is not None:
             self._run("nack", *receipt, float(delay_s), 0 if count_attempt else 1)
 
     def extend(self, task: Task, lease_s: float) -> bool:
@@ -560,14 +490,13 @@ class PgsqlTransport(Transport):
         return receipt is not None and self._run("extend", *receipt, float(lease_s)) == 1
 
     def dead(self, task: Task, reason: str) -> None:
-        receipt = self._receipt(task)
-        if receipt is not None:
+        if (receipt := self._receipt(task)) is not None:
             self._run("bury", *receipt, str(reason))
 
     # -- inspecting and administering --------------------------------------------------------
 
     def stats(self, queue: str) -> QueueStats:
-        validate_queue_name(queue)
+        _task.validate_queue_name(queue)
         ready, delayed, in_flight, dead, age = self._run("stats", queue, rows=True)[0]
         return QueueStats(ready, delayed, in_flight, dead, None if age is None else max(age, 0.0))
 
@@ -575,24 +504,24 @@ class PgsqlTransport(Transport):
         return [row[0] for row in self._run("queues", rows=True)]
 
     def purge(self, queue: str) -> int:
-        validate_queue_name(queue)
+        _task.validate_queue_name(queue)
         return int(self._run("purge", queue))
 
     def dead_tasks(self, queue: str, limit: int = 100) -> list[DeadTask]:
-        validate_queue_name(queue)
+        _task.validate_queue_name(queue)
         return [DeadTask(*row) for row in self._run("dead_tasks", queue, int(limit), rows=True)]
 
     def replay_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
-        validate_queue_name(queue)
+        _task.validate_queue_name(queue)
         chosen = None if ids is None else [i for i in ids if isinstance(i, str) and _HEX_ID_RE.match(i)]
         if chosen is not None and not chosen:
             return 0
         return int(self._run("replay", queue, chosen, rows=True)[0][0])
 
     def claim_once(self, key: str, ttl_s: float) -> bool:
-        key, ttl = validate_claim(key, ttl_s)
+        key, ttl = base.validate_claim(key, ttl_s)
         claimed = bool(self._run("claim", key, ttl, rows=True))
         self._claims += 1
-        if self._claims % 100 == 0:
+        if self._claims % 100 == 0:  # expired claims are claimable anyway: keep the table small
             self._run("forget_claims")
         return claimed
