@@ -98,7 +98,7 @@ ADMIN_CHUNK = 1000
 DEFAULT_SOCKET_TIMEOUT_S = 10.0
 
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_.:-]{1,100}\Z")
-_SCRIPTS = ("submit", "fetch", "ack", "nack", "extend", "dead", "stats", "purge", "dead_list", "replay")
+_SCRIPTS = ("submit_one", "submit", "fetch", "ack", "nack", "extend", "dead", "stats", "purge", "dead_list", "replay")
 
 
 def _option_prefix(name: str, value: str) -> str:
@@ -123,11 +123,11 @@ def _option_choice(*choices: str) -> Any:
 
 
 class _Script:
-    """A Lua script: its text (common head included) and SHA1, loaded again on NOSCRIPT."""
+    """A Lua script: its text (common head included but for submit_one) and SHA1."""
 
     def __init__(self, name: str) -> None:
         folder = resources.files("asynctask.transports")
-        head = folder.joinpath("redis_common.lua").read_text(encoding="utf-8")
+        head = "" if name == "submit_one" else folder.joinpath("redis_common.lua").read_text(encoding="utf-8")
         self.name = name
         self.text = head + "\n" + folder.joinpath(f"redis_{name}.lua").read_text(encoding="utf-8")
         self.bsha = hashlib.sha1(self.text.encode()).hexdigest().encode()
@@ -143,6 +143,8 @@ def _pack(args: Sequence[Any]) -> bytes:
 
 
 _decode_json = json.JSONDecoder().decode
+# encode_payload's encoder, built once (json.dumps with options builds one per call)
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 @functools.cache
@@ -183,6 +185,7 @@ class RedisTransport(Transport):
         self._conn: Any = None
         self._conn_pid = 0
         self._registered: set[str] = set()
+        self._submit_heads: dict[bytes, bytes] = {}
         self._s = {name: _script(name) for name in _SCRIPTS}
         self._execute("PING")
 
@@ -252,6 +255,10 @@ class RedisTransport(Transport):
         the scripts and sends again.
         """
         blob = b"".join(_pack((b"EVALSHA", script.bsha, b"1", base, *args)) for script, base, args in calls)
+        return self._send(blob, [script for script, _, _ in calls])
+
+    def _send(self, blob: bytes, scripts: list[_Script]) -> list[Any]:
+        """Send EVALSHA commands packed in ``blob``, one per script in ``scripts``; their replies."""
         with self._lock:
             for attempt in range(3):
                 conn = self._conn
@@ -262,7 +269,7 @@ class RedisTransport(Transport):
                 try:
                     conn.send_packed_command([blob], check_health=False)
                     replies: list[Any] = []
-                    for _ in calls:
+                    for _ in scripts:
                         try:
                             replies.append(conn.read_response())
                         except redis.ResponseError as exc:
@@ -283,7 +290,7 @@ class RedisTransport(Transport):
                     return replies
                 if not all(isinstance(error, NoScriptError) for error in errors) or attempt == 2:
                     raise TransportError(f"Redis at {self._where} failed: {errors[0]}")
-                for script in {id(script): script for script, _, _ in calls}.values():
+                for script in {id(script): script for script in scripts}.values():
                     conn.send_packed_command([_pack((b"SCRIPT", b"LOAD", script.text))], check_health=False)
                     conn.read_response()
         raise AssertionError("unreachable")
@@ -311,11 +318,25 @@ class RedisTransport(Transport):
             delay_s = validate_delay(delay_s)
         if priority != 0 or type(priority) is not int:
             validate_priority(priority)
-        body = encode_payload(payload)
+        if type(payload) is dict and all(type(key) is str for key in payload):
+            try:
+                body = _encode_json(payload).encode()
+            except (TypeError, ValueError, RecursionError):
+                body = encode_payload(payload).encode()  # raises the PayloadError
+        else:
+            body = encode_payload(payload).encode()
         if queue not in self._registered:
             self._register(queue)
+        head = self._submit_heads.get(base)
+        if head is None:
+            head = self._submit_heads[base] = _pack((b"EVALSHA", self._s["submit_one"].bsha, b"1", base))[4:]
         task_id = os.urandom(16).hex()
-        self._eval(self._s["submit"], base, int(delay_s * 1_000_000), priority, task_id, body)
+        delay = b"%d" % (delay_s * 1_000_000) if delay_s else b"0"
+        self._send(
+            b"*8\r\n%s$%d\r\n%s\r\n$1\r\n%d\r\n$32\r\n%s\r\n$%d\r\n%s\r\n"
+            % (head, len(delay), delay, priority, task_id.encode(), len(body), body),
+            [self._s["submit_one"]],
+        )
         return task_id
 
     def _submit(self, queue: str, bodies: list[str], delay_s: float, priority: int) -> list[str]:
