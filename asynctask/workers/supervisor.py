@@ -17,9 +17,14 @@
   or the end of the grace period kills them (their tasks are given back) and exits with 4.
 * ``halt_when_empty``: exit 0 once every child has reported ``halted`` and left.
 
-Seams: ``scheduler=True`` runs ``asynctask.scheduler.Scheduler(entries=..., transport_url=...,
-worker_queues=...).run(stop_event)`` in a thread; ``metrics_port`` calls
-``asynctask.metrics.serve_metrics(supervisor, port)``; ``listeners`` get every child message.
+* ``max_tasks_per_child`` / ``max_memory_mb``: a child leaving on purpose says so (``recycle``) and
+  its replacement starts before it has left.
+
+Seams (:mod:`asynctask.workers.extras`): ``scheduler=True`` runs
+``asynctask.scheduler.Scheduler(entries=..., transport_url=..., worker_queues=...).run(stop_event)``
+in a thread; ``metrics_port`` feeds an ``asynctask.metrics.WorkerMetrics`` and serves it.  Every
+child message also goes to the callables in ``listeners``; ``children`` (:class:`ChildState`) is
+the per-child bookkeeping.
 """
 
 from __future__ import annotations
@@ -203,8 +208,8 @@ class Supervisor:
                 return EXIT_OK
             waits: list[Any] = [read_fd]
             for child in self.children:
-                if child.process is not None and child.conn is not None:
-                    waits += [child.conn, child.process.sentinel]
+                if child.process is not None:
+                    waits += [child.process.sentinel] if child.conn is None else [child.conn, child.process.sentinel]
             waits += [process.sentinel for process, _ in self._leaving]
             deadline = self._next_deadline(now, grace_until)
             ready = multiprocessing.connection.wait(waits, timeout=max(deadline - time.monotonic(), 0.0))
@@ -262,12 +267,14 @@ class Supervisor:
                     self._replace(child, message[1])
                     return
         except (EOFError, OSError):
-            pass
+            # the child closed its end (it is leaving): stop watching it, its sentinel tells the rest
+            conn.close()
+            child.conn = None
 
     def _replace(self, child: ChildState, reason: str) -> None:
         """Start the replacement of a child leaving on purpose before it has left (it holds nothing)."""
         process, conn = child.process, child.conn
-        assert process is not None and conn is not None
+        assert process is not None and conn is not None  # called while reading conn
         logger.info("worker %s on queue %s (pid %s) is recycled (%s)", child.worker, child.queue, process.pid, reason)
         if self.metrics is not None:
             self.metrics.child_exited(str(child.pid), recycled=True)
