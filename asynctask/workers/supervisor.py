@@ -16,6 +16,8 @@
   ``asynctask_shutdown_timeout``, give back the rest, exit; the supervisor exits 0.  A second signal
   or the end of the grace period kills them (their tasks are given back) and exits with 4.
 * ``halt_when_empty``: exit 0 once every child has reported ``halted`` and left.
+* ``rate_max_calls`` per ``rate_period``: counted per child, each of a queue's N processes
+  allowed ``rate_max_calls`` per ``N * rate_period`` (the queue's rate on this supervisor).
 
 * ``max_tasks_per_child`` / ``max_memory_mb``: a child leaving on purpose says so (``recycle``) and
   its replacement starts before it has left.
@@ -105,7 +107,9 @@ class Supervisor:
                 poll_interval_s=settings.poll_interval_ms / 1000,
                 halt_when_empty=halt_when_empty,
                 rate_max_calls=rate_max_calls,
-                rate_period_s=rate_period,
+                # a queue's rate limit is shared by its processes: each gets the same count over a
+                # period N times longer, so together they keep the configured average rate
+                rate_period_s=rate_period * processes,
                 max_tasks=settings.max_tasks_per_child,
                 max_memory_mb=settings.max_memory_mb,
                 log_level=log_level,

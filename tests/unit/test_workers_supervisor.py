@@ -142,3 +142,11 @@ def test_process_queue_and_run_worker_drain_eagerly() -> None:
         run_worker("sup_x", settings=settings)
     with pytest.raises(UnknownWorkerError, match='Worker "sup_x" does not exist'):
         run_worker("sup_x", "jobs", transport=store)
+
+
+def test_a_queue_rate_limit_is_shared_by_its_processes() -> None:
+    entry = WorkerEntry("jobs", "sup_ok", processes=2, rate_max_calls=10, rate_period=1.0)
+    supervisor = Supervisor(Settings(transport=f"memory://{uuid.uuid4().hex}", workers=(entry,), require=(__name__,)))
+    specs = [child.spec for child in supervisor.children]
+    assert [(s.rate_max_calls, s.rate_period_s) for s in specs] == [(10, 2.0), (10, 2.0)]
+    supervisor.transport.close()
