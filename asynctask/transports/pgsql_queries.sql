@@ -40,21 +40,24 @@ DELETE FROM @schema@.waiters AS w
 WHERE w.pid = pg_backend_pid() OR NOT EXISTS (SELECT FROM pg_stat_activity AS a WHERE a.pid = w.pid);
 
 -- name: fetch (text, integer, bigint, float8)
-WITH taken AS (
+-- The candidates are locked first, then updated through the primary key (= ANY: never a scan of
+-- the table, whatever the planner thinks of its size), then returned in fetch order.
+WITH c AS (
+    SELECT rowid, priority, visible_at FROM @schema@.tasks
+    WHERE queue = $1 AND visible_at <= now()
+    ORDER BY priority DESC, visible_at, rowid
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), taken AS (
     UPDATE @schema@.tasks AS t
     SET receipt = $3, visible_at = now() + $4 * interval '1 second', attempts = t.attempts + 1
-    FROM (
-        SELECT rowid, visible_at FROM @schema@.tasks
-        WHERE queue = $1 AND visible_at <= now()
-        ORDER BY priority DESC, visible_at, rowid
-        LIMIT $2
-        FOR UPDATE SKIP LOCKED
-    ) AS c
-    WHERE t.rowid = c.rowid
-    RETURNING t.rowid, t.id, t.body, t.attempts, t.enqueued_at, t.priority, c.visible_at AS ready_at
+    WHERE t.rowid = ANY (ARRAY(SELECT rowid FROM c))
+    RETURNING t.rowid, t.id, t.body, t.attempts, t.enqueued_at, t.priority
 )
-SELECT rowid, translate(id::text, '-', ''), body, attempts, extract(epoch FROM enqueued_at)::float8, priority
-FROM taken ORDER BY priority DESC, ready_at, rowid;
+SELECT taken.rowid, translate(taken.id::text, '-', ''), taken.body, taken.attempts,
+       extract(epoch FROM taken.enqueued_at)::float8, taken.priority
+FROM taken JOIN c USING (rowid)
+ORDER BY c.priority DESC, c.visible_at, taken.rowid;
 
 -- name: next_due (text)
 SELECT extract(epoch FROM min(visible_at) - now())::float8
