@@ -11,7 +11,7 @@ Options (query parameters):
 
 ``prefetch`` (512)
     The most deliveries a consumer holds unacked (``basic.qos``, per queue); the qos actually set
-    follows the fetch size (4 x ``max_count``, a power of two, up to this), so that a worker
+    follows the fetch size (2 to 4 x ``max_count``, a power of two, up to this), so that a worker
     fetching one slow task at a time does not hoard the queue.  ``get_tasks`` hands out what has
     already arrived, so the drain rate comes from here.
 ``lease_s`` (30)

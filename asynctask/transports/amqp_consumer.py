@@ -38,13 +38,15 @@ class Delivery:
 
 
 def qos_for(max_count: int, prefetch: int) -> int:
-    """The prefetch for fetches of ``max_count``: the batch handed out and about three more.
+    """The prefetch for fetches of ``max_count``: the batch handed out and the next ones.
 
-    A power of two >= 4 * max_count (so it changes rarely), at most the ``prefetch`` option: a
-    worker fetching one slow task at a time holds four, not the option's 512, and leaves the rest
-    to other workers; one fetching 100 fast ones keeps 512 coming.
+    A power of two (so it changes rarely) >= 2 x ``max_count`` for small fetches and 4 x for batches
+    of 32 and more, at most the ``prefetch`` option: a worker taking one slow task at a time holds
+    two (the next one ready, nothing hoarded from other workers); one taking 100 fast ones keeps
+    512 coming.
     """
-    return min(prefetch, 1 << (4 * max_count - 1).bit_length())
+    factor = 2 if max_count < 32 else 4
+    return min(prefetch, 1 << (factor * max_count - 1).bit_length())
 
 
 def ack_tags(consumer: Consumer, tags: list[int]) -> None:

@@ -108,7 +108,7 @@ def test_delay_buckets_round_up_to_two_significant_digits() -> None:
 
 
 def test_qos_follows_the_fetch_size_and_claim_expiry_covers_the_ttl() -> None:
-    assert [qos_for(n, 512) for n in (1, 2, 3, 25, 100, 1000)] == [4, 8, 16, 128, 512, 512]
+    assert [qos_for(n, 512) for n in (1, 2, 3, 25, 32, 100, 1000)] == [2, 4, 8, 64, 128, 512, 512]
     assert qos_for(100, 64) == 64
     assert claim_expiry_ms(500) == 64_000
     assert claim_expiry_ms(100_000) == 128_000
@@ -266,8 +266,7 @@ def test_delays_use_rounded_holding_queues(transport: AmqpTransport) -> None:
 
 def test_priorities_also_order_what_the_consumer_already_holds(transport: AmqpTransport) -> None:
     transport.submit_task("prio", {"n": "first"})
-    first = transport.get_task("prio", timeout_s=5)  # the consumer now exists and has room
-    assert first is not None
+    (first,) = transport.get_tasks("prio", 10, timeout_s=5)  # the consumer now exists, with room for 32
     transport.submit_tasks("prio", [{"n": p} for p in range(3)], priority=0)
     transport.submit_task("prio", {"n": "urgent"}, priority=9)
     transport.submit_task("prio", {"n": "mid"}, priority=4)
@@ -332,7 +331,7 @@ def test_a_lost_connection_is_replaced_and_old_receipts_are_stale(transport: Amq
 def test_close_gives_back_prefetched_tasks_without_counting_an_attempt(url: str, transport: AmqpTransport) -> None:
     transport.submit_tasks("giveback", [{"n": n} for n in range(20)])
     held = transport.get_tasks("giveback", 5, timeout_s=5)
-    time.sleep(0.2)  # up to 20 prefetched (qos 4 x 5)
+    time.sleep(0.2)  # up to 16 held (the qos for fetches of 5)
     transport.close()
     with contextlib.closing(AmqpTransport(url)) as other:
         tasks = other.get_tasks("giveback", 25, timeout_s=5)
