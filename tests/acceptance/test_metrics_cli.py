@@ -259,3 +259,20 @@ def test_healthz_fails_for_a_stuck_child(make_run: Callable[[dict[str, Any]], Ru
     [stuck] = json.loads(body)["stuck"]
     assert stuck["queue"] == "jobs" and stuck["queue_ready"] == 2 and stuck["seconds_since_fetch"] >= 1.5
     run.stop(force=True)
+
+
+def test_recycled_children_are_counted(make_run: Callable[[dict[str, Any]], Run]) -> None:
+    run = make_run({"jobs": "steady"})
+    config = run.tmp / "asynctask.yaml"
+    config.write_text(config.read_text() + "asynctask_max_tasks_per_child: 5\n")
+    run.transport.submit_tasks("jobs", [{"n": n} for n in range(12)])
+    run.start()
+    labels = {"queue": "jobs", "worker": "steady"}
+    value = run.wait_metrics(
+        lambda v: v("asynctask_tasks_processed_total", **labels) == 12
+        and v("asynctask_child_recycles_total", **labels) == 2
+    )
+    assert value("asynctask_child_restarts_total", **labels) == 0  # a recycle is not a crash
+    assert value("asynctask_children", **labels) == 1
+    assert sorted(r["n"] for r in run.records()) == list(range(12))
+    run.stop()
