@@ -167,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
                 walls.append(wall)
             lat = latency(url, queues[2], args.samples, args.gap_ms / 1000, work) if args.samples else []
         finally:
+            for queue in queues:
+                try:
+                    transport.purge(queue)
+                except Exception as exc:  # the figures matter more than the cleanup
+                    print(f"(could not purge {queue}: {exc})")
             cleanup_queue_dirs(transport, queues)
             transport.close()
         loop, sup = statistics.median(loop_rates), statistics.median(sup_rates)
