@@ -99,7 +99,13 @@ def _common(parser: argparse.ArgumentParser, prefix: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``asynctask`` argument parser."""
-    parser = _Parser(prog=PROG, description="Inspect and administer asynctask queues.")
+    parser = _Parser(
+        prog=PROG,
+        description="Inspect and administer asynctask queues.",
+        epilog="exit codes: 0 done, 1 a problem found (doctor, --partial, not confirmed, unsupported),"
+        " 2 bad usage or input, 3 transport unreachable, 5 unknown queue or dead task id,"
+        " 6 other transport failure, 70 internal error, 130 interrupted",
+    )
     _common(parser, "top_")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
