@@ -114,7 +114,8 @@ class WorkerMetrics:
         self.clock = clock
         self._factory = transport_factory
         self._transport: Transport | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # children and counters: never held across I/O
+        self._depth_lock = threading.Lock()  # the depth transport: held while reading the server
         self._children: dict[str, _Child] = {}
         self._depth: dict[str, QueueStats] = {}
         self._depth_at = -1e18
@@ -219,8 +220,11 @@ class WorkerMetrics:
     # -- reading ---------------------------------------------------------------------------------
 
     def depths(self) -> dict[str, QueueStats]:
-        """Per-queue stats, read from the transport at most once per ``depth_cache_s``."""
-        with self._lock:
+        """Per-queue stats, read from the transport at most once per ``depth_cache_s``.
+
+        Reads happen on the HTTP thread under a lock of their own, so a slow or unreachable server
+        never delays :meth:`observe` (the supervisor's loop)."""
+        with self._depth_lock:
             if self.clock() - self._depth_at < self.depth_cache_s or self._factory is None:
                 return dict(self._depth)
             try:
@@ -303,7 +307,8 @@ class WorkerMetrics:
         return server
 
     def close(self) -> None:
-        with self._lock:
+        """Close the depth transport (the HTTP server is the caller's: ``shutdown()``)."""
+        with self._depth_lock:
             if self._transport is not None:
                 self._transport.close()
                 self._transport = None
