@@ -296,7 +296,7 @@ class RedisTransport(Transport):
         raise AssertionError("unreachable")
 
     def _base(self, queue: str) -> bytes:
-        base = self._bases.get(queue)
+        base = self._bases.get(queue) if type(queue) is str else None
         if base is None:
             validate_queue_name(queue)
             base = self._bases[queue] = f"{{{self.key_prefix}:{queue}}}:".encode()
@@ -313,7 +313,7 @@ class RedisTransport(Transport):
         self, queue: str, payload: dict[str, Any] | None = None, *, delay_s: float = 0, priority: int = 0
     ) -> str:
         """Store one task (one round trip: one EVALSHA) and return its id."""
-        base = self._bases.get(queue) or self._base(queue)
+        base = (self._bases.get(queue) if type(queue) is str else None) or self._base(queue)
         if delay_s != 0 or type(delay_s) is not int:
             delay_s = validate_delay(delay_s)
         if priority != 0 or type(priority) is not int:
