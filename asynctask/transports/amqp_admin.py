@@ -7,8 +7,9 @@ queue ``<prefix>.registry``.  Readers (``queues``, ``stats``, ``purge``, ``dead_
 that channel, which puts them back.  So that two readers never see each other's half, readers hold
 the admin lock: a message in ``<prefix>.lock`` (``x-max-length`` 1, ``x-overflow reject-publish``,
 a 15 s message TTL, so a crashed reader frees it), taken by a confirmed publish (ack: taken; nack:
-held by another, retry).  A reader drops registry lines of delay queues that have expired, and
-duplicate lines (two creators racing).
+held by another, retry).  A reader drops registry lines of queues that no longer exist (delay
+queues expire; a work queue may be deleted by hand), and duplicate lines (two creators racing);
+whoever declares such a queue again registers it again.
 """
 
 from __future__ import annotations
@@ -147,7 +148,10 @@ class AmqpAdmin(AmqpCore):
                 if body in seen:
                     drop.append(method.delivery_tag)
                 elif parts[0] == "queue" and len(parts) == 2:
-                    queues.add(parts[1])
+                    if self.passive(self.names.work(parts[1])) is None:
+                        drop.append(method.delivery_tag)  # deleted by hand: forget it too
+                    else:
+                        queues.add(parts[1])
                 elif parts[0] == "delay" and len(parts) == 3 and parts[2].isdigit():
                     if self.passive(self.names.delay(parts[1], int(parts[2]))) is None:
                         drop.append(method.delivery_tag)  # expired: whoever creates it again registers it
