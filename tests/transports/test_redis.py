@@ -383,3 +383,42 @@ def test_big_batches_keep_their_order_across_script_calls(shared_prefix: str) ->
         assert transport.stats("big") == QueueStats()
     finally:
         transport.close()
+
+
+def test_rediss_with_a_ca_file(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None or shutil.which("redis-server") is None:
+        pytest.skip("openssl or redis-server is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--dir", str(tmp_path), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+         "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}&ssl_cert_reqs=required"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                transport = get_transport(url)
+                break
+            except TransportUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        try:
+            task_id = transport.submit_task("tls", {"secure": True})
+            task = transport.get_task("tls", timeout_s=2)
+            assert task is not None and task.id == task_id
+            transport.ack(task)
+        finally:
+            transport.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
