@@ -297,7 +297,7 @@ class PgsqlTransport(base.Transport):
                     raise self._error(exc) from None
 
     def close(self) -> None:
-        with self._lock, self._listen_lock:
+        with self._listen_lock, self._lock:  # the order every path takes them in
             for conn in (self._conn, self._listener):
                 if conn is not None and self._generation == _fork_generation:
                     conn.close()
