@@ -224,12 +224,8 @@ class RedisTransport(Transport):
         return f"{parsed.host or 'localhost'}:{parsed.port or 6379}"
 
     def _unavailable(self, exc: Exception) -> TransportUnavailableError:
-        reason = str(exc) or type(exc).__name__
         # redis-py says "Error 111 connecting to host:port. Connection refused.": keep the reason.
-        match = re.match(r"Error -?\d+ connecting to \S+?\. (.*)", reason)
-        if match:
-            reason = match.group(1)
-        reason = reason.rstrip(".") or type(exc).__name__
+        reason = re.sub(r"^Error -?\d+ connecting to \S+?\. ", "", str(exc)).rstrip(".") or type(exc).__name__
         if self._password:
             reason = reason.replace(self._password, "***")
         return TransportUnavailableError(f"cannot reach Redis at {self._where}: {reason}")
@@ -416,22 +412,18 @@ class RedisTransport(Transport):
             self._eval(self._s["ack"], self._base(task.queue), task.receipt)
 
     def ack_tasks(self, tasks: Sequence[Task]) -> None:
-        """Ack many tasks in one round trip (one script call per queue and 1000 tasks, pipelined)."""
-        if not tasks:
-            return
+        """Ack many tasks in one round trip (one script call per queue and 1000 tasks)."""
         by_queue: dict[str, list[str]] = {}
         for task in tasks:
-            receipts = by_queue.get(task.queue)
-            if receipts is None:
-                receipts = by_queue[task.queue] = []
-            receipts.append(task.receipt)
+            by_queue.setdefault(task.queue, []).append(task.receipt)
         script = self._s["ack"]
         calls = [
             (script, self._base(queue), ("\n".join(receipts[i : i + ADMIN_CHUNK]),))
             for queue, receipts in by_queue.items()
             for i in range(0, len(receipts), ADMIN_CHUNK)
         ]
-        self._evals(calls)
+        if calls:
+            self._evals(calls)
 
     def nack(self, task: Task, *, delay_s: float = 0, count_attempt: bool = True) -> None:
         delay = validate_delay(delay_s)
@@ -471,19 +463,11 @@ class RedisTransport(Transport):
         base = self._base(queue)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"limit={limit!r}: an integer >= 0 is allowed")
-        if limit == 0:
-            return []
-        reply = self._eval(self._s["dead_list"], base, limit)
+        reply = self._eval(self._s["dead_list"], base, limit) if limit else []
+        text = [item.decode("utf-8", "replace") for item in reply]
         return [
-            DeadTask(
-                reply[i].decode(),
-                queue,
-                reply[i + 1].decode("utf-8", "replace"),
-                reply[i + 2].decode("utf-8", "replace"),
-                int(reply[i + 3]),
-                float(reply[i + 4]) / 1_000_000,
-            )
-            for i in range(0, len(reply), 5)
+            DeadTask(text[i], queue, text[i + 1], text[i + 2], int(text[i + 3]), float(text[i + 4]) / 1e6)
+            for i in range(0, len(text), 5)
         ]
 
     def replay_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
