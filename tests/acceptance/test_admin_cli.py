@@ -137,9 +137,10 @@ def test_submit(store: Store, env: dict[str, str], tmp_path: Path) -> None:
         assert task is not None and (task.id, task.priority, task.payload) == (task_id, 7, {"to": "a@example.org"})
 
     assert_error(cli(env, "submit", "emails", "{oops", "--transport", store.url), 2, "bad JSON")
-    assert_error(cli(env, "submit", "emails", '"text"', "--transport", store.url), 2, "a JSON object, not str")
     assert_error(cli(env, "submit", "Emails!", "{}", "--transport", store.url), 2, "invalid queue name 'Emails!'")
-    assert_error(cli(env, "submit", "emails", "{}", "--priority", "10", "--transport", store.url), 2, "priority")
+    if store.name == "filesystem":  # checked before the transport is used: once is enough
+        assert_error(cli(env, "submit", "emails", '"text"', "--transport", store.url), 2, "a JSON object, not str")
+        assert_error(cli(env, "submit", "emails", "{}", "--priority", "10", "--transport", store.url), 2, "priority")
 
 
 def test_submit_file(store: Store, env: dict[str, str], tmp_path: Path) -> None:
@@ -284,10 +285,13 @@ def test_unreachable_and_bad_urls(store: Store, env: dict[str, str]) -> None:
         result = cli(env, *argv, "--transport", store.unreachable_url)
         assert_error(result, 3)
         assert "Traceback" not in result.stderr
-    assert_error(cli(env, "queues", "--transport", store.url.replace(store.url.split(":")[0], "bogus", 1)), 2,
-                 "unknown transport scheme 'bogus'")
-    assert_error(cli(env, "queues", "--transport", store.url + ("&" if "?" in store.url else "?") + "nosuch=1"), 2,
-                 "unknown option 'nosuch'")
+    option = store.url + ("&" if "?" in store.url else "?") + "nosuch=1"
+    assert_error(cli(env, "queues", "--transport", option), 2, "unknown option 'nosuch'")
+
+
+def test_unknown_scheme(env: dict[str, str]) -> None:
+    assert_error(cli(env, "queues", "--transport", "rediz://127.0.0.1/0"), 2, "unknown transport scheme 'rediz'",
+                 "did you mean 'redis'")
 
 
 WORKERS = '''
