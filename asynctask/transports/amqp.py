@@ -20,7 +20,10 @@ Options (query parameters):
     AMQP heartbeat.  pika answers heartbeats only while this transport is called, so a task that
     runs longer than about ``2 * heartbeat_s`` without a call loses its connection, and its task
     goes to another worker; keep it above your longest task (RabbitMQ's own ``consumer_timeout``,
-    30 min by default, also applies).
+    30 min by default, also applies).  It is also how long the broker may keep the tasks of a
+    client whose host died (a killed process closes its socket at once).  TCP keepalive (60 s idle,
+    then 6 probes 10 s apart) and a 120 s ``TCP_USER_TIMEOUT`` let the client notice a dead broker
+    host while it is busy.
 ``queue_type`` (classic)
     ``quorum`` declares replicated quorum queues (work, dead, delay).  They have no priorities on
     RabbitMQ < 4.0: priority then only orders what one consumer has prefetched.  Their consumers

@@ -134,6 +134,8 @@ def connection_parameters(parsed: ParsedURL, options: AmqpOptions) -> pika.Conne
         blocked_connection_timeout=60,
         ssl_options=ssl_options,
         client_properties={"connection_name": "asynctask"},
+        # The kernel notices a dead broker host even while the process is busy in a task.
+        tcp_options={"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 6, "TCP_USER_TIMEOUT": 120_000},
     )
 
 
