@@ -483,11 +483,11 @@ class PgsqlTransport(base.Transport):
 
     def nack(self, task: Task, *, delay_s: float = 0, count_attempt: bool = True) -> None:
         if (receipt := self._receipt(task)) is not None:
-            self._run("nack", *receipt, float(delay_s), 0 if count_attempt else 1)
+            self._run("nack", *receipt, _task.validate_delay(delay_s), 0 if count_attempt else 1)
 
     def extend(self, task: Task, lease_s: float) -> bool:
         receipt = self._receipt(task)
-        return receipt is not None and self._run("extend", *receipt, float(lease_s)) == 1
+        return receipt is not None and self._run("extend", *receipt, _task.validate_delay(lease_s)) == 1
 
     def dead(self, task: Task, reason: str) -> None:
         if (receipt := self._receipt(task)) is not None:
