@@ -509,7 +509,8 @@ class PgsqlTransport(base.Transport):
 
     def dead_tasks(self, queue: str, limit: int = 100) -> list[DeadTask]:
         _task.validate_queue_name(queue)
-        return [DeadTask(*row) for row in self._run("dead_tasks", queue, int(limit), rows=True)]
+        limit = max(0, min(int(limit), 2**31 - 1))
+        return [DeadTask(*row) for row in self._run("dead_tasks", queue, limit, rows=True)]
 
     def replay_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
         _task.validate_queue_name(queue)
