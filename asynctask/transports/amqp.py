@@ -403,38 +403,36 @@ class AmqpTransport(AmqpAdmin):
 
     # -- closing ------------------------------------------------------------------------------
 
+    def _copy(self, delivery: Delivery) -> tuple[str, Any, bytes]:
+        """A message giving back a delivery never handed out: same id, attempts, enqueue time."""
+        properties = delivery.properties
+        enqueued = enqueued_at(properties) or time.time()
+        task_id = properties.message_id or new_task_id()
+        copy = task_properties(task_id, properties.priority or 0, delivery.attempts - 1, enqueued, 0.0)
+        return self.names.work(delivery.consumer.queue), copy, delivery.body
+
     def close(self) -> None:
         """Give back what was prefetched but not handed out (unchanged attempts), then disconnect.
 
-        Handed-out deliveries still current return through the broker, counted as an attempt, and
-        so do deliveries still in transit when the consumer is cancelled (pika rejects them).
+        Handed-out deliveries still current return through the broker, counted as an attempt.
+        First the qos drops to 1, so that nothing more is sent while anything is unacked, and what
+        was already sent is taken in; only when this instance held nothing can one delivery still
+        arrive during the cancel and come back counting an attempt (any number on quorum queues,
+        whose consumer qos cannot change).
         """
         if self._conn is None:
             return
         try:
             if self._conn.is_open and self._consumers:
-                self._conn.process_data_events(time_limit=0)
                 for consumer in self._consumers.values():
+                    self._conn.process_data_events(time_limit=0)
+                    if self.options.queue_type != "quorum":
+                        consumer.channel.basic_qos(prefetch_count=1, global_qos=True)
+                        self._conn.process_data_events(time_limit=0)
                     for tag in list(consumer.channel.consumer_tags):
                         consumer.channel.basic_cancel(tag)
                     waiting = self._waiting(consumer.queue)
-                    copies = []
-                    for delivery in waiting:
-                        properties = delivery.properties
-                        copies.append(
-                            (
-                                self.names.work(consumer.queue),
-                                task_properties(
-                                    properties.message_id or new_task_id(),
-                                    properties.priority or 0,
-                                    delivery.attempts - 1,
-                                    enqueued_at(properties) or time.time(),
-                                    0.0,
-                                ),
-                                delivery.body,
-                            )
-                        )
-                    self.publish_all(copies)
+                    self.publish_all([self._copy(delivery) for delivery in waiting])
                     ack_tags(consumer, [d.tag for d in waiting])
             if self._conn.is_open:
                 self._conn.close()
