@@ -184,9 +184,9 @@ class FilesystemTransport(Transport):
         self._delayed_cache: dict[str, tuple[int, float, list[str]]] = {}
         self._full_scan_at: dict[str, float] = {}
         with self._os_errors("open the store"):
-            for sub in ("tmp", "claims", "queues"):
-                if not os.path.isdir(f"{self.root}/{sub}"):
-                    self._makedir(f"{self.root}/{sub}")
+            for sub in ("", "/tmp", "/claims", "/queues"):
+                if not os.path.isdir(f"{self.root}{sub}"):
+                    self._makedir(f"{self.root}{sub}")
             self._sweep(self._tmp, lambda name: True)
 
     # -- helpers ----------------------------------------------------------------------------
@@ -199,8 +199,20 @@ class FilesystemTransport(Transport):
             raise TransportError(f"filesystem transport at {self.root}: cannot {action}: {exc}") from None
 
     def _makedir(self, path: str) -> None:
-        os.makedirs(path, mode=self.dir_mode, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):  # an empty bucket may be removed at once
+        """Create ``path`` (and missing parents under the root) with the directory mode."""
+        try:
+            os.mkdir(path, self.dir_mode)
+        except FileExistsError:
+            return
+        except FileNotFoundError:
+            parent = os.path.dirname(path)
+            if parent.startswith(self.root + "/"):
+                self._makedir(parent)
+            else:
+                os.makedirs(parent, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path, self.dir_mode)
+        with contextlib.suppress(FileNotFoundError):  # the umask may have taken bits; a bucket may go at once
             os.chmod(path, self.dir_mode)
         self._sync_dir(os.path.dirname(path))
 
@@ -444,17 +456,19 @@ class FilesystemTransport(Transport):
             or now / _S - cached[1] >= 1.0
             or (cached[2] and cached[2][-1][:19] <= stamp)
         ):
-            cached = self._delayed_cache[queue] = (mtime, now / _S, sorted(_listdir(dirs.delayed), reverse=True))
+            names = sorted(_listdir(dirs.delayed), reverse=True)
+            cached = self._delayed_cache[queue] = (mtime, now / _S, names)
+            for name in [name for name in names if not _DELAYED_RE.match(name)]:
+                names.remove(name)
+                self._bury(dirs, f"{dirs.delayed}/{name}", (new_task_id(), 0, str(now // 1000), 0), _bad_name(name))
         names = cached[2]
         for _ in range(PROMOTE_BATCH):
             if not names or names[-1][:19] > stamp:
                 break
             name = names.pop()
-            src = f"{dirs.delayed}/{name}"
-            if (match := _DELAYED_RE.match(name)) is None:
-                self._bury(dirs, src, (new_task_id(), 0, str(now // 1000), 0), _bad_name(name))
-            else:
-                self._place(src, dirs.ready[int(match[4])], f"{_next_order():019d}.{match[1]}.{match[2]}.{match[3]}")
+            if match := _DELAYED_RE.match(name):
+                ready_name = f"{_next_order():019d}.{match[1]}.{match[2]}.{match[3]}"
+                self._place(f"{dirs.delayed}/{name}", dirs.ready[int(match[4])], ready_name)
         full = now / _S - self._full_scan_at.get(queue, 0.0) >= 1.0  # also finds shortened extends
         if full:
             self._full_scan_at[queue] = now / _S
