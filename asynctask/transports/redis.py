@@ -32,10 +32,11 @@ Every operation is one Lua script (``redis_<op>.lua`` beside this module, each a
 steps never loses or duplicates a task; times are the server's (TIME).  A fetch moves due delayed
 entries and expired leases back to the ready lists (at most 1000 of each per call: no daemon), pops
 up to ``max_count`` entries from the highest priority down, records their receipts in ``Q leased``
-and returns receipts and bodies in one framed string.  When nothing is ready the client BLPOPs
-``Q wake`` for the remaining timeout, capped at the next due delayed task or lease (a lease taken by
-another consumer after the wait began is seen when the wait ends); a submit pushes a token, so an
-idle worker wakes at once.  Batches (submit, ack) are one script call per 1000 tasks, all calls of a
+and returns receipts and bodies in one framed string.  When nothing is ready the client sends
+``BLPOP Q wake`` for the remaining timeout, capped at the next due delayed task or lease (a lease
+taken by another consumer after the wait began is seen when the wait ends), together with the next
+fetch, so the server runs that fetch the moment a submit pushes a token: an idle worker starts a
+task one round trip after its submit.  Batches (submit, ack) are one script call per 1000 tasks, all calls of a
 batch in one round trip.  The hot scripts go over a connection of the transport's own with RESP
 packed here (a fraction of redis-py's per-call cost); admin and blocking calls use redis-py's pool.
 
@@ -153,7 +154,8 @@ def _script(name: str) -> _Script:
 
 
 class RedisTransport(Transport):
-    """Queues in Redis (5.0+ for the scripts, 6.2+ for RPOP with a count).  Thread-safe."""
+    """Queues in Redis 6.2 or later (RPOP with a count, ZMSCORE).  Thread-safe; fork-safe (a child
+    process opens its own connections)."""
 
     schemes = ("redis", "rediss", "redis+unix")
 
@@ -184,6 +186,9 @@ class RedisTransport(Transport):
         self._lock = threading.Lock()
         self._conn: Any = None
         self._conn_pid = 0
+        self._wait_lock = threading.Lock()
+        self._wait_conn: Any = None
+        self._wait_pid = 0
         self._registered: set[str] = set()
         self._submit_heads: dict[bytes, bytes] = {}
         self._s = {name: _script(name) for name in _SCRIPTS}
@@ -356,28 +361,61 @@ class RedisTransport(Transport):
     def _get_tasks(self, queue: str, max_count: int, timeout_s: float, lease_s: float) -> list[Task]:
         base = self._base(queue)
         fetch = self._s["fetch"]
-        lease_us = max(int(lease_s * 1_000_000), 1)
-        deadline = 0.0
+        args = (max_count, max(int(lease_s * 1_000_000), 1), PROMOTE_BOUND)
+        deadline = time.monotonic() + timeout_s
+        reply = self._eval(fetch, base, *args)
         while True:
-            reply = self._eval(fetch, base, max_count, lease_us, PROMOTE_BOUND)
             if reply[1]:
                 tasks = self._tasks(queue, base, reply[1])
                 if tasks:
                     return tasks
-                continue  # every one was undecodable (now dead): look again at once
-            if timeout_s <= 0:
-                return []
-            now = time.monotonic()
-            if not deadline:
-                deadline = now + timeout_s
-            remaining = deadline - now
+                reply = self._eval(fetch, base, *args)  # every one was undecodable (now dead): go on
+                continue
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
             wait_us = reply[0]
             block = remaining if wait_us < 0 else min(remaining, wait_us / 1_000_000)
             # Redis takes whole milliseconds, and 0 would mean "forever".
-            block = max(min(block, self._max_block_s), 0.001)
-            self._execute("BLPOP", base + b"wake", round(block, 3))
+            reply = self._wait_then_fetch(base, max(min(block, self._max_block_s), 0.001), args)
+
+    def _wait_then_fetch(self, base: bytes, block_s: float, args: tuple[Any, ...]) -> Any:
+        """BLPOP the queue's wake list, then fetch: both sent at once on a connection kept for
+        waiting, so the server runs the fetch the moment a token comes (no round trip between)."""
+        fetch = self._s["fetch"]
+        if not self._wait_lock.acquire(blocking=False):  # another thread of ours is waiting
+            self._execute("BLPOP", base + b"wake", round(block_s, 3))
+            return self._eval(fetch, base, *args)
+        try:
+            blob = _pack((b"BLPOP", base + b"wake", b"%.3f" % block_s)) + _pack(
+                (b"EVALSHA", fetch.bsha, b"1", base, *args)
+            )
+            for attempt in range(2):
+                conn = self._wait_conn
+                if conn is None or self._wait_pid != os.getpid():
+                    pool = self._client.connection_pool
+                    conn = self._wait_conn = pool.connection_class(**pool.connection_kwargs)
+                    self._wait_pid = os.getpid()
+                try:
+                    conn.send_packed_command([blob], check_health=False)
+                    conn.read_response()
+                    try:
+                        return conn.read_response()
+                    except NoScriptError:
+                        break  # fetched below, which loads the script
+                except redis.TimeoutError as exc:
+                    conn.disconnect()
+                    raise self._unavailable(exc) from None
+                except (redis.ConnectionError, OSError) as exc:
+                    conn.disconnect()
+                    if attempt:
+                        raise self._unavailable(exc) from None
+                except BaseException:
+                    conn.disconnect()  # replies may be left unread: never reuse the connection
+                    raise
+        finally:
+            self._wait_lock.release()
+        return self._eval(fetch, base, *args)
 
     def _tasks(self, queue: str, base: bytes, blob: bytes) -> list[Task]:
         """Tasks from a fetch reply: per task "<receipt> <body length>\\n<body>"."""
@@ -501,4 +539,8 @@ class RedisTransport(Transport):
             if self._conn is not None and self._conn_pid == os.getpid():
                 self._conn.disconnect()
             self._conn = None
+        with self._wait_lock:
+            if self._wait_conn is not None and self._wait_pid == os.getpid():
+                self._wait_conn.disconnect()
+            self._wait_conn = None
         self._client.close()
