@@ -94,6 +94,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import json
 import logging
 import math
 import time
@@ -132,6 +133,20 @@ EARLY_TOLERANCE_S = 1.0
 SYNC_WAIT_S = 1.0
 #: How long a fetch whose time is up waits for deliveries in transit before asking the broker.
 GRACE_S = 0.005
+
+
+def _decode(body: bytes) -> dict[str, Any] | TaskDecodeError:
+    """The payload of a message body, or the error saying why it is not one (fast path first)."""
+    try:
+        value = json.loads(body.decode())
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError alike
+        value = None
+    if type(value) is dict:
+        return value
+    try:
+        return decode_payload(body)  # not a JSON object: for the error's wording
+    except TaskDecodeError as exc:
+        return exc
 
 
 class AmqpTransport(AmqpAdmin):
@@ -245,35 +260,38 @@ class AmqpTransport(AmqpAdmin):
                 self._conn.process_data_events(time_limit=wait)
 
     def _hand_out(self, consumer: Consumer, max_count: int, lease_s: float) -> list[Task]:
+        """Take up to ``max_count`` from the buffer (the hot path: kept lean)."""
         tasks: list[Task] = []
-        buffer = consumer.buffer
+        buffer, unacked, by_receipt = consumer.buffer, consumer.unacked, self._by_receipt
         lease_until = time.monotonic() + lease_s
+        now = time.time()
+        prefix = f"{self._token}.{self.generation}."
         while buffer and len(tasks) < max_count:
             delivery = heapq.heappop(buffer)[2]
-            if delivery.tag not in consumer.unacked:
+            if delivery.tag not in unacked:
                 continue  # acked meanwhile (purge)
             properties = delivery.properties
-            try:
-                payload = decode_payload(delivery.body)
-            except TaskDecodeError as exc:
-                self._bury(delivery, dead_reason_for_undecodable(exc))
+            headers = properties.headers or {}
+            payload = _decode(delivery.body)
+            if isinstance(payload, TaskDecodeError):
+                self._bury(delivery, dead_reason_for_undecodable(payload))
                 continue
-            due = from_ms((properties.headers or {}).get(HDR_DUE))
-            if due - time.time() > EARLY_TOLERANCE_S:
-                self._republish(delivery, delivery.attempts - 1, due - time.time())
+            due = headers.get(HDR_DUE)
+            if due is not None and from_ms(due) - now > EARLY_TOLERANCE_S:
+                self._republish(delivery, delivery.attempts - 1, from_ms(due) - now)
                 continue
-            delivery.receipt = f"{self._token}.{self.generation}.{next(self._seq)}"
+            delivery.receipt = receipt = prefix + str(next(self._seq))
             delivery.lease_until = lease_until
-            self._by_receipt[delivery.receipt] = delivery
+            by_receipt[receipt] = delivery
             tasks.append(
                 Task(
-                    id=properties.message_id or f"amqp-{self._token}-{delivery.seq}",
-                    queue=consumer.queue,
-                    payload=payload,
-                    attempts=delivery.attempts,
-                    enqueued_at=enqueued_at(properties),
-                    priority=properties.priority or 0,
-                    receipt=delivery.receipt,
+                    properties.message_id or f"amqp-{self._token}-{delivery.seq}",
+                    consumer.queue,
+                    payload,
+                    delivery.attempts,
+                    enqueued_at(properties),
+                    properties.priority or 0,
+                    receipt,
                 )
             )
         return tasks
