@@ -1,4 +1,4 @@
-"""The entry point of one worker child process (started by the supervisor with ``spawn``).
+"""The entry point of one worker child process (started by the supervisor's fork server or spawn).
 
 The child imports the ``require`` modules, opens its own transport, runs ``setup()``, then the
 :class:`~asynctask.workers.runner.Runner` loop, reporting to the supervisor over a Pipe with the
@@ -43,7 +43,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s"
 
 @dataclass(frozen=True)
 class ChildSpec:
-    """Everything a child needs, picklable (it crosses the spawn boundary)."""
+    """Everything a child needs, picklable (it crosses the process boundary)."""
 
     queue: str
     worker: str
@@ -70,10 +70,23 @@ def configure_logging(level: int, quiet: bool) -> None:
     root.setLevel(logging.CRITICAL + 10 if quiet else level)
 
 
-def _watch_parent(parent_pid: int, stop: threading.Event) -> None:
+def _supervisor_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _watch_parent(supervisor_pid: int, stop: threading.Event) -> None:
+    """Stop when the supervisor is gone: this process is re-parented (its parent is the supervisor or
+    the supervisor's fork server, which leaves with it) or the supervisor's pid no longer exists."""
+    parent = os.getppid()
     while not stop.wait(1.0):
-        if os.getppid() != parent_pid:
-            logger.warning("the supervisor (pid %d) is gone; stopping", parent_pid)
+        if os.getppid() != parent or not _supervisor_alive(supervisor_pid):
+            logger.warning("the supervisor (pid %d) is gone; stopping", supervisor_pid)
             stop.set()
 
 

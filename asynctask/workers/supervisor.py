@@ -1,8 +1,8 @@
 """The supervisor of ``asynctask-workers``: spawn, watch, restart, give back, shut down in time.
 
 * One child process per (queue, worker) pair, ``processes: N`` where configured, plus one per
-  scheduled worker configured on no queue (on ``scheduled_<worker>``).  Children are started with
-  the ``spawn`` method and open their own transport (:mod:`asynctask.workers.child`).
+  scheduled worker configured on no queue (on ``scheduled_<worker>``).  Children are forked from a
+  fork server (``START_METHOD``) and open their own transport (:mod:`asynctask.workers.child`).
 * Each child reports what it fetched, started and finished (:mod:`asynctask.workers.protocol`), so
   when a child dies the supervisor gives its tasks back at once through its own transport: the task
   it was running is nacked with the attempt counted (dead-lettered with the exit code or signal in
@@ -59,6 +59,10 @@ EXIT_USAGE = 2  #: bad usage or configuration (one line on stderr)
 EXIT_UNAVAILABLE = 3  #: the transport could not be reached at start
 EXIT_FORCED = 4  #: shutdown forced (second signal or grace period over): children were killed
 
+#: How children start: ``forkserver`` (a clean server process, started before any thread of the
+#: supervisor, imports asynctask once and forks each child: fast restarts, no inherited threads or
+#: connections); ``ASYNCTASK_START_METHOD=spawn`` starts each from a fresh interpreter instead.
+START_METHOD = os.environ.get("ASYNCTASK_START_METHOD", "forkserver")
 RESTART_FIRST_S = 1.0
 RESTART_MAX_S = 60.0
 HEALTHY_AFTER_S = 60.0
@@ -92,7 +96,7 @@ class Supervisor:
         self.stop_event = threading.Event()
         self._signals = 0
         self._forced = False
-        self._context = multiprocessing.get_context("spawn")
+        self._context: Any = multiprocessing.get_context(START_METHOD)
         requires = import_requires(settings)
         self.children: list[ChildState] = []
         pairs = [(e.queue, e.worker, e.processes, e.rate_max_calls, e.rate_period) for e in settings.workers]
@@ -123,6 +127,9 @@ class Supervisor:
         if metrics_port is not None:
             self.metrics = build_metrics([c.queue for c in self.children], self.transport_url)
         self.transport = get_transport(self.transport_url)
+        if START_METHOD == "forkserver":
+            # the fork server imports these once; each child is then a cheap fork of a clean process
+            self._context.set_forkserver_preload(["asynctask.workers.child", type(self.transport).__module__])
 
     # -- public ------------------------------------------------------------------------------
 

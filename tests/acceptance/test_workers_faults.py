@@ -153,3 +153,19 @@ def test_child_memory_stays_under_60_mb_draining_10000_noop_tasks(world: Env) ->
     assert world.transport.stats("jobs").ready == 0
     print(f"peak child RSS draining 10,000 no-op tasks: {peak / 2**20:.1f} MB")
     assert 0 < peak < 60 * 1024 * 1024, f"peak child RSS {peak / 2**20:.1f} MB"
+
+
+def test_children_leave_when_the_supervisor_is_killed(world: Env) -> None:
+    world.transport.submit_task("jobs", {"out": world.out, "n": 1})
+    process = world.start("--config", world.config({"jobs": "acc_record"}))
+    try:
+        wait_for(world.records, what="the first task")
+        pid = world.records()[0]["pid"]
+        time.sleep(1.5)  # the child keeps running while its supervisor lives
+        assert psutil.pid_exists(pid)
+        process.kill()
+        process.communicate(timeout=10)
+        wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                 timeout=15, what="the orphaned child to leave")
+    finally:
+        stop(process)

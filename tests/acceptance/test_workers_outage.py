@@ -80,7 +80,7 @@ def test_a_server_outage_is_survived_and_work_resumes(tmp_path: Path, redis: Red
         _out, err = stop(process)
         world.close()
     assert [r["payload"]["n"] for r in world.records()] == [1, 2]
-    assert {r["pid"] for r in world.records()} == child_pids  # the same child: it never died
+    assert {r["pid"] for r in world.records()} == child_pids, err  # the same child: it never died
     assert err.count("transport unavailable") == 1, err
     assert "transport reachable again" in err
     assert process.returncode == 0
