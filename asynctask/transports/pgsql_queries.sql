@@ -1,7 +1,8 @@
 -- Statements of asynctask.transports.pgsql.  Each starts with "-- name: <name> (<parameter types>)"
--- and is PREPAREd once per connection; @schema@ is the quoted schema name, @schema_name@ the bare one.  Statements that make
--- tasks ready send the NOTIFY themselves (no extra round trip), and only when a consumer of the
--- queue is registered in waiters, so that producers pay nothing for it while consumers are busy.
+-- and is PREPAREd once per connection ("(copy)": run as it is); @schema@ is the quoted schema name,
+-- @schema_name@ the bare one.  Statements that make tasks ready send the NOTIFY themselves (no extra
+-- round trip), and only when a consumer of the queue is registered in waiters, so that producers pay
+-- nothing for it while consumers are busy.
 
 -- name: register (text)
 INSERT INTO @schema@.queues (name) VALUES ($1) ON CONFLICT DO NOTHING;
@@ -77,7 +78,8 @@ WITH u AS (
     WHERE rowid = $1 AND receipt = $2
     RETURNING queue
 )
-SELECT pg_notify('asynctask_' || md5('@schema_name@.' || u.queue), '') FROM u WHERE EXISTS (SELECT FROM @schema@.waiters AS w WHERE w.queue = u.queue);
+SELECT pg_notify('asynctask_' || md5('@schema_name@.' || u.queue), '')
+FROM u WHERE EXISTS (SELECT FROM @schema@.waiters AS w WHERE w.queue = u.queue);
 
 -- name: extend (bigint, bigint, float8)
 UPDATE @schema@.tasks SET visible_at = now() + $3 * interval '1 second'
@@ -121,7 +123,9 @@ WITH d AS (
     SELECT id, $1, priority, body FROM d ORDER BY n
     RETURNING 1
 )
-SELECT count(*), (SELECT pg_notify('asynctask_' || md5('@schema_name@.' || $1), '') FROM @schema@.waiters WHERE queue = $1 LIMIT 1) FROM i;
+SELECT count(*),
+       (SELECT pg_notify('asynctask_' || md5('@schema_name@.' || $1), '') FROM @schema@.waiters WHERE queue = $1 LIMIT 1)
+FROM i;
 
 -- name: claim (text, float8)
 INSERT INTO @schema@.claims (key, expires_at) VALUES ($1, now() + $2 * interval '1 second')
