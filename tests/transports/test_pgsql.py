@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (the imports below need psycopg2: importorskip comes first)
 """PostgreSQL transport extras beyond the contract suite: URLs, errors, schema, faults, scale, wake-up.
 
 Needs the server at 127.0.0.1:5432 (trust auth, user postgres, database test); each test uses a schema
@@ -21,13 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+psycopg2 = pytest.importorskip("psycopg2")
+
 from support import PGSQL_HOST, PGSQL_PORT, require_service
 
 from asynctask.errors import TransportError, TransportUnavailableError, TransportURLError
 from asynctask.transports import get_transport
 from asynctask.transports.pgsql import SCHEMA_VERSION, PgsqlTransport, parse_pgsql_url
-
-psycopg2 = pytest.importorskip("psycopg2")
 
 BASE = "postgresql://postgres@127.0.0.1:5432/test"
 HERE = Path(__file__).parent

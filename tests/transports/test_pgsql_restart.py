@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (the imports below need psycopg2: importorskip comes first)
 """PostgreSQL restarts while consumers drain: nothing lost, nothing acked twice, consumers reconnect.
 
 This restarts the SHARED server on 127.0.0.1:5432 (``pg_ctlcluster --skip-systemctl-redirect <version>
@@ -20,11 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+psycopg2 = pytest.importorskip("psycopg2")
+
 from support import PGSQL_HOST, PGSQL_PORT, REQUIRE_SERVICES, require_service
 
 from asynctask.transports.pgsql import PgsqlTransport
-
-psycopg2 = pytest.importorskip("psycopg2")
 
 BASE = "postgresql://postgres@127.0.0.1:5432/test"
 
