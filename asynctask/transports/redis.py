@@ -184,11 +184,9 @@ class RedisTransport(Transport):
         self._where = self._address(parsed)
         self._bases: dict[str, bytes] = {}
         self._lock = threading.Lock()
-        self._conn: Any = None
-        self._conn_pid = 0
         self._wait_lock = threading.Lock()
-        self._wait_conn: Any = None
-        self._wait_pid = 0
+        # the transport's own connections (hot scripts; waits), each with the pid that made it
+        self._own: dict[str, tuple[Any, int]] = {}
         self._registered: set[str] = set()
         self._submit_heads: dict[bytes, bytes] = {}
         self._s = {name: _script(name) for name in _SCRIPTS}
@@ -262,11 +260,7 @@ class RedisTransport(Transport):
         """Send EVALSHA commands packed in ``blob``, one per script in ``scripts``; their replies."""
         with self._lock:
             for attempt in range(3):
-                conn = self._conn
-                if conn is None or self._conn_pid != os.getpid():
-                    pool = self._client.connection_pool
-                    conn = self._conn = pool.connection_class(**pool.connection_kwargs)
-                    self._conn_pid = os.getpid()
+                conn = self._own_connection("hot")
                 try:
                     conn.send_packed_command([blob], check_health=False)
                     replies: list[Any] = []
@@ -295,6 +289,15 @@ class RedisTransport(Transport):
                     conn.send_packed_command([_pack((b"SCRIPT", b"LOAD", script.text))], check_health=False)
                     conn.read_response()
         raise AssertionError("unreachable")
+
+    def _own_connection(self, name: str) -> Any:
+        """The transport's own connection ``name`` (caller holds its lock); new in a forked child."""
+        conn, pid = self._own.get(name, (None, 0))
+        if conn is None or pid != os.getpid():
+            pool = self._client.connection_pool
+            conn = pool.connection_class(**pool.connection_kwargs)
+            self._own[name] = (conn, os.getpid())
+        return conn
 
     def _base(self, queue: str) -> bytes:
         base = self._bases.get(queue) if type(queue) is str else None
@@ -391,11 +394,7 @@ class RedisTransport(Transport):
                 (b"EVALSHA", fetch.bsha, b"1", base, *args)
             )
             for attempt in range(2):
-                conn = self._wait_conn
-                if conn is None or self._wait_pid != os.getpid():
-                    pool = self._client.connection_pool
-                    conn = self._wait_conn = pool.connection_class(**pool.connection_kwargs)
-                    self._wait_pid = os.getpid()
+                conn = self._own_connection("wait")
                 try:
                     conn.send_packed_command([blob], check_health=False)
                     conn.read_response()
@@ -535,12 +534,9 @@ class RedisTransport(Transport):
 
     def close(self) -> None:
         """Disconnect every connection.  Idempotent."""
-        with self._lock:
-            if self._conn is not None and self._conn_pid == os.getpid():
-                self._conn.disconnect()
-            self._conn = None
-        with self._wait_lock:
-            if self._wait_conn is not None and self._wait_pid == os.getpid():
-                self._wait_conn.disconnect()
-            self._wait_conn = None
+        for name, lock in (("hot", self._lock), ("wait", self._wait_lock)):
+            with lock:
+                conn, pid = self._own.pop(name, (None, 0))
+                if conn is not None and pid == os.getpid():
+                    conn.disconnect()
         self._client.close()
