@@ -29,8 +29,9 @@ when first needed) on ``asynctask_<md5(schema.queue)>``.  Submit, nack and repla
 channel in the same statement, only when the queue has a waiter, so busy systems pay nothing for it.
 The waiter wakes on a notification, at the next delayed or lease due time, or after a 2 s safety poll.
 
-Connections: one persistent autocommit connection per instance (durable server settings untouched),
-behind a lock so threads can share the instance, plus the listening one.  A connection lost (server
+Connections: one persistent autocommit statement connection per process and database+schema,
+shared by every instance opened on them (behind a lock, so threads can share it too; durable server
+settings untouched), plus a listening one per blocked consumer instance.  A connection lost (server
 restart) is reopened at once and the statement retried once; then calls raise
 :class:`~asynctask.errors.TransportUnavailableError` (one line naming host, port and database, password
 masked), reconnecting on the next call with backoff from 0.1 s to 5 s.  The loss is logged once (warning),
@@ -167,60 +168,44 @@ def parse_pgsql_url(url: str) -> tuple[dict[str, Any], dict[str, Any], str]:
     return dsn, options, f"PostgreSQL at {host}:{port}, database {dbname!r} ({parsed.masked})"
 
 
-class PgsqlTransport(base.Transport):
-    """Tasks in PostgreSQL tables; thread-safe (one locked connection per instance)."""
+class _Link:
+    """The statement connection of one process to one database and schema, shared by every
+    transport instance opened on them (a lock serialises its users)."""
 
-    schemes = ("pgsql", "postgresql", "postgres")
+    def __init__(self, dsn: dict[str, Any], schema: str, where: str) -> None:
+        self.dsn, self.schema, self.where = dsn, schema, where
+        self.generation = _fork_generation
+        self.lock = threading.RLock()
+        self.conn: Connection | None = None
+        self.cursor: Cursor | None = None
+        self.prepared: set[str] = set()
+        self.registered: set[str] = set()  # queues known to be in the queues table
+        self.retry_at = self.retry_delay = 0.0
+        self.lost = False
+        self.users = 0
 
-    def __init__(self, url: str = "pgsql:asynctask") -> None:
-        super().__init__(url)
-        self._dsn, options, self.where = parse_pgsql_url(url)
-        self.lease_s = options.get("lease_s", self.lease_s)
-        self.schema: str = options.get("schema", "asynctask")
-        self._statements = _load_statements(self.schema)
-        self._lock = threading.RLock()  # guards the statement connection
-        self._conn: Connection | None = None
-        self._cursor: Cursor | None = None
-        self._prepared: set[str] = set()
-        self._generation = _fork_generation
-        self._retry_at = self._retry_delay = 0.0
-        self._lost = False
-        self._registered: set[str] = set()  # queues this instance put in the queues table
-        self._channels: dict[str, str] = {}
-        self._claims = 0
-        self._listen_lock = threading.Lock()  # guards the listening connection and the three sets below
-        self._listener: Connection | None = None
-        self._listening: set[str] = set()
-        self._waiting: set[str] = set()
-        self._listener_prepared: set[str] = set()
-
-    # -- connections -----------------------------------------------------------------------
-
-    def _unavailable(self, exc: BaseException) -> TransportUnavailableError:
+    def unavailable(self, exc: BaseException) -> TransportUnavailableError:
         return TransportUnavailableError(f"{self.where} cannot be reached: {_one_line(exc)}")
 
-    def _error(self, exc: BaseException) -> TransportError:
+    def error(self, exc: BaseException) -> TransportError:
         return TransportError(f"{self.where}: {_one_line(exc)}")
 
-    def _open(self) -> Connection:
-        """A new autocommit connection, with backoff between failed attempts (caller holds _lock)."""
-        if self._generation != _fork_generation:  # forked: never touch the parent's sockets
-            self._generation, self._conn, self._cursor, self._listener = _fork_generation, None, None, None
-            self._prepared.clear()
-        if (wait := self._retry_at - time.monotonic()) > 0:
+    def connect(self) -> Connection:
+        """A new autocommit connection, with backoff between failed attempts (caller holds lock)."""
+        if (wait := self.retry_at - time.monotonic()) > 0:
             time.sleep(wait)
         try:
-            conn: Connection = psycopg2.connect(application_name="asynctask", **self._dsn)
+            conn: Connection = psycopg2.connect(application_name="asynctask", **self.dsn)
             conn.autocommit = True
             self._ensure_schema(conn)
         except psycopg2.Error as exc:
-            self._retry_delay = min(max(self._retry_delay * 2, _RETRY_MIN_S), _RETRY_MAX_S)
-            self._retry_at = time.monotonic() + self._retry_delay
+            self.retry_delay = min(max(self.retry_delay * 2, _RETRY_MIN_S), _RETRY_MAX_S)
+            self.retry_at = time.monotonic() + self.retry_delay
             logger.debug("cannot connect to %s: %s", self.where, _one_line(exc))
-            raise (self._unavailable(exc) if isinstance(exc, _LOST) else self._error(exc)) from None
-        if self._lost:
+            raise (self.unavailable(exc) if isinstance(exc, _LOST) else self.error(exc)) from None
+        if self.lost:
             logger.info("reconnected to %s", self.where)
-        self._lost, self._retry_delay, self._retry_at = False, 0.0, 0.0
+        self.lost, self.retry_delay, self.retry_at = False, 0.0, 0.0
         return conn
 
     def _ensure_schema(self, conn: Connection) -> None:
@@ -252,14 +237,80 @@ class PgsqlTransport(base.Transport):
         cur.execute(f'SELECT coalesce(max(version), 0) FROM "{self.schema}".schema_version')
         return int(row[0]) if (row := cur.fetchone()) else 0
 
-    def _drop(self, exc: BaseException) -> None:
-        if not self._lost:
+    def drop(self, exc: BaseException | None) -> None:
+        """Forget the connection (lost: ``exc`` says why; None: closed on purpose)."""
+        if exc is not None and not self.lost:
             logger.warning("lost the connection to %s (%s); reconnecting with backoff", self.where, _one_line(exc))
-        self._lost = True
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = self._cursor = None
-        self._prepared.clear()
+            self.lost = True
+        if self.conn is not None and self.generation == _fork_generation:
+            self.conn.close()
+        self.conn = self.cursor = None
+        self.prepared.clear()
+
+
+_links: dict[tuple[Any, ...], _Link] = {}
+_links_lock = threading.Lock()
+
+
+def _take_link(dsn: dict[str, Any], schema: str, where: str) -> _Link:
+    key = (_fork_generation, schema, *sorted(dsn.items()))
+    with _links_lock:
+        link = _links.get(key)
+        if link is None:
+            link = _links[key] = _Link(dsn, schema, where)
+        link.users += 1
+        return link
+
+
+def _release_link(link: _Link) -> None:
+    with _links_lock:
+        link.users -= 1
+        if link.users > 0:
+            return
+        key = (link.generation, link.schema, *sorted(link.dsn.items()))
+        if _links.get(key) is link:
+            del _links[key]
+    with link.lock:
+        link.drop(None)
+
+
+class PgsqlTransport(base.Transport):
+    """Tasks in PostgreSQL tables; thread-safe.  Instances of one process on the same database and
+    schema share one statement connection (behind a lock); a consumer that blocks opens its own
+    listening connection."""
+
+    schemes = ("pgsql", "postgresql", "postgres")
+
+    def __init__(self, url: str = "pgsql:asynctask") -> None:
+        super().__init__(url)
+        self._dsn, options, self.where = parse_pgsql_url(url)
+        self.lease_s = options.get("lease_s", self.lease_s)
+        self.schema: str = options.get("schema", "asynctask")
+        self._statements = _load_statements(self.schema)
+        self._link = _take_link(self._dsn, self.schema, self.where)
+        self._closed = False
+        self._channels: dict[str, str] = {}
+        self._claims = 0
+        self._listen_lock = threading.Lock()  # guards the listening connection and the sets below
+        self._listener: Connection | None = None
+        self._listener_generation = _fork_generation
+        self._listening: set[str] = set()
+        self._waiting: set[str] = set()
+        self._listener_prepared: set[str] = set()
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _unavailable(self, exc: BaseException) -> TransportUnavailableError:
+        return self._link.unavailable(exc)
+
+    def _error(self, exc: BaseException) -> TransportError:
+        return self._link.error(exc)
+
+    def _current_link(self) -> _Link:
+        """This process's link (a forked child or a closed instance takes a new one)."""
+        if self._closed or self._link.generation != _fork_generation:
+            self._link, self._closed = _take_link(self._dsn, self.schema, self.where), False
+        return self._link
 
     def _run(self, name: str, *args: Any, rows: bool = False) -> Any:
         """Execute the prepared statement ``name``; return its rows (``rows=True``) or its rowcount."""
@@ -270,41 +321,45 @@ class PgsqlTransport(base.Transport):
         """Run ``execute`` (statement ``name``, PREPAREd first on a new connection; or a COPY fed
         ``copy_data``).  A connection that worked before and turns out lost is reopened and the
         statement retried once, at once."""
-        with self._lock:
+        link = self._current_link()
+        with link.lock:
             fresh = False
             while True:
-                cur = self._cursor
-                if cur is None or self._generation != _fork_generation:
-                    self._conn = self._open()
-                    cur = self._cursor = self._conn.cursor()
+                cur = link.cursor
+                if cur is None:
+                    link.conn = link.connect()
+                    cur = link.cursor = link.conn.cursor()
                     fresh = True
                 try:
                     if copy_data is not None:
                         cur.copy_expert(execute, io.StringIO(copy_data))
                         return cur.rowcount
-                    if name not in self._prepared:
+                    if name not in link.prepared:
                         cur.execute(self._statements[name][0])
-                        self._prepared.add(name)
+                        link.prepared.add(name)
                     cur.execute(execute, params)
                     return cur.fetchall() if rows else cur.rowcount
                 except _LOST as exc:
                     if not cur.connection.closed:  # e.g. a deadlock or a cancelled statement
-                        raise self._error(exc) from None
-                    self._drop(exc)
+                        raise link.error(exc) from None
+                    link.drop(exc)
                     if fresh:
-                        raise self._unavailable(exc) from None
+                        raise link.unavailable(exc) from None
                 except psycopg2.Error as exc:
-                    raise self._error(exc) from None
+                    raise link.error(exc) from None
 
     def close(self) -> None:
-        with self._listen_lock, self._lock:  # the order every path takes them in
-            for conn in (self._conn, self._listener):
-                if conn is not None and self._generation == _fork_generation:
-                    conn.close()
-            self._conn = self._listener = self._cursor = None
-            self._prepared.clear()
+        """Close the listening connection, and the statement connection when no other instance uses it."""
+        with self._listen_lock:
+            if self._listener is not None and self._listener_generation == _fork_generation:
+                self._listener.close()
+            self._listener = None
             self._listening.clear()
             self._waiting.clear()
+        if not self._closed:
+            self._closed = True
+            if self._link.generation == _fork_generation:
+                _release_link(self._link)
 
     # -- producing -------------------------------------------------------------------------
 
@@ -316,7 +371,7 @@ class PgsqlTransport(base.Transport):
         delay = _task.validate_delay(delay_s)
         _task.validate_priority(priority)
         body = _task.encode_payload(payload)
-        if queue not in self._registered:
+        if queue not in self._link.registered:
             return self._submit(queue, [body], delay, priority)[0]
         task_id = os.urandom(16).hex()
         execute = f"EXECUTE asynctask_submit_one ('{task_id}', '{queue}', {priority}, {delay!r}, %s)"
@@ -324,9 +379,9 @@ class PgsqlTransport(base.Transport):
         return task_id
 
     def _submit(self, queue: str, bodies: list[str], delay_s: float, priority: int) -> list[str]:
-        if queue not in self._registered:
+        if queue not in self._link.registered:
             self._run("register", queue)
-            self._registered.add(queue)
+            self._link.registered.add(queue)
         ids = [os.urandom(16).hex() for _ in bodies]
         if len(bodies) == 1:
             self._run("submit_one", ids[0], queue, priority, delay_s, bodies[0])
@@ -404,9 +459,10 @@ class PgsqlTransport(base.Transport):
 
     def _listener_connection(self) -> Connection:
         """The listening connection, opened when missing (listen lock held)."""
-        if self._listener is None or self._listener.closed or self._generation != _fork_generation:
-            with self._lock:
-                self._listener = self._open()
+        if self._listener is None or self._listener.closed or self._listener_generation != _fork_generation:
+            link = self._current_link()
+            with link.lock:
+                self._listener, self._listener_generation = link.connect(), _fork_generation
             self._listening.clear()
             self._waiting.clear()
             self._listener_prepared.clear()

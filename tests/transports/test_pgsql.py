@@ -177,12 +177,27 @@ def test_missing_database_is_one_line_naming_it() -> None:
 
 def test_a_killed_connection_is_reopened_transparently(transport: PgsqlTransport) -> None:
     transport.submit_task("q_kill")
-    assert transport._conn is not None
-    pid = transport._conn.get_backend_pid()
+    conn = transport._link.conn
+    assert conn is not None
+    pid = conn.get_backend_pid()
     sql("SELECT pg_terminate_backend(%s)", (pid,))
     time.sleep(0.2)
     assert transport.stats("q_kill").ready == 1  # reconnected and retried once
-    assert transport._conn is not None and transport._conn.get_backend_pid() != pid
+    assert transport._link.conn is not None and transport._link.conn.get_backend_pid() != pid
+
+
+def test_instances_of_one_process_share_one_connection(url: str) -> None:
+    first, second = PgsqlTransport(url), PgsqlTransport(url)
+    first.submit_task("q_share")
+    assert second.stats("q_share").ready == 1
+    assert first._link is second._link and first._link.conn is not None
+    first.close()
+    assert second._link.conn is not None and not second._link.conn.closed  # still used by second
+    assert second.get_task("q_share") is not None
+    second.close()
+    assert second._link.conn is None
+    assert first.stats("q_share").in_flight == 1  # a closed instance reconnects when used again
+    first.close()
 
 
 # -- schema -------------------------------------------------------------------------------------
@@ -200,6 +215,7 @@ def test_schema_version_row_and_tables(transport: PgsqlTransport, schema: str) -
 def test_a_newer_schema_version_is_refused(transport: PgsqlTransport, schema: str) -> None:
     transport.queues()
     sql(f'INSERT INTO "{schema}".schema_version (version) VALUES (%s)', (SCHEMA_VERSION + 1,))
+    transport.close()  # the next instance opens a new connection, which checks the version
     with PgsqlTransport(transport.url) as other, pytest.raises(TransportError, match="newer"):
         other.queues()
 
