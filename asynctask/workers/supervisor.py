@@ -128,8 +128,12 @@ class Supervisor:
             self.metrics = build_metrics([c.queue for c in self.children], self.transport_url)
         self.transport = get_transport(self.transport_url)
         if START_METHOD == "forkserver":
-            # the fork server imports these once; each child is then a cheap fork of a clean process
-            self._context.set_forkserver_preload(["asynctask.workers.child", type(self.transport).__module__])
+            # the fork server imports these once; each child is then a cheap fork of a clean process.
+            # ``__main__`` as with spawn: workers defined in the main script (behind its
+            # ``if __name__ == "__main__"`` guard) register in the children too.
+            self._context.set_forkserver_preload(
+                ["__main__", "asynctask.workers.child", type(self.transport).__module__]
+            )
 
     # -- public ------------------------------------------------------------------------------
 
