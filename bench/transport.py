@@ -8,7 +8,8 @@ Figures (each the median of ``--runs``; rates in tasks per second):
   tasks (at most B) from a queue holding B tasks, for each B of ``--backlog`` (default
   ``1000,100000``).  The backlog is filled once and topped up after each run, untimed.
 
-Each line shows the floor (``bench/floors/<transport>.py``: the same storage operations without the
+Each line shows the transport's spread over the runs (the first drain of a backlog pays for
+listing it: a cold start), the floor (``bench/floors/<transport>.py``: the same storage operations without the
 transport) and transport/floor; the last lines compare drain rates across backlogs.  Without a URL
 the filesystem transport runs in a temporary directory.  The bench uses queues named ``bench_<hex>``
 and removes them (and temporary directories) at the end.
@@ -113,7 +114,8 @@ class Figure:
         mine, floor = self.rate(self.count, self.mine), self.rate(self.count, self.floor)
         floor_text = f"{floor:>12,.0f}" if floor else f"{'no floor':>12}"
         ratio = f"{mine / floor:>6.2f}" if mine and floor else f"{'-':>6}"
-        return f"{self.label:<34}{mine or 0:>12,.0f}{floor_text}{ratio}"
+        spread = f"  (runs {self.count / max(self.mine):,.0f}..{self.count / min(self.mine):,.0f})" if self.mine else ""
+        return f"{self.label:<34}{mine or 0:>12,.0f}{floor_text}{ratio}{spread}"
 
 
 def measure(url: str, args: argparse.Namespace, out: Callable[[str], None]) -> dict[str, Figure]:

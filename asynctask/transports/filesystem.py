@@ -10,7 +10,7 @@ path is taken from the current directory when the transport is opened.
 Layout under the root (every name sorts by its first, fixed-width field)::
 
     tmp/<pid>.<n>.<rand>                  files being written, never read as tasks; swept after 10 min
-    claims/<sha256(key)[:40]>             claim_once: flock'ed; its mtime is the claim's expiry
+    claims/<sha256(key)[:40]>             claim_once: flock'ed; mtime = expiry; swept an hour after
     queues/<q>/ready/<priority>/<bucket>/<order_ns>.<id>.<deliveries>.<enqueued_us>
     queues/<q>/delayed/<due_ns>.<id>.<deliveries>.<enqueued_us>.<priority>
     queues/<q>/inflight/<deadline_ns>.<claimed_ns>.<id>.<deliveries>.<enqueued_us>.<priority>.<nonce>
@@ -86,12 +86,14 @@ logger = logging.getLogger(__name__)
 PRIORITIES = range(MAX_PRIORITY, -1, -1)
 PROMOTE_BATCH = 1000
 TMP_MAX_AGE_S = 600.0
+CLAIM_SWEEP_S = 3600.0
 BUCKET_SHIFT = 30
 _S = 1_000_000_000
 _ID = r"[0-9A-Za-z_-]{1,64}"
 _RECEIPT_RE = re.compile(rf"\d{{19}}\.\d{{19}}\.{_ID}\.\d{{1,9}}\.\d{{1,19}}\.\d\.[0-9a-f]{{1,32}}\Z", re.ASCII)
 _READY_RE = re.compile(rf"\d{{19}}\.({_ID})\.(\d{{1,9}})\.(\d{{1,19}})\Z", re.ASCII)
 _DELAYED_RE = re.compile(rf"\d{{19}}\.({_ID})\.(\d{{1,9}})\.(\d{{1,19}})\.(\d)\Z", re.ASCII)
+_DEAD_RE = re.compile(rf"\d{{19}}\.{_ID}\.\d{{1,9}}\.\d{{1,19}}\.\d\.task\Z", re.ASCII)
 _QUEUE_RE = re.compile(r"[a-z](?:_?[a-z0-9]){1,99}\Z")
 Meta = tuple[str, int, str, int]  # id, deliveries, enqueued_us, priority
 _counter = itertools.count()
@@ -183,6 +185,7 @@ class FilesystemTransport(Transport):
         self._buckets: dict[tuple[str, int], list[str]] = {}  # later buckets, reversed
         self._delayed_cache: dict[str, tuple[int, float, list[str]]] = {}
         self._full_scan_at: dict[str, float] = {}
+        self._claims_swept_at = 0.0
         with self._os_errors("open the store"):
             for sub in ("", "/tmp", "/claims", "/queues"):
                 if not os.path.isdir(f"{self.root}{sub}"):
@@ -572,7 +575,7 @@ class FilesystemTransport(Transport):
             )
 
     def _dead_names(self, dirs: _Dirs) -> list[str]:
-        return sorted(name for name in _listdir(dirs.dead) if name.endswith(".task"))
+        return sorted(name for name in _listdir(dirs.dead) if _DEAD_RE.match(name))
 
     def queues(self) -> list[str]:
         with self._os_errors("list queues"):
@@ -644,18 +647,33 @@ class FilesystemTransport(Transport):
         key, ttl = validate_claim(key, ttl_s)
         path = f"{self.root}/claims/{hashlib.sha256(key.encode()).hexdigest()[:40]}"
         with self._os_errors("claim a key"):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, self.file_mode)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                now = time.time_ns()
-                if os.fstat(fd).st_mtime_ns > now:
-                    return False
-                os.utime(fd, ns=(now + int(ttl * _S), now + int(ttl * _S)))
-                if self.fsync:
-                    os.fsync(fd)
-                return True
-            finally:
-                os.close(fd)
+            if time.monotonic() >= self._claims_swept_at + CLAIM_SWEEP_S:
+                self._sweep_claims()
+            while True:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, self.file_mode)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    stat = os.fstat(fd)
+                    if stat.st_nlink == 0:
+                        continue  # swept while we waited for the lock: open the new file
+                    now = time.time_ns()
+                    if stat.st_mtime_ns > now:
+                        return False
+                    os.utime(fd, ns=(now + int(ttl * _S), now + int(ttl * _S)))
+                    if self.fsync:
+                        os.fsync(fd)
+                    return True
+                finally:
+                    os.close(fd)
+
+    def _sweep_claims(self) -> None:
+        """Remove claim files that expired over CLAIM_SWEEP_S ago (under their lock, see claim_once)."""
+        self._claims_swept_at = time.monotonic()
+        limit = time.time_ns() - int(CLAIM_SWEEP_S * _S)
+        for name in _listdir(f"{self.root}/claims"):
+            with contextlib.suppress(OSError), self._locked(f"{self.root}/claims/{name}") as fd:
+                if fd is not None and os.fstat(fd).st_mtime_ns < limit:
+                    os.unlink(f"{self.root}/claims/{name}")
 
     def close(self) -> None:
         with self._lock:

@@ -283,6 +283,19 @@ def test_extend_may_shorten_a_lease(tmp_path: Path) -> None:
         transport.ack(again)
 
 
+def test_expired_claims_are_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fs, "CLAIM_SWEEP_S", 0.2)
+    with FilesystemTransport(f"filesys:{tmp_path}") as transport:
+        assert transport.claim_once("tick:1", 0.1) is True
+        assert transport.claim_once("tick:2", 60) is True
+        assert len(list((tmp_path / "claims").iterdir())) == 2
+        time.sleep(0.6)
+        assert transport.claim_once("tick:3", 60) is True  # sweeps tick:1, expired 0.5 s ago
+        assert len(list((tmp_path / "claims").iterdir())) == 2
+        assert transport.claim_once("tick:2", 60) is False
+        assert transport.claim_once("tick:1", 60) is True
+
+
 # -- URLs -----------------------------------------------------------------------------------------
 
 
