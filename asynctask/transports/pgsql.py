@@ -435,12 +435,12 @@ class PgsqlTransport(base.Transport):
         try:
             channel = self._channel(queue)
             first_wait = SAFETY_POLL_S
-            if queue not in self._waiting:
-                self._listener_run("wait", queue)  # from now on submits to this queue notify
-                self._waiting.add(queue)
-                first_wait = _FIRST_WAIT_S
             while True:
                 self._listen(channel)
+                if queue not in self._waiting:  # (again, after the listening connection was reopened)
+                    self._listener_run("wait", queue)  # from now on submits to this queue notify
+                    self._waiting.add(queue)
+                    first_wait = _FIRST_WAIT_S
                 tasks = self._fetch(queue, max_count, lease_s)
                 remaining = deadline - time.monotonic()
                 if tasks or remaining <= 0:
