@@ -59,6 +59,26 @@ CONSUMER = """
 """
 
 
+IDLE_CONSUMER = """
+    import sys, time
+    from asynctask.errors import TransportError
+    from asynctask.transports import get_transport
+    transport = get_transport(sys.argv[1])
+    print("waiting", flush=True)
+    give_up = time.monotonic() + 90
+    while time.monotonic() < give_up:
+        try:
+            task = transport.get_task("q_idle", timeout_s=1)
+        except TransportError as exc:
+            print("idle consumer error:", exc, file=sys.stderr, flush=True)
+            continue
+        if task is not None:
+            transport.ack(task)
+            print(task.id, flush=True)
+            break
+"""
+
+
 def _sql(statement: str) -> list[tuple[object, ...]]:
     conn = psycopg2.connect(host=PGSQL_HOST, port=PGSQL_PORT, user="postgres", dbname="test", connect_timeout=3)
     try:
@@ -118,7 +138,11 @@ def test_server_restart_mid_drain(schema: str, tmp_path: Path) -> None:
                          stderr=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
+    idle = subprocess.Popen([sys.executable, "-c", textwrap.dedent(IDLE_CONSUMER), url], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    procs.append(idle)  # blocked on an empty queue through the restart
     try:
+        assert idle.stdout is not None and idle.stdout.readline() == "waiting\n"
         time.sleep(1.0)  # draining has begun
         restart = subprocess.run(
             ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
@@ -135,6 +159,8 @@ def test_server_restart_mid_drain(schema: str, tmp_path: Path) -> None:
                 assert time.monotonic() - restarted_at < 60, f"not drained: {stats}"
                 time.sleep(0.2)
             assert stats.dead == 0
+            idle_id = watcher.submit_task("q_idle")
+            assert idle.stdout.readline().strip() == idle_id  # woke up after reconnecting by itself
     finally:
         stop_file.touch()
         outputs = []
@@ -145,8 +171,8 @@ def test_server_restart_mid_drain(schema: str, tmp_path: Path) -> None:
                 proc.kill()
                 outputs.append(proc.communicate())
         _wait_until_server_answers()
-    assert [proc.returncode for proc in procs] == [0, 0], [err[-3000:] for _, err in outputs]
-    acked = Counter(line for out, _ in outputs for line in out.split())
+    assert [proc.returncode for proc in procs] == [0, 0, 0], [err[-3000:] for _, err in outputs]
+    acked = Counter(line for out, _ in outputs[:2] for line in out.split())
     assert set(acked) == set(ids), f"{len(set(ids) - set(acked))} tasks never acked"
     assert max(acked.values()) == 1, [i for i, n in acked.items() if n > 1][:5]
     errors = "".join(err for _, err in outputs)
