@@ -61,6 +61,7 @@ import hashlib
 import itertools
 import logging
 import os
+import random
 import re
 import threading
 import time
@@ -243,7 +244,7 @@ class FilesystemTransport(Transport):
 
     def _write_new(self, data: bytes) -> str:
         """Write ``data`` to a fresh file in tmp/ and return its path (to be renamed into place)."""
-        path = f"{self._tmp}/{self._pid}.{next(_counter)}.{os.urandom(4).hex()}"
+        path = f"{self._tmp}/{self._pid}.{next(_counter)}.{random.getrandbits(32):08x}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.file_mode)
         try:
             if self.file_mode != 0o600:
@@ -335,7 +336,7 @@ class FilesystemTransport(Transport):
     def _submit(self, queue: str, bodies: list[str], delay_s: float, priority: int) -> list[str]:
         ids: list[str] = []
         with self._os_errors(f"submit to queue {queue!r}"):
-            dirs = self._queue_dirs(queue, create=True)
+            dirs = self._dirs.get(queue) or self._queue_dirs(queue, create=True)
             assert dirs is not None
             due = time.time_ns() + int(delay_s * _S) if delay_s > 0 else 0
             touched = {dirs.delayed} if due else set()
@@ -343,7 +344,11 @@ class FilesystemTransport(Transport):
                 task_id, order = new_task_id(), _next_order()
                 src = self._write_new(body.encode("utf-8"))
                 if due:
-                    os.rename(src, f"{dirs.delayed}/{due:019d}.{task_id}.0.{order // 1000}.{priority}")
+                    try:
+                        os.rename(src, f"{dirs.delayed}/{due:019d}.{task_id}.0.{order // 1000}.{priority}")
+                    except FileNotFoundError:  # the queue was removed under us: make it again
+                        self._queue_dirs(queue, create=True)
+                        os.rename(src, f"{dirs.delayed}/{due:019d}.{task_id}.0.{order // 1000}.{priority}")
                 elif bucket := self._place(src, dirs.ready[priority], f"{order:019d}.{task_id}.0.{order // 1000}"):
                     touched.add(bucket)
                 ids.append(task_id)
@@ -509,7 +514,8 @@ class FilesystemTransport(Transport):
         with self._os_errors("ack"):
             for task in tasks:
                 receipt, dirs = task.receipt, self._dirs.get(task.queue)
-                if dirs is None or not isinstance(receipt, str) or not _RECEIPT_RE.match(receipt):
+                # a name without "/" can only be an entry of inflight/: the full check is for strangers
+                if dirs is None or not isinstance(receipt, str) or "/" in receipt or receipt.count(".") != 6:
                     if (found := self._receipt(task)) is None:
                         continue
                     dirs = found[0]
