@@ -55,6 +55,8 @@ class ChildSpec:
     rate_period_s: float = 1.0
     max_tasks: int | None = None
     max_memory_mb: float | None = None
+    #: send ``finished`` messages (the supervisor has metrics or listeners)
+    report_outcomes: bool = False
     log_level: int = logging.INFO
     quiet: bool = False
 
@@ -152,6 +154,7 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.Cu
             max_tasks=spec.max_tasks,
             max_memory_mb=spec.max_memory_mb,
             report=report,
+            report_outcomes=spec.report_outcomes,
             reopen=lambda: get_transport(spec.transport_url),
             current=current,
             stop=stop,

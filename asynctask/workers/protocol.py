@@ -5,18 +5,25 @@ only reads (signals carry the supervisor's wishes to the child), so neither can 
 
 ==========================================================  ====================================================
 ``("ready", pid)``                                           ``setup()`` is done, fetching starts
-``("fetched", [task_dict, ...], wall_time)``                 the child now holds these tasks (``Task.to_dict()``)
-``("polled", wall_time)``                                    a fetch came back empty (the child is alive)
+``("fetched", [held_entry, ...], wall_time)``                the child now holds these tasks, and no others
+``("polled", wall_time)``                                    a fetch came back empty: the child holds nothing
 ``("started", task_id, wall_time, timeout_s or None)``       ``process`` began on this task (see below)
-``("finished", [(task_id, outcome, duration_s), ...])``      the child no longer holds these tasks
+``("finished", [(task_id, outcome, duration_s), ...])``      the child no longer holds these tasks (see below)
 ``("halted",)``                                              ``--halt-when-empty``: the queue is empty, exiting 0
 ``("recycle", reason)``                                      leaving on purpose (``max_tasks_per_child``...)
 ==========================================================  ====================================================
 
+A ``held_entry`` is ``(id, attempts, receipt, enqueued_at, priority)`` (:func:`held_entry`): enough
+to give the task back through another transport instance (:func:`task_from_entry`; transports
+identify a delivery by its receipt, never by its payload).  A child fetches a batch only after it
+finished the previous one, so ``fetched`` and ``polled`` also say that every earlier task is done.
+
 Outcomes in ``finished``: ``acked`` (processed and acknowledged), ``retried`` (failed, nacked with a
 delay), ``dead`` (dead-lettered: rejected, timed out or out of attempts), ``released`` (fetched but
 never started, given back without counting an attempt), ``lost`` (the lease was lost before the
-outcome could be recorded).  ``duration_s`` is the processing time (0 for ``released``).
+outcome could be recorded).  ``duration_s`` is the processing time (0 for ``released``).  Children
+send ``finished`` only when asked to (``report_outcomes``: the supervisor has metrics or listeners),
+as the supervisor's own bookkeeping does not need it.
 
 The task in hand is not sent per task (a message per task would cost the supervisor a wake-up per
 task): the child writes it into a :class:`CurrentTask` in shared memory instead, and the supervisor
@@ -27,6 +34,8 @@ used without a CurrentTask (tests, eager mode) reports ``started`` for every tas
 from __future__ import annotations
 
 from typing import Any
+
+from asynctask.task import Task
 
 READY = "ready"
 FETCHED = "fetched"
@@ -43,6 +52,18 @@ RELEASED = "released"
 LOST = "lost"
 
 Message = tuple[Any, ...]
+HeldEntry = tuple[str, int, str, float, int]
+
+
+def held_entry(task: Task) -> HeldEntry:
+    """What a ``fetched`` message carries per task."""
+    return (task.id, task.attempts, task.receipt, task.enqueued_at, task.priority)
+
+
+def task_from_entry(queue: str, entry: HeldEntry) -> Task:
+    """A Task another transport instance can ack, nack or dead-letter (its payload is not carried)."""
+    task_id, attempts, receipt, enqueued_at, priority = entry
+    return Task(task_id, queue, {}, attempts, enqueued_at, priority, receipt)
 
 __all__ = [
     "ACKED",
@@ -58,7 +79,10 @@ __all__ = [
     "RETRIED",
     "STARTED",
     "CurrentTask",
+    "HeldEntry",
     "Message",
+    "held_entry",
+    "task_from_entry",
 ]
 
 

@@ -134,6 +134,7 @@ class Runner:
         max_tasks: int | None = None,
         max_memory_mb: float | None = None,
         report: Report | None = None,
+        report_outcomes: bool = True,
         reopen: Callable[[], Transport] | None = None,
         current: P.CurrentTask | None = None,
         stop: threading.Event | None = None,
@@ -149,6 +150,7 @@ class Runner:
         self.max_memory_mb = max_memory_mb
         self.report: Report = report or (lambda message: None)
         self.current = current
+        self.report_outcomes = report_outcomes
         self.reopen = reopen
         self.stop = stop or threading.Event()
         self.clock = clock
@@ -173,7 +175,7 @@ class Runner:
         with self._held_lock:
             for task, _, _ in entries:
                 self._held.pop(task.id, None)
-        if entries:
+        if entries and self.report_outcomes:
             self.report((P.FINISHED, [(task.id, outcome, duration) for task, outcome, duration in entries]))
 
     def batch_size(self) -> int:
@@ -270,7 +272,7 @@ class Runner:
                 continue
             with self._held_lock:
                 self._held.update((task.id, task) for task in tasks)
-            self.report((P.FETCHED, [dict(vars(task)) for task in tasks], time.time()))
+            self.report((P.FETCHED, [P.held_entry(task) for task in tasks], time.time()))
             for index, task in enumerate(tasks):
                 if self.stop.is_set() or not self._wait_for_rate_slot():
                     self._release(tasks[index:])

@@ -15,11 +15,9 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
 
 from asynctask.config import COMMAND_WORKER, Settings, check_worker_names
 from asynctask.errors import ConfigurationError, TransportError
-from asynctask.task import Task
 from asynctask.transports.base import Transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import registered_workers
@@ -91,8 +89,8 @@ class ChildState:
     ready: bool = False
     #: wall time of the last fetch (with or without tasks); None before the first
     last_fetch_at: float | None = None
-    #: task id -> Task.to_dict() of every task the child holds
-    held: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: task id -> held entry (:func:`~asynctask.workers.protocol.held_entry`) of every task the child holds
+    held: dict[str, P.HeldEntry] = field(default_factory=dict)
     started_ids: set[str] = field(default_factory=set)
     #: where the child writes the task in hand (shared memory); see :meth:`running_task`
     current: P.CurrentTask | None = None
@@ -153,10 +151,13 @@ class ChildState:
         """Update the bookkeeping from one child message."""
         kind = message[0]
         if kind == P.FETCHED:
-            for data in message[1]:
-                self.held[data["id"]] = data
+            # a child fetches only after finishing its previous batch: these are all it holds now
+            self.held = {entry[0]: entry for entry in message[1]}
+            self.started_ids.clear()
             self.last_fetch_at = message[2]
         elif kind == P.POLLED:
+            self.held.clear()
+            self.started_ids.clear()
             self.last_fetch_at = message[1]
         elif kind == P.STARTED:
             self.started_ids.add(message[1])
@@ -191,8 +192,8 @@ def give_back(transport: Transport, child: ChildState, cause: str) -> int:
         return 0
     running = child.running_task()
     dead = 0
-    for task_id, data in list(child.held.items()):
-        task = Task.from_dict(data)
+    for task_id, entry in list(child.held.items()):
+        task = P.task_from_entry(child.queue, entry)
         try:
             if running is not None and task_id == running[0]:
                 if task.attempts >= child.max_attempts:

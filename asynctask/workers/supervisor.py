@@ -31,6 +31,7 @@ the per-child bookkeeping.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -253,9 +254,10 @@ class Supervisor:
 
     def _start(self, child: ChildState) -> None:
         parent_conn, child_conn = self._context.Pipe(duplex=False)
+        spec = dataclasses.replace(child.spec, report_outcomes=self.metrics is not None or bool(self.listeners))
         process = self._context.Process(
             target=child_main,
-            args=(child.spec, child_conn, os.getpid(), child.current),
+            args=(spec, child_conn, os.getpid(), child.current),
             name=f"{child.queue}:{child.worker}#{child.slot}",
             daemon=False,
         )

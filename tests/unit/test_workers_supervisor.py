@@ -40,9 +40,7 @@ def test_child_state_follows_the_protocol() -> None:
     supervisor = Supervisor(settings_for(f"memory://{uuid.uuid4().hex}", jobs="sup_ok"))
     child = supervisor.children[0]
     assert (child.queue, child.worker, child.max_attempts) == ("jobs", "sup_ok", 2)
-    task = {"id": "t1", "queue": "jobs", "payload": {}, "attempts": 1, "enqueued_at": 0.0, "priority": 0,
-            "receipt": "r"}
-    child.handle((P.FETCHED, [task, {**task, "id": "t2"}], 123.0))
+    child.handle((P.FETCHED, [("t1", 1, "r1", 0.0, 0), ("t2", 1, "r2", 0.0, 0)], 123.0))
     assert set(child.held) == {"t1", "t2"} and child.last_fetch_at == 123.0
     child.handle((P.STARTED, "t1", 124.0, 10.0))
     assert child.running_task() == ("t1", 124.0, 10.0)
@@ -54,6 +52,11 @@ def test_child_state_follows_the_protocol() -> None:
     assert child.running_task() is not None and child.running_task()[0] == "t9"  # type: ignore[index]
     child.current.clear()
     assert child.counts == {P.ACKED: 1, P.RELEASED: 1}
+    child.handle((P.FETCHED, [("t3", 1, "r3", 0.0, 0)], 124.0))
+    child.handle((P.FETCHED, [("t4", 1, "r4", 0.0, 0)], 125.0))
+    assert set(child.held) == {"t4"}  # a new batch means the previous one is done
+    child.handle((P.POLLED, 126.0))
+    assert child.held == {} and child.last_fetch_at == 126.0
     child.handle((P.HALTED,))
     assert child.halted
     supervisor.transport.close()
@@ -73,7 +76,7 @@ def test_a_dead_childs_tasks_are_given_back_at_once() -> None:
     fetched = store.get_tasks("jobs", 3, lease_s=300)
     supervisor = Supervisor(settings_for(url, jobs="sup_ok"))
     child: ChildState = supervisor.children[0]
-    child.handle((P.FETCHED, [t.to_dict() for t in fetched], 0.0))
+    child.handle((P.FETCHED, [P.held_entry(t) for t in fetched], 0.0))
     assert child.current is not None
     child.current.set(fetched[0].id, time.time(), None)  # as the child does, in shared memory
     give_back(supervisor.transport, child, "worker child was killed by signal SIGKILL")
@@ -92,7 +95,7 @@ def test_give_back_dead_letters_at_max_attempts() -> None:
     child = supervisor.children[0]
     for _ in range(2):
         (task,) = store.get_tasks("jobs", 1)
-        child.handle((P.FETCHED, [task.to_dict()], 0.0))
+        child.handle((P.FETCHED, [P.held_entry(task)], 0.0))
         child.handle((P.STARTED, task.id, 0.0, None))
         give_back(supervisor.transport, child, "worker child was killed by signal SIGSEGV")
     dead = store.dead_tasks("jobs")
