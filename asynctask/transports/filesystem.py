@@ -438,7 +438,10 @@ class FilesystemTransport(Transport):
             if match is None:
                 self._bury(dirs, path, (task_id, deliveries, enq_us, priority), _bad_name(name))
                 continue
-            fd = os.open(path, os.O_RDONLY)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # reclaimed at once: only with a lease shorter than this pause
             try:
                 data = os.read(fd, 1 << 16)
                 while len(data) % (1 << 16) == 0 and (more := os.read(fd, 1 << 16)):
