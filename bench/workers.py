@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                 rate, wall = through_supervisor(url, queues[1], args.tasks, work)
                 sup_rates.append(rate)
                 walls.append(wall)
+                print(f"  run {len(sup_rates)}: loop {loop_rates[-1]:,.0f}/s, supervisor {rate:,.0f}/s,"
+                      f" ratio {rate / loop_rates[-1]:.2f}", flush=True)
             lat = latency(url, queues[2], args.samples, args.gap_ms / 1000, work) if args.samples else []
         finally:
             for queue in queues:
