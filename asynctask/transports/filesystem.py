@@ -31,7 +31,7 @@ Each step, and why a process killed at any instant leaves no half task and loses
   the directory).  Killed before the rename, only a stray ``tmp`` file remains.
 * claim: ``rename`` the ready file to a new in-flight name, then read it.  rename is atomic: of two
   consumers exactly one wins, the other gets ENOENT and skips.  Killed after it, the task comes back
-  when the lease ends.
+  when the lease ends.  (Claims are not fsynced: a power loss may undo one, i.e. deliver again.)
 * ack: ``unlink`` the receipt.  A lost delivery's name no longer exists: a no-op.
 * nack and lease expiry: under ``flock`` of the in-flight file, check the name still exists (and the
   lease ended), reset the mtime, ``rename`` back to ready or delayed.  ``extend`` takes the same lock

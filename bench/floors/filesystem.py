@@ -33,20 +33,21 @@ class Floor:
         self.names: collections.deque[str] = collections.deque()
         self.counter = 0
 
-    def _put(self, n: int, batch: int = 1) -> list[str]:
+    def _put(self, n: int, batch: int = 1, ready: str = "") -> list[str]:
         names = []
+        ready = ready or self.ready
         for index in range(n):
             self.counter += 1
             name = f"{time.time_ns():019d}.{self.counter:08d}"
-            tmp = os.path.join(self.tmp, name)
+            tmp = f"{self.tmp}/{name}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.write(fd, BODY)
             if self.fsync:
                 os.fsync(fd)
             os.close(fd)
-            os.rename(tmp, os.path.join(self.ready, name))
+            os.rename(tmp, f"{ready}/{name}")
             if self.fsync and ((index + 1) % batch == 0 or index == n - 1):
-                self._sync(self.ready)
+                self._sync(ready)
             names.append(name)
         return names
 
@@ -55,19 +56,20 @@ class Floor:
         os.fsync(fd)
         os.close(fd)
 
-    def _remove(self, names: list[str]) -> None:
-        for name in names:
-            os.unlink(os.path.join(self.ready, name))
-
     def submit(self, n: int) -> float:
         return self.submit_batch(n, 1)
 
     def submit_batch(self, n: int, batch: int) -> float:
-        """A directory has no batch write: the same calls, with one directory fsync per batch."""
+        """A directory has no batch write: the same calls, with one directory fsync per batch.
+
+        Each measurement writes into a new directory (as the transport's time buckets are new), so
+        that an earlier measurement's emptied directory does not slow this one.
+        """
+        target = tempfile.mkdtemp(prefix="submit-", dir=self.dir)
         started = time.perf_counter()
-        names = self._put(n, batch)
+        self._put(n, batch, target)
         elapsed = time.perf_counter() - started
-        self._remove(names)
+        shutil.rmtree(target)
         return elapsed
 
     def fill(self, n: int) -> None:
