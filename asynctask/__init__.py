@@ -16,14 +16,18 @@ from asynctask.errors import (
 from asynctask.task import DeadTask, QueueStats, Task
 from asynctask.transports import get_transport
 from asynctask.transports.base import Transport
+from asynctask.workers.base import AsyncTaskWorker, Reject, Retry
 
 __all__ = [
     "AsyncTaskError",
+    "AsyncTaskWorker",
     "ConfigurationError",
     "DeadTask",
     "PayloadError",
     "QueueNameError",
     "QueueStats",
+    "Reject",
+    "Retry",
     "Task",
     "Transport",
     "TransportError",

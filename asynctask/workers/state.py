@@ -17,13 +17,14 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from asynctask.config import COMMAND_WORKER, Settings, check_worker_names
+from asynctask.cron import scheduled_queues, validate_entries
 from asynctask.errors import ConfigurationError, TransportError
 from asynctask.transports.base import Transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import registered_workers
 from asynctask.workers.child import ChildSpec
 
-__all__ = ["ChildState", "describe_exit", "give_back", "hard_timeout_s", "import_requires"]
+__all__ = ["ChildState", "describe_exit", "give_back", "hard_timeout_s", "import_requires", "scheduled_children"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +50,14 @@ def describe_exit(exitcode: int | None) -> str:
 def import_requires(settings: Settings) -> tuple[str, ...]:
     """Import ``settings.require`` (so workers register) and check every worker name.
 
-    Returns the modules a child must import (``asynctask.scheduler`` added when ``command`` entries
-    need its built-in worker).  Raises ConfigurationError with one line naming the problem.
+    Scheduled entries are validated in full here (cron fields, dates, time zone), with or without
+    ``--scheduler``, so a bad entry stops every node at start instead of only the scheduling ones.
+    Returns the modules a child must import (``asynctask.scheduler`` added when there are scheduled
+    entries: it registers the built-in ``command`` worker, which ``worker: command`` may also name).
+    Raises ConfigurationError with one line naming the problem.
     """
     modules = list(settings.require)
-    if any(entry.get("command") is not None for entry in settings.scheduled_workers):
+    if settings.scheduled_workers:
         modules.append("asynctask.scheduler")
     for module in modules:
         try:
@@ -66,9 +70,19 @@ def import_requires(settings: Settings) -> tuple[str, ...]:
             ) from None
     known = registered_workers()
     check_worker_names(settings, known)
+    for entry, where in zip(settings.scheduled_workers, settings.scheduled_sources, strict=True):
+        validate_entries([entry], where, known_workers=known)
     if modules[len(settings.require):] and COMMAND_WORKER not in known:
         raise ConfigurationError(f"asynctask_scheduled_workers: command entries need the {COMMAND_WORKER!r} worker")
     return tuple(modules)
+
+
+def scheduled_children(settings: Settings) -> dict[str, str]:
+    """``{queue: worker}`` for the queues scheduled fires go to that ``asynctask_workers`` does not
+    configure (``scheduled_<worker>``, or an entry's own ``queue``): every supervisor consumes them,
+    with or without ``--scheduler``, so a fire runs wherever a supervisor runs."""
+    entries = validate_entries(list(settings.scheduled_workers))
+    return scheduled_queues(entries, settings.worker_queues)
 
 
 @dataclass

@@ -43,13 +43,20 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from asynctask.config import Settings, scheduled_queue_name
+from asynctask.config import Settings
 from asynctask.transports import get_transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import get_worker
 from asynctask.workers.child import ChildSpec, child_main
 from asynctask.workers.extras import build_metrics, build_scheduler
-from asynctask.workers.state import ChildState, describe_exit, give_back, hard_timeout_s, import_requires
+from asynctask.workers.state import (
+    ChildState,
+    describe_exit,
+    give_back,
+    hard_timeout_s,
+    import_requires,
+    scheduled_children,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +108,7 @@ class Supervisor:
         requires = import_requires(settings)
         self.children: list[ChildState] = []
         pairs = [(e.queue, e.worker, e.processes, e.rate_max_calls, e.rate_period) for e in settings.workers]
-        pairs += [(scheduled_queue_name(w), w, 1, None, 1.0) for w in settings.scheduled_only_workers()]
+        pairs += [(queue, worker, 1, None, 1.0) for queue, worker in scheduled_children(settings).items()]
         for queue, worker, processes, rate_max_calls, rate_period in pairs:
             cls = get_worker(worker)
             spec = ChildSpec(

@@ -343,3 +343,42 @@ def test_command_entries_run_without_a_shell_and_a_failure_is_a_failed_attempt(t
     assert dead.payload == {"command": [sys.executable, "-c", "raise SystemExit(7)"]}
     text = log.read_text()
     assert "started worker command on queue scheduled_command" in text
+
+
+def test_every_node_checks_entries_and_consumes_every_target_queue(tmp_path: Path) -> None:
+    """Without --scheduler a bad cron field still stops the node; `worker: command` and an entry's
+    own `queue` are served by every supervisor."""
+    write_worker_module(tmp_path)
+    runs = tmp_path / "runs.txt"
+    bad = start(
+        tmp_path, f"filesys:{tmp_path / 'bad'}", tmp_path / "bad.log", scheduler=False,
+        settings=(entries_setting(runs, minute=61),),
+    )
+    try:
+        assert bad.wait(60) == 2
+    finally:
+        end_group(bad)
+    bad_log = (tmp_path / "bad.log").read_text().strip()
+    assert len(bad_log.splitlines()) == 1 and "minute" in bad_log, bad_log
+
+    entries = [
+        {"worker": "sched_tick", "queue": "own_target", "hour": 3, "payload": {"file": str(runs)}},
+        {"worker": "command", "hour": 3},
+    ]
+    url = f"filesys:{tmp_path / 'store'}"
+    log = tmp_path / "good.log"
+    process = start(
+        tmp_path, url, log, scheduler=False, settings=("asynctask_scheduled_workers=" + json.dumps(entries),)
+    )
+    from asynctask.transports import get_transport
+
+    try:
+        assert wait_for(lambda: "started on queue own_target" in log.read_text(), 60), log.read_text()
+        assert wait_for(lambda: "on queue scheduled_command" in log.read_text(), 60), log.read_text()
+        with get_transport(url) as transport:
+            transport.submit_task("own_target", {"file": str(runs)})
+            assert wait_for(lambda: runs.exists() and len(runs.read_text().splitlines()) == 1, 30), log.read_text()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(40) == 0
+    finally:
+        end_group(process)
