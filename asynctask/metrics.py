@@ -189,20 +189,26 @@ class WorkerMetrics:
             labels = (child.queue, child.worker)
             if kind in ("fetched", "polled", "ready"):
                 child.last_fetch = now
-            if kind == "fetched":
-                count = len(message[1])
-                child.held += count
-                self.in_flight.labels(*labels).inc(count)
+            # "fetched" says the child holds this batch and nothing else, "polled" that it holds
+            # nothing (asynctask.workers.protocol): the gauge follows, whatever "finished" said.
+            if kind in ("fetched", "polled"):
+                self._hold(child, len(message[1]) if kind == "fetched" else 0)
+                child.task_started = None
             elif kind == "started":
                 child.task_started = now
                 child.task_timeout_s = message[3] if len(message) > 3 else None
             elif kind == "finished":
                 entries = message[1]
                 child.task_started = None
-                child.held = max(child.held - len(entries), 0)
-                self.in_flight.labels(*labels).dec(len(entries))
+                self._hold(child, child.held - len(entries))
                 for _task_id, outcome, duration in entries:
                     self._outcome(labels, outcome, float(duration))
+
+    def _hold(self, child: _Child, count: int) -> None:
+        """Set what ``child`` holds (caller holds the lock) and move the in-flight gauge by the change."""
+        count = max(count, 0)
+        self.in_flight.labels(child.queue, child.worker).inc(count - child.held)
+        child.held = count
 
     def _outcome(self, labels: tuple[str, str], outcome: str, duration_s: float) -> None:
         if outcome == "acked":

@@ -72,6 +72,14 @@ def test_counts_depth_and_health() -> None:
     producer.purge("emails")  # nothing ready: idle, not stuck
     assert metrics.health()[0]
 
+    # "fetched" means "holds this batch and no other", "polled" "holds nothing" (without "finished")
+    metrics.observe("101", ("fetched", [{"id": "e"}, {"id": "f"}], 0.0))
+    assert sample(metrics.render().decode(), "asynctask_tasks_in_flight", **labels) == 2
+    metrics.observe("101", ("polled", 0.0))
+    assert sample(metrics.render().decode(), "asynctask_tasks_in_flight", **labels) == 0
+    metrics.observe("101", ("fetched", [{"id": "g"}], 0.0))
+    metrics.observe("101", ("started", "g", 0.0, None))
+
     metrics.child_exited("101", restarted=True, signal_name="SIGSEGV")
     text = metrics.render().decode()
     assert sample(text, "asynctask_child_restarts_total", **labels) == 1
