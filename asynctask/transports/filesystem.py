@@ -336,7 +336,7 @@ class FilesystemTransport(Transport):
     def _submit(self, queue: str, bodies: list[str], delay_s: float, priority: int) -> list[str]:
         ids: list[str] = []
         with self._os_errors(f"submit to queue {queue!r}"):
-            dirs = self._dirs.get(queue) or self._queue_dirs(queue, create=True)
+            dirs = self._queue_dirs(queue, create=True)  # one stat: the queue may have been removed by hand
             assert dirs is not None
             due = time.time_ns() + int(delay_s * _S) if delay_s > 0 else 0
             touched = {dirs.delayed} if due else set()
@@ -373,7 +373,11 @@ class FilesystemTransport(Transport):
                 return []
 
     def _take(self, queue: str, dirs: _Dirs, max_count: int, lease_ns: int) -> list[Task]:
-        self._maintain(queue, dirs)
+        try:
+            self._maintain(queue, dirs)
+        except FileNotFoundError:  # the queue's directories were removed by hand: look again next time
+            self._dirs.pop(queue, None)
+            return []
         now = time.time_ns()
         tasks: list[Task] = []
         listed: set[str] = set()

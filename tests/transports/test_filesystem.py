@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -294,6 +295,19 @@ def test_expired_claims_are_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert len(list((tmp_path / "claims").iterdir())) == 2
         assert transport.claim_once("tick:2", 60) is False
         assert transport.claim_once("tick:1", 60) is True
+
+
+def test_a_queue_removed_by_hand_comes_back(tmp_path: Path) -> None:
+    with FilesystemTransport(f"filesys:{tmp_path}") as transport:
+        transport.submit_task(QUEUE, {"n": 1})
+        assert transport.get_task(QUEUE) is not None
+        shutil.rmtree(tmp_path / "queues" / QUEUE)
+        assert transport.get_task(QUEUE) is None
+        transport.submit_task(QUEUE, {"n": 2})
+        task = transport.get_task(QUEUE, timeout_s=2)
+        assert task is not None and task.payload == {"n": 2}
+        transport.ack(task)
+        assert transport.stats(QUEUE) == QueueStats()
 
 
 # -- URLs -----------------------------------------------------------------------------------------
