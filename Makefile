@@ -29,7 +29,8 @@ lint: $(VENV)/.installed
 	$(BIN)/mypy asynctask
 
 bench: $(VENV)/.installed
-	$(BIN)/python -m bench --help
+	$(BIN)/python -m bench transport
+	$(BIN)/python -m bench workers
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,10 +1,25 @@
-"""Entry point: ``python -m bench transport [URL] [--tasks N] [--backlog N[,N...]] [--drain N] [--runs N]``."""
+"""Entry point for the benchmarks.
+
+``python -m bench transport [URL] [--tasks N] [--backlog N[,N...]] [--drain N] [--runs N]``
+    a transport's submit, batch submit and drain rates beside the bare client loop (the floor);
+``python -m bench workers [URL] [--tasks N] [--runs N] [--samples N]``
+    drain rate through ``asynctask-workers`` beside the consumer loop, and submit-to-start latency.
+"""
 
 from __future__ import annotations
 
 import sys
 
-from bench.transport import main
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "workers":
+        from bench.workers import main as workers_main
+
+        return workers_main(argv[1:])
+    from bench.transport import main as transport_main
+
+    return transport_main(argv)
+
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -200,7 +200,7 @@ def main(argv: list[str], out: Callable[[str], Any] = print) -> int:
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         out(f"asynctask bench transport {mask_url(url)}")
         out(f"date: {now}; machine: {machine()}")
-        out(f"command: python -m bench {' '.join(argv)}")
+        out(f"command: python -m bench {' '.join(mask_url(word) for word in argv)}")
         figures = measure(url, args, out)
         out(f"{'figure (median of ' + str(args.runs) + ' runs)':<34}{'tasks/s':>12}{'floor/s':>12}{'ratio':>6}")
         for figure in figures.values():

@@ -143,7 +143,7 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.workers", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench workers", description=__doc__.split("\n\n")[0])
     parser.add_argument("url", nargs="?", help="transport URL (default: filesys: in a temporary directory)")
     parser.add_argument("--tasks", type=int, default=20000, help="tasks per throughput run (default 20000)")
     parser.add_argument("--runs", type=int, default=3, help="throughput repetitions, median shown (default 3)")
@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         print(f"asynctask bench workers {mask_url(url)}")
         print(f"date: {now}; machine: {machine()}")
-        print(f"command: python -m bench.workers {' '.join(argv if argv is not None else sys.argv[1:])}")
+        words = argv if argv is not None else sys.argv[1:]
+        print(f"command: python -m bench workers {' '.join(mask_url(word) for word in words)}")
         queues = [f"bench_{uuid.uuid4().hex[:12]}" for _ in range(3)]
         loop_rates, sup_rates, walls = [], [], []
         transport = get_transport(url)

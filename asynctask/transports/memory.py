@@ -61,6 +61,7 @@ class _Queue:
     delayed: list[tuple[float, int, int, str]] = field(default_factory=list)
     in_flight: list[tuple[float, int, str]] = field(default_factory=list)
     dead: dict[str, DeadTask] = field(default_factory=dict)
+    dead_priority: dict[str, int] = field(default_factory=dict)  # a replay keeps the priority
     counts: dict[str, int] = field(default_factory=lambda: {_READY: 0, _DELAYED: 0, _IN_FLIGHT: 0})
 
 
@@ -149,6 +150,7 @@ class MemoryTransport(Transport):
     def _bury(self, name: str, queue: _Queue, record: _Record, reason: str, now: float) -> None:
         self._set_state(queue, record, None)
         queue.dead[record.id] = DeadTask(record.id, name, record.body, reason, record.deliveries, now)
+        queue.dead_priority[record.id] = record.priority
 
     # -- contract ----------------------------------------------------------------------------
 
@@ -292,7 +294,7 @@ class MemoryTransport(Transport):
             now = self._clock()
             for task_id in chosen:
                 dead = state.dead.pop(task_id)
-                record = _Record(dead.id, dead.body, 0, now, state="")
+                record = _Record(dead.id, dead.body, state.dead_priority.pop(task_id, 0), now, state="")
                 state.records[record.id] = record
                 self._make_ready(state, record, now, 0)
             self._store.changed.notify_all()

@@ -268,6 +268,18 @@ def test_dead_letter_with_reason_then_replay(transport: Transport, queue: str) -
     assert {keep_id, other_id}  # both ids were issued
 
 
+def test_replay_keeps_the_priority(transport: Transport, queue: str) -> None:
+    transport.submit_task(queue, {"urgent": True}, priority=7)
+    task = transport.get_task(queue, timeout_s=2)
+    assert task is not None
+    transport.dead(task, "failed once")
+    transport.submit_task(queue, {"urgent": False})
+    assert transport.replay_dead(queue) == 1
+    tasks = drain(transport, queue, 2)
+    assert [(t.payload["urgent"], t.priority) for t in tasks] == [(True, 7), (False, 0)]
+    transport.ack_tasks(tasks)
+
+
 def test_purge_drops_ready_and_delayed_only(transport: Transport, queue: str) -> None:
     transport.submit_tasks(queue, [{"n": n} for n in range(4)])
     transport.submit_tasks(queue, [{"later": n} for n in range(2)], delay_s=60)
