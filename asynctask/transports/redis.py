@@ -38,7 +38,8 @@ taken by another consumer after the wait began is seen when the wait ends), toge
 fetch, so the server runs that fetch the moment a submit pushes a token: an idle worker starts a
 task one round trip after its submit.  Batches (submit, ack) are one script call per 1000 tasks, all calls of a
 batch in one round trip.  The hot scripts go over a connection of the transport's own with RESP
-packed here (a fraction of redis-py's per-call cost); admin and blocking calls use redis-py's pool.
+packed by hand (a fraction of redis-py's per-call cost; :mod:`asynctask.transports.redis_connection`);
+admin and blocking calls use redis-py's pool.
 
 A submit skips an id already stored, so a call retried after a lost reply stores the task once.  A
 ready entry that is not an entry, and a body that does not decode, go to the dead letters.  With
@@ -49,25 +50,16 @@ Redis at host:port: reason", password masked); the next call reconnects.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import logging
 import math
 import os
 import re
-import threading
 import time
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any
 
-import redis
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import NoScriptError
-from redis.retry import Retry
-
-from asynctask.errors import TaskDecodeError, TransportError, TransportUnavailableError, TransportURLError
+from asynctask.errors import TaskDecodeError, TransportURLError
 from asynctask.task import (
     DeadTask,
     QueueStats,
@@ -79,7 +71,6 @@ from asynctask.task import (
     validate_queue_name,
 )
 from asynctask.transports.base import (
-    ParsedURL,
     Transport,
     dead_reason_for_undecodable,
     option_positive_float,
@@ -87,6 +78,7 @@ from asynctask.transports.base import (
     take_options,
     validate_claim,
 )
+from asynctask.transports.redis_connection import RedisConnection, load_script, pack
 
 logger = logging.getLogger(__name__)
 
@@ -123,34 +115,9 @@ def _option_choice(*choices: str) -> Any:
     return parse
 
 
-class _Script:
-    """A Lua script: its text (common head included but for submit_one) and SHA1."""
-
-    def __init__(self, name: str) -> None:
-        folder = resources.files("asynctask.transports")
-        head = "" if name == "submit_one" else folder.joinpath("redis_common.lua").read_text(encoding="utf-8")
-        self.name = name
-        self.text = head + "\n" + folder.joinpath(f"redis_{name}.lua").read_text(encoding="utf-8")
-        self.bsha = hashlib.sha1(self.text.encode()).hexdigest().encode()
-
-
-def _pack(args: Sequence[Any]) -> bytes:
-    """A command in RESP: str (UTF-8), bytes and int arguments."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg if type(arg) is bytes else str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
-
-
 _decode_json = json.JSONDecoder().decode
 # encode_payload's encoder, built once (json.dumps with options builds one per call)
 _encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-
-
-@functools.cache
-def _script(name: str) -> _Script:
-    return _Script(name)
 
 
 class RedisTransport(Transport):
@@ -178,126 +145,18 @@ class RedisTransport(Transport):
         self.socket_timeout_s: float = options.get("socket_timeout_s", DEFAULT_SOCKET_TIMEOUT_S)
         # A blocking wait must end before the socket timeout would call the server unreachable.
         self._max_block_s = max(self.socket_timeout_s - 1.0, self.socket_timeout_s / 2)
-        self._password = parsed.password
+        self._conn = conn = RedisConnection(parsed, options, self.socket_timeout_s)
         #: The redis-py client (connection pool) this transport uses, for tools and tests.
-        self.client = self._client = self._connect(parsed, options)
-        self._where = self._address(parsed)
+        self.client = conn.client
+        # bound once: the hot paths call them with no layer in between
+        self._execute, self._eval, self._evals, self._send = conn.execute, conn.eval, conn.evals, conn.send
         self._bases: dict[str, bytes] = {}
-        self._lock = threading.Lock()
-        self._wait_lock = threading.Lock()
-        # the transport's own connections (hot scripts; waits), each with the pid that made it
-        self._own: dict[str, tuple[Any, int]] = {}
         self._registered: set[str] = set()
         self._submit_heads: dict[bytes, bytes] = {}
-        self._s = {name: _script(name) for name in _SCRIPTS}
+        self._s = {name: load_script(name) for name in _SCRIPTS}
         self._execute("PING")
 
-    # -- connection ----------------------------------------------------------------------------
-
-    def _connect(self, parsed: ParsedURL, options: dict[str, Any]) -> redis.Redis:
-        common: dict[str, Any] = {
-            "username": parsed.username,
-            "password": parsed.password,
-            "socket_timeout": self.socket_timeout_s,
-            "socket_connect_timeout": min(self.socket_timeout_s, 5.0),
-            "retry": Retry(ExponentialBackoff(cap=0.1, base=0.01), 2),
-            "decode_responses": False,
-            "health_check_interval": 0,
-        }
-        if parsed.scheme == "redis+unix":
-            if not parsed.path:
-                raise TransportURLError(f"transport URL {parsed.masked!r} names no socket path")
-            return redis.Redis(unix_socket_path=parsed.path, db=options.get("db", 0), **common)
-        db_text = parsed.path.strip("/")
-        if db_text and not db_text.isdigit():
-            raise TransportURLError(f"transport URL {parsed.masked!r}: the path must be a database number")
-        if parsed.scheme == "rediss":
-            common["ssl"] = True
-            common["ssl_cert_reqs"] = options.get("ssl_cert_reqs", "required")
-            if "ssl_ca_certs" in options:
-                common["ssl_ca_certs"] = options["ssl_ca_certs"]
-        return redis.Redis(
-            host=parsed.host or "localhost", port=parsed.port or 6379, db=int(db_text or 0), **common
-        )
-
-    @staticmethod
-    def _address(parsed: ParsedURL) -> str:
-        if parsed.scheme == "redis+unix":
-            return parsed.path
-        return f"{parsed.host or 'localhost'}:{parsed.port or 6379}"
-
-    def _unavailable(self, exc: Exception) -> TransportUnavailableError:
-        # redis-py says "Error 111 connecting to host:port. Connection refused.": keep the reason.
-        reason = re.sub(r"^Error -?\d+ connecting to \S+?\. ", "", str(exc)).rstrip(".") or type(exc).__name__
-        if self._password:
-            reason = reason.replace(self._password, "***")
-        return TransportUnavailableError(f"cannot reach Redis at {self._where}: {reason}")
-
-    def _execute(self, *args: Any) -> Any:
-        """One command through redis-py's pool (with its retries): admin and blocking calls."""
-        try:
-            return self._client.execute_command(*args)  # type: ignore[no-untyped-call]
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise self._unavailable(exc) from None
-        except redis.RedisError as exc:
-            raise TransportError(f"Redis at {self._where} failed: {exc}") from None
-
-    def _eval(self, script: _Script, base: bytes, *args: Any) -> Any:
-        return self._evals([(script, base, args)])[0]
-
-    def _evals(self, calls: Sequence[tuple[_Script, bytes, Sequence[Any]]]) -> list[Any]:
-        """Run scripts in one round trip on the transport's own connection (each call atomic).
-
-        The hot path: RESP is packed here and sent on a dedicated connection, which costs a
-        fraction of a pooled redis-py call.  A connection that broke (server restarted) is
-        reconnected and the calls sent once more (every script is safe to repeat); NOSCRIPT loads
-        the scripts and sends again.
-        """
-        blob = b"".join(_pack((b"EVALSHA", script.bsha, b"1", base, *args)) for script, base, args in calls)
-        return self._send(blob, [script for script, _, _ in calls])
-
-    def _send(self, blob: bytes, scripts: list[_Script]) -> list[Any]:
-        """Send EVALSHA commands packed in ``blob``, one per script in ``scripts``; their replies."""
-        with self._lock:
-            for attempt in range(3):
-                conn = self._own_connection("hot")
-                try:
-                    conn.send_packed_command([blob], check_health=False)
-                    replies: list[Any] = []
-                    for _ in scripts:
-                        try:
-                            replies.append(conn.read_response())
-                        except redis.ResponseError as exc:
-                            replies.append(exc)
-                except redis.TimeoutError as exc:
-                    conn.disconnect()
-                    raise self._unavailable(exc) from None
-                except (redis.ConnectionError, OSError) as exc:
-                    conn.disconnect()
-                    if attempt:
-                        raise self._unavailable(exc) from None
-                    continue
-                except BaseException:
-                    conn.disconnect()  # replies may be left unread: never reuse the connection
-                    raise
-                errors = [reply for reply in replies if isinstance(reply, redis.ResponseError)]
-                if not errors:
-                    return replies
-                if not all(isinstance(error, NoScriptError) for error in errors) or attempt == 2:
-                    raise TransportError(f"Redis at {self._where} failed: {errors[0]}")
-                for script in {id(script): script for script in scripts}.values():
-                    conn.send_packed_command([_pack((b"SCRIPT", b"LOAD", script.text))], check_health=False)
-                    conn.read_response()
-        raise AssertionError("unreachable")
-
-    def _own_connection(self, name: str) -> Any:
-        """The transport's own connection ``name`` (caller holds its lock); new in a forked child."""
-        conn, pid = self._own.get(name, (None, 0))
-        if conn is None or pid != os.getpid():
-            pool = self._client.connection_pool
-            conn = pool.connection_class(**pool.connection_kwargs)
-            self._own[name] = (conn, os.getpid())
-        return conn
+    # -- keys ----------------------------------------------------------------------------------
 
     def _base(self, queue: str) -> bytes:
         base = self._bases.get(queue) if type(queue) is str else None
@@ -333,7 +192,7 @@ class RedisTransport(Transport):
             self._register(queue)
         head = self._submit_heads.get(base)
         if head is None:
-            head = self._submit_heads[base] = _pack((b"EVALSHA", self._s["submit_one"].bsha, b"1", base))[4:]
+            head = self._submit_heads[base] = pack((b"EVALSHA", self._s["submit_one"].bsha, b"1", base))[4:]
         task_id = os.urandom(16).hex()
         delay = b"%d" % (delay_s * 1_000_000) if delay_s else b"0"
         self._send(
@@ -380,41 +239,7 @@ class RedisTransport(Transport):
             wait_us = reply[0]
             block = remaining if wait_us < 0 else min(remaining, wait_us / 1_000_000)
             # Redis takes whole milliseconds, and 0 would mean "forever".
-            reply = self._wait_then_fetch(base, max(min(block, self._max_block_s), 0.001), args)
-
-    def _wait_then_fetch(self, base: bytes, block_s: float, args: tuple[Any, ...]) -> Any:
-        """BLPOP the queue's wake list, then fetch: both sent at once on a connection kept for
-        waiting, so the server runs the fetch the moment a token comes (no round trip between)."""
-        fetch = self._s["fetch"]
-        if not self._wait_lock.acquire(blocking=False):  # another thread of ours is waiting
-            self._execute("BLPOP", base + b"wake", round(block_s, 3))
-            return self._eval(fetch, base, *args)
-        try:
-            blob = _pack((b"BLPOP", base + b"wake", b"%.3f" % block_s)) + _pack(
-                (b"EVALSHA", fetch.bsha, b"1", base, *args)
-            )
-            for attempt in range(2):
-                conn = self._own_connection("wait")
-                try:
-                    conn.send_packed_command([blob], check_health=False)
-                    conn.read_response()
-                    try:
-                        return conn.read_response()
-                    except NoScriptError:
-                        break  # fetched below, which loads the script
-                except redis.TimeoutError as exc:
-                    conn.disconnect()
-                    raise self._unavailable(exc) from None
-                except (redis.ConnectionError, OSError) as exc:
-                    conn.disconnect()
-                    if attempt:
-                        raise self._unavailable(exc) from None
-                except BaseException:
-                    conn.disconnect()  # replies may be left unread: never reuse the connection
-                    raise
-        finally:
-            self._wait_lock.release()
-        return self._eval(fetch, base, *args)
+            reply = self._conn.wait_then_fetch(base, max(min(block, self._max_block_s), 0.001), fetch, args)
 
     def _tasks(self, queue: str, base: bytes, blob: bytes) -> list[Task]:
         """Tasks from a fetch reply: per task "<receipt> <body length>\\n<body>"."""
@@ -534,9 +359,4 @@ class RedisTransport(Transport):
 
     def close(self) -> None:
         """Disconnect every connection.  Idempotent."""
-        for name, lock in (("hot", self._lock), ("wait", self._wait_lock)):
-            with lock:
-                conn, pid = self._own.pop(name, (None, 0))
-                if conn is not None and pid == os.getpid():
-                    conn.disconnect()
-        self._client.close()
+        self._conn.close()
