@@ -22,7 +22,7 @@ import pytest
 from asynctask.errors import TransportURLError
 from asynctask.task import QueueStats, decode_payload
 from asynctask.transports import filesystem as fs
-from asynctask.transports import get_transport
+from asynctask.transports import filesystem_admin, get_transport
 from asynctask.transports.filesystem import FilesystemTransport
 
 QUEUE = "jobs"
@@ -285,7 +285,7 @@ def test_extend_may_shorten_a_lease(tmp_path: Path) -> None:
 
 
 def test_expired_claims_are_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fs, "CLAIM_SWEEP_S", 0.2)
+    monkeypatch.setattr(filesystem_admin, "CLAIM_SWEEP_S", 0.2)
     with FilesystemTransport(f"filesys:{tmp_path}") as transport:
         assert transport.claim_once("tick:1", 0.1) is True
         assert transport.claim_once("tick:2", 60) is True

@@ -1,0 +1,166 @@
+"""Inspecting and administering the filesystem transport: stats, queues, purge, dead letters, claims.
+
+:class:`FilesystemAdmin` sits between :class:`~asynctask.transports.filesystem_layout.FilesystemStore`
+and :class:`~asynctask.transports.filesystem.FilesystemTransport` (layout and crash safety: see
+``filesystem.py``).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import fcntl
+import hashlib
+import os
+import time
+from collections.abc import Iterator, Sequence
+
+from asynctask.task import DeadTask, QueueStats, validate_queue_name
+from asynctask.transports.base import validate_claim
+from asynctask.transports.filesystem_layout import (
+    _DEAD_RE,
+    _QUEUE_RE,
+    _READY_RE,
+    _S,
+    FilesystemStore,
+    _Dirs,
+    _listdir,
+    _next_order,
+)
+
+CLAIM_SWEEP_S = 3600.0
+
+
+class FilesystemAdmin(FilesystemStore):
+    """The inspecting and administering methods of the filesystem transport."""
+
+    _claims_swept_at = 0.0  # time.monotonic() of this instance's last sweep of claims/
+
+    @abc.abstractmethod
+    def _maintain(self, queue: str, dirs: _Dirs) -> None:
+        """Promote due delayed tasks and reclaim expired leases (the fetch's, in ``filesystem.py``)."""
+
+    def _ready_files(self, dirs: _Dirs) -> Iterator[tuple[str, str]]:
+        for priority_dir in dirs.ready:
+            for bucket in _listdir(priority_dir):
+                for name in _listdir(f"{priority_dir}/{bucket}"):
+                    yield f"{priority_dir}/{bucket}", name
+
+    def stats(self, queue: str) -> QueueStats:
+        validate_queue_name(queue)
+        with self._os_errors(f"read the stats of queue {queue!r}"):
+            with self._lock:
+                dirs = self._queue_dirs(queue)
+                if dirs is None:
+                    return QueueStats()
+                self._maintain(queue, dirs)
+            ready = [name for _, name in self._ready_files(dirs)]
+            enqueued = [int(match[3]) for match in map(_READY_RE.match, ready) if match]
+            return QueueStats(
+                len(ready),
+                len(_listdir(dirs.delayed)),
+                len(_listdir(dirs.inflight)),
+                len(self._dead_names(dirs)),
+                max(time.time() - min(enqueued) / 1e6, 0.0) if enqueued else None,
+            )
+
+    def _dead_names(self, dirs: _Dirs) -> list[str]:
+        return sorted(name for name in _listdir(dirs.dead) if _DEAD_RE.match(name))
+
+    def queues(self) -> list[str]:
+        with self._os_errors("list queues"):
+            return sorted(name for name in _listdir(f"{self.root}/queues") if _QUEUE_RE.match(name))
+
+    def purge(self, queue: str) -> int:
+        validate_queue_name(queue)
+        count = 0
+        with self._os_errors(f"purge queue {queue!r}"):
+            dirs = self._queue_dirs(queue)
+            if dirs is None:
+                return 0
+            files = [*self._ready_files(dirs), *((dirs.delayed, name) for name in _listdir(dirs.delayed))]
+            for directory, name in files:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{directory}/{name}")
+                    count += 1
+            for directory in {directory for directory, _ in files}:
+                self._sync_dir(directory)
+        return count
+
+    def dead_tasks(self, queue: str, limit: int = 100) -> list[DeadTask]:
+        validate_queue_name(queue)
+        result: list[DeadTask] = []
+        with self._os_errors(f"read the dead letters of queue {queue!r}"):
+            dirs = self._queue_dirs(queue)
+            if dirs is None:
+                return []
+            names = self._dead_names(dirs)
+            self._sweep(dirs.dead, lambda n: n.endswith(".reason") and n.removesuffix(".reason") + ".task" not in names)
+            for name in names[:limit]:
+                stem = f"{dirs.dead}/{name.removesuffix('.task')}"
+                try:
+                    with open(stem + ".task", "rb") as stream:
+                        body = stream.read().decode("utf-8", "replace")
+                except FileNotFoundError:
+                    continue
+                try:
+                    with open(stem + ".reason", encoding="utf-8", errors="replace") as stream:
+                        reason = stream.read()
+                except FileNotFoundError:
+                    reason = "(reason lost: the process died while dead-lettering)"
+                parts = name.split(".")
+                result.append(DeadTask(parts[1], queue, body, reason, int(parts[2]), int(parts[0]) / 1e9))
+        return result
+
+    def replay_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        validate_queue_name(queue)
+        wanted = None if ids is None else set(ids)
+        count = 0
+        with self._os_errors(f"replay the dead letters of queue {queue!r}"):
+            dirs = self._queue_dirs(queue)
+            if dirs is None:
+                return 0
+            for name in self._dead_names(dirs):
+                _, task_id, _, _, priority, _ = name.split(".")
+                if wanted is not None and task_id not in wanted:
+                    continue
+                stem, order = f"{dirs.dead}/{name.removesuffix('.task')}", _next_order()
+                with contextlib.suppress(FileNotFoundError):
+                    os.utime(stem + ".task", ns=(0, 0))
+                    new_name = f"{order:019d}.{task_id}.0.{order // 1000}"
+                    if self._place(stem + ".task", dirs.ready[int(priority)], new_name):
+                        count += 1
+                        os.unlink(stem + ".reason")
+        return count
+
+    def claim_once(self, key: str, ttl_s: float) -> bool:
+        key, ttl = validate_claim(key, ttl_s)
+        path = f"{self.root}/claims/{hashlib.sha256(key.encode()).hexdigest()[:40]}"
+        with self._os_errors("claim a key"):
+            if time.monotonic() >= self._claims_swept_at + CLAIM_SWEEP_S:
+                self._sweep_claims()
+            while True:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, self.file_mode)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    stat = os.fstat(fd)
+                    if stat.st_nlink == 0:
+                        continue  # swept while we waited for the lock: open the new file
+                    now = time.time_ns()
+                    if stat.st_mtime_ns > now:
+                        return False
+                    os.utime(fd, ns=(now + int(ttl * _S), now + int(ttl * _S)))
+                    if self.fsync:
+                        os.fsync(fd)
+                    return True
+                finally:
+                    os.close(fd)
+
+    def _sweep_claims(self) -> None:
+        """Remove claim files that expired over CLAIM_SWEEP_S ago (under their lock, see claim_once)."""
+        self._claims_swept_at = time.monotonic()
+        limit = time.time_ns() - int(CLAIM_SWEEP_S * _S)
+        for name in _listdir(f"{self.root}/claims"):
+            with contextlib.suppress(OSError), self._locked(f"{self.root}/claims/{name}") as fd:
+                if fd is not None and os.fstat(fd).st_mtime_ns < limit:
+                    os.unlink(f"{self.root}/claims/{name}")
