@@ -47,76 +47,38 @@ import json
 import logging
 import os
 import re
-import select
-import threading
 import time
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any
 
 import psycopg2
-import psycopg2.extensions
 
 from asynctask import task as _task
-from asynctask.errors import TaskDecodeError, TransportError, TransportUnavailableError, TransportURLError
+from asynctask.errors import TaskDecodeError
 from asynctask.task import DeadTask, QueueStats, Task
-from asynctask.transports import base
+from asynctask.transports import base, pgsql_connection
+from asynctask.transports.pgsql_connection import (
+    LOST,
+    SCHEMA_VERSION,
+    Link,
+    Listener,
+    execute_text,
+    load_statements,
+    parse_pgsql_url,
+    release_link,
+    take_link,
+)
+
+__all__ = ["SCHEMA_VERSION", "PgsqlTransport", "parse_pgsql_url"]
 
 logger = logging.getLogger(__name__)
 
-Connection = psycopg2.extensions.connection
-Cursor = psycopg2.extensions.cursor
-_LOST = (psycopg2.OperationalError, psycopg2.InterfaceError)
-
-#: The schema version this module writes; ``pgsql_schema_<n>.sql`` for every n up to it must exist.
-SCHEMA_VERSION = 1
 #: Longest a blocked fetch sleeps without looking at the table again.
 SAFETY_POLL_S = 2.0
 #: The first wait after registering as a waiter is short: a submit whose statement began just before
 #: the registration did not see it and sent no notification.
 _FIRST_WAIT_S = 0.05
-_RETRY_MIN_S, _RETRY_MAX_S = 0.1, 5.0
-_SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,39}\Z")
 _HEX_ID_RE = re.compile(r"[0-9a-f]{32}\Z")
-_SAFE_TEXT_RE = re.compile(r"[A-Za-z0-9_.:,{}-]*\Z")
-_STATEMENT_RE = re.compile(r"^-- name: (\w+) \(([^)]*)\)\n", re.MULTILINE)
-_fork_generation = 0  # raised in every forked child: a connection of an older generation is the parent's
-
-
-def _after_fork() -> None:
-    global _fork_generation
-    _fork_generation += 1
-
-
-os.register_at_fork(after_in_child=_after_fork)
-
-
-def _option_schema(name: str, value: str) -> str:
-    if not _SCHEMA_RE.match(value):
-        raise TransportURLError(f"option {name}={value!r}: 1 to 40 lowercase letters, digits and _, no digit first")
-    return value
-
-
-def _literal(value: object) -> str | None:
-    """``value`` as SQL text when that is cheap and safe (numbers, NULL, plain ASCII words), else None.
-
-    Adapting numbers through psycopg2 costs microseconds each, a fair part of a one-row submit."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)  # always finite here: arguments are validated first
-    if value is None:
-        return "NULL"
-    return f"'{value}'" if isinstance(value, str) and _SAFE_TEXT_RE.match(value) else None
-
-
-def _execute_text(execute: str, args: tuple[Any, ...]) -> tuple[str, list[Any] | None]:
-    """``EXECUTE name (...)`` with cheap arguments inlined; the others as %s parameters."""
-    if not args:
-        return execute, None
-    literals = [_literal(arg) for arg in args]
-    params = [arg for arg, literal in zip(args, literals, strict=True) if literal is None]
-    return f"{execute} ({', '.join('%s' if lit is None else lit for lit in literals)})", params or None
 
 
 def _copy_escape(text: str) -> str:
@@ -126,152 +88,6 @@ def _copy_escape(text: str) -> str:
     if "\n" in text or "\r" in text or "\t" in text:
         text = text.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
     return text
-
-
-def _sql_file(name: str, schema: str) -> str:
-    text = resources.files(__package__).joinpath(name).read_text("utf-8")
-    return text.replace("@schema@", f'"{schema}"').replace("@schema_name@", schema)
-
-
-def _load_statements(schema: str) -> dict[str, tuple[str, str]]:
-    """name -> (PREPARE statement, "EXECUTE name"), from pgsql_queries.sql; COPY is run as it is."""
-    parts = _STATEMENT_RE.split(_sql_file("pgsql_queries.sql", schema))
-    statements = {}
-    for name, types, raw in zip(parts[1::3], parts[2::3], parts[3::3], strict=True):
-        text = re.sub(r"^--.*$", "", raw, flags=re.MULTILINE).strip().rstrip(";")
-        signature = f"asynctask_{name} ({types})" if types.strip() else f"asynctask_{name}"
-        prepared = (f"PREPARE {signature} AS {text}", f"EXECUTE asynctask_{name}")
-        statements[name] = ("", text) if types == "copy" else prepared
-    return statements
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def parse_pgsql_url(url: str) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """Split a pgsql URL into psycopg2.connect keywords, its options and a description naming host,
-    port and database (password masked) for messages."""
-    parsed = base.parse_url(url)
-    options = base.take_options(parsed, {"schema": _option_schema, "lease_s": base.option_positive_float,
-                                         "sslmode": lambda _, v: v, "connect_timeout": base.option_positive_float})
-    pgsql_colon = parsed.host is None and not url.lower().startswith(f"{parsed.scheme}://")
-    dbname = parsed.path if pgsql_colon else parsed.path.lstrip("/")
-    if not dbname:
-        raise TransportURLError(f"transport URL {parsed.masked!r} names no database")
-    dsn: dict[str, Any] = {"dbname": dbname, "connect_timeout": max(1, round(options.get("connect_timeout", 5)))}
-    given = {"host": parsed.host, "port": parsed.port, "user": parsed.username, "password": parsed.password,
-             "sslmode": options.get("sslmode")}
-    dsn.update({key: value for key, value in given.items() if value is not None})
-    host = parsed.host or os.environ.get("PGHOST") or "local socket"
-    port = parsed.port or os.environ.get("PGPORT") or 5432
-    return dsn, options, f"PostgreSQL at {host}:{port}, database {dbname!r} ({parsed.masked})"
-
-
-class _Link:
-    """The statement connection of one process to one database and schema, shared by every
-    transport instance opened on them (a lock serialises its users)."""
-
-    def __init__(self, dsn: dict[str, Any], schema: str, where: str) -> None:
-        self.dsn, self.schema, self.where = dsn, schema, where
-        self.generation = _fork_generation
-        self.lock = threading.RLock()
-        self.conn: Connection | None = None
-        self.cursor: Cursor | None = None
-        self.prepared: set[str] = set()
-        self.registered: set[str] = set()  # queues known to be in the queues table
-        self.retry_at = self.retry_delay = 0.0
-        self.lost = False
-        self.users = 0
-
-    def unavailable(self, exc: BaseException) -> TransportUnavailableError:
-        return TransportUnavailableError(f"{self.where} cannot be reached: {_one_line(exc)}")
-
-    def error(self, exc: BaseException) -> TransportError:
-        return TransportError(f"{self.where}: {_one_line(exc)}")
-
-    def connect(self) -> Connection:
-        """A new autocommit connection, with backoff between failed attempts (caller holds lock)."""
-        if (wait := self.retry_at - time.monotonic()) > 0:
-            time.sleep(wait)
-        try:
-            conn: Connection = psycopg2.connect(application_name="asynctask", **self.dsn)
-            conn.autocommit = True
-            self._ensure_schema(conn)
-        except psycopg2.Error as exc:
-            self.retry_delay = min(max(self.retry_delay * 2, _RETRY_MIN_S), _RETRY_MAX_S)
-            self.retry_at = time.monotonic() + self.retry_delay
-            logger.debug("cannot connect to %s: %s", self.where, _one_line(exc))
-            raise (self.unavailable(exc) if isinstance(exc, _LOST) else self.error(exc)) from None
-        if self.lost:
-            logger.info("reconnected to %s", self.where)
-        self.lost, self.retry_delay, self.retry_at = False, 0.0, 0.0
-        return conn
-
-    def _ensure_schema(self, conn: Connection) -> None:
-        """Create or migrate the schema (in one transaction, under an advisory lock) unless current."""
-        with conn.cursor() as cur:
-            current = self._version(cur)
-            if current > SCHEMA_VERSION:
-                raise TransportError(f"{self.where}: schema {self.schema!r} has version {current}, newer than"
-                                     f" this asynctask understands ({SCHEMA_VERSION}); upgrade asynctask")
-            if current == SCHEMA_VERSION:
-                return
-            conn.autocommit = False
-            with conn:
-                cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"asynctask schema {self.schema}",))
-                for version in range(self._version(cur) + 1, SCHEMA_VERSION + 1):
-                    logger.info("creating schema %s version %d in %s", self.schema, version, self.where)
-                    cur.execute(_sql_file(f"pgsql_schema_{version}.sql", self.schema))
-                    cur.execute(f'INSERT INTO "{self.schema}".schema_version (version) VALUES (%s)'
-                                " ON CONFLICT DO NOTHING", (version,))
-            conn.autocommit = True
-
-    def _version(self, cur: Cursor) -> int:
-        """The schema's version, 0 when absent.  Reads pg_tables (a fresh MVCC snapshot, unlike
-        to_regclass's catalog cache, which may not yet see a schema another session just made)."""
-        cur.execute("SELECT EXISTS (SELECT FROM pg_tables WHERE schemaname = %s AND tablename = 'schema_version')",
-                    (self.schema,))
-        if not (row := cur.fetchone()) or not row[0]:
-            return 0
-        cur.execute(f'SELECT coalesce(max(version), 0) FROM "{self.schema}".schema_version')
-        return int(row[0]) if (row := cur.fetchone()) else 0
-
-    def drop(self, exc: BaseException | None) -> None:
-        """Forget the connection (lost: ``exc`` says why; None: closed on purpose)."""
-        if exc is not None and not self.lost:
-            logger.warning("lost the connection to %s (%s); reconnecting with backoff", self.where, _one_line(exc))
-            self.lost = True
-        if self.conn is not None and self.generation == _fork_generation:
-            self.conn.close()
-        self.conn = self.cursor = None
-        self.prepared.clear()
-
-
-_links: dict[tuple[Any, ...], _Link] = {}
-_links_lock = threading.Lock()
-
-
-def _take_link(dsn: dict[str, Any], schema: str, where: str) -> _Link:
-    key = (_fork_generation, schema, *sorted(dsn.items()))
-    with _links_lock:
-        link = _links.get(key)
-        if link is None:
-            link = _links[key] = _Link(dsn, schema, where)
-        link.users += 1
-        return link
-
-
-def _release_link(link: _Link) -> None:
-    with _links_lock:
-        link.users -= 1
-        if link.users > 0:
-            return
-        key = (link.generation, link.schema, *sorted(link.dsn.items()))
-        if _links.get(key) is link:
-            del _links[key]
-    with link.lock:
-        link.drop(None)
 
 
 class PgsqlTransport(base.Transport):
@@ -286,35 +102,25 @@ class PgsqlTransport(base.Transport):
         self._dsn, options, self.where = parse_pgsql_url(url)
         self.lease_s = options.get("lease_s", self.lease_s)
         self.schema: str = options.get("schema", "asynctask")
-        self._statements = _load_statements(self.schema)
-        self._link = _take_link(self._dsn, self.schema, self.where)
+        self._statements = load_statements(self.schema)
+        self._link = take_link(self._dsn, self.schema, self.where)
         self._closed = False
         self._channels: dict[str, str] = {}
         self._claims = 0
-        self._listen_lock = threading.Lock()  # guards the listening connection and the sets below
-        self._listener: Connection | None = None
-        self._listener_generation = _fork_generation
-        self._listening: set[str] = set()
-        self._waiting: set[str] = set()
-        self._listener_prepared: set[str] = set()
+        self._listener = Listener(self._statements, self._link)
 
     # -- connections -----------------------------------------------------------------------
 
-    def _unavailable(self, exc: BaseException) -> TransportUnavailableError:
-        return self._link.unavailable(exc)
-
-    def _error(self, exc: BaseException) -> TransportError:
-        return self._link.error(exc)
-
-    def _current_link(self) -> _Link:
+    def _current_link(self) -> Link:
         """This process's link (a forked child or a closed instance takes a new one)."""
-        if self._closed or self._link.generation != _fork_generation:
-            self._link, self._closed = _take_link(self._dsn, self.schema, self.where), False
+        if self._closed or self._link.generation != pgsql_connection.fork_generation:
+            self._link, self._closed = take_link(self._dsn, self.schema, self.where), False
+            self._listener.link = self._link
         return self._link
 
     def _run(self, name: str, *args: Any, rows: bool = False) -> Any:
         """Execute the prepared statement ``name``; return its rows (``rows=True``) or its rowcount."""
-        return self._call(name, *_execute_text(self._statements[name][1], args), rows)
+        return self._call(name, *execute_text(self._statements[name][1], args), rows)
 
     def _call(self, name: str, execute: str, params: list[Any] | None, rows: bool = False,
               copy_data: str | None = None) -> Any:
@@ -339,7 +145,7 @@ class PgsqlTransport(base.Transport):
                         link.prepared.add(name)
                     cur.execute(execute, params)
                     return cur.fetchall() if rows else cur.rowcount
-                except _LOST as exc:
+                except LOST as exc:
                     if not cur.connection.closed:  # e.g. a deadlock or a cancelled statement
                         raise link.error(exc) from None
                     link.drop(exc)
@@ -350,16 +156,11 @@ class PgsqlTransport(base.Transport):
 
     def close(self) -> None:
         """Close the listening connection, and the statement connection when no other instance uses it."""
-        with self._listen_lock:
-            if self._listener is not None and self._listener_generation == _fork_generation:
-                self._listener.close()
-            self._listener = None
-            self._listening.clear()
-            self._waiting.clear()
+        self._listener.close()
         if not self._closed:
             self._closed = True
-            if self._link.generation == _fork_generation:
-                _release_link(self._link)
+            if self._link.generation == pgsql_connection.fork_generation:
+                release_link(self._link)
 
     # -- producing -------------------------------------------------------------------------
 
@@ -419,101 +220,44 @@ class PgsqlTransport(base.Transport):
 
     def _get_tasks(self, queue: str, max_count: int, timeout_s: float, lease_s: float) -> list[Task]:
         tasks = self._fetch(queue, max_count, lease_s)
+        listener = self._listener
         if tasks:
-            if queue in self._waiting and self._listen_lock.acquire(blocking=False):
+            if queue in listener.waiting and listener.lock.acquire(blocking=False):
                 try:  # busy again: producers need not notify this process any more
-                    self._listener_run("unwait", queue)
-                    self._waiting.discard(queue)
+                    listener.run("unwait", queue)
+                    listener.waiting.discard(queue)
                 finally:
-                    self._listen_lock.release()
+                    listener.lock.release()
             return tasks
         if timeout_s <= 0:
             return tasks
         deadline = time.monotonic() + timeout_s
-        if not self._listen_lock.acquire(timeout=timeout_s):  # another thread of this instance waits
+        if not listener.lock.acquire(timeout=timeout_s):  # another thread of this instance waits
             return self._fetch(queue, max_count, lease_s)
         try:
             channel = self._channel(queue)
             first_wait = SAFETY_POLL_S
             while True:
-                self._listen(channel)
-                if queue not in self._waiting:  # (again, after the listening connection was reopened)
-                    self._listener_run("wait", queue)  # from now on submits to this queue notify
-                    self._waiting.add(queue)
+                listener.listen(channel)
+                if queue not in listener.waiting:  # (again, after the listening connection was reopened)
+                    listener.run("wait", queue)  # from now on submits to this queue notify
+                    listener.waiting.add(queue)
                     first_wait = _FIRST_WAIT_S
                 tasks = self._fetch(queue, max_count, lease_s)
                 remaining = deadline - time.monotonic()
                 if tasks or remaining <= 0:
                     return tasks  # still registered: the next call that finds tasks at once unregisters
                 due = self._run("next_due", queue, rows=True)[0][0]
-                self._wait(channel, min(remaining, first_wait, SAFETY_POLL_S if due is None else max(due, 0.001)))
+                listener.wait(channel, min(remaining, first_wait, SAFETY_POLL_S if due is None else max(due, 0.001)))
                 first_wait = SAFETY_POLL_S
         finally:
-            self._listen_lock.release()
+            listener.lock.release()
 
     def _channel(self, queue: str) -> str:
         if (channel := self._channels.get(queue)) is None:
             digest = hashlib.md5(f"{self.schema}.{queue}".encode(), usedforsecurity=False).hexdigest()
             channel = self._channels[queue] = "asynctask_" + digest
         return channel
-
-    def _listener_connection(self) -> Connection:
-        """The listening connection, opened when missing (listen lock held)."""
-        if self._listener is None or self._listener.closed or self._listener_generation != _fork_generation:
-            link = self._current_link()
-            with link.lock:
-                self._listener, self._listener_generation = link.connect(), _fork_generation
-            self._listening.clear()
-            self._waiting.clear()
-            self._listener_prepared.clear()
-            self._listener_run("forget_waiters")
-        return self._listener
-
-    def _listener_run(self, name: str, *args: Any) -> None:
-        """Run statement ``name`` (``listen``: LISTEN) on the listening connection (listen lock held)."""
-        try:
-            with self._listener_connection().cursor() as cur:
-                if name == "listen":
-                    cur.execute(f'LISTEN "{args[0]}"')
-                    return
-                if name not in self._listener_prepared:
-                    cur.execute(self._statements[name][0])
-                    self._listener_prepared.add(name)
-                cur.execute(*_execute_text(self._statements[name][1], args))
-        except _LOST as exc:
-            self._listener = None
-            raise self._unavailable(exc) from None
-        except psycopg2.Error as exc:
-            raise self._error(exc) from None
-
-    def _listen(self, channel: str) -> None:
-        """LISTEN on ``channel`` (once per connection); drop notifications that came before."""
-        listener = self._listener_connection()  # reopened when lost: then it listens to nothing yet
-        if channel not in self._listening:
-            self._listener_run("listen", channel)
-            self._listening.add(channel)
-        try:
-            listener.poll()
-        except psycopg2.Error as exc:
-            self._listener = None
-            raise self._unavailable(exc) from None
-        listener.notifies.clear()
-
-    def _wait(self, channel: str, timeout_s: float) -> None:
-        """Block until a notification on ``channel`` or ``timeout_s`` (listen lock held)."""
-        listener = self._listener
-        assert listener is not None
-        deadline = time.monotonic() + timeout_s
-        try:
-            while (remaining := deadline - time.monotonic()) > 0:
-                if select.select([listener], [], [], remaining)[0]:
-                    listener.poll()
-                    mine = any(note.channel == channel for note in listener.notifies)
-                    listener.notifies.clear()
-                    if mine:
-                        return
-        except (*_LOST, OSError, ValueError):
-            self._listener = None  # reopened by the next _listen; the fetch reports a lost server
 
     @staticmethod
     def _receipt(task: Task) -> tuple[int, int] | None:
