@@ -290,6 +290,35 @@ class AmqpAdmin(AmqpCore):
                         channel.close()
         return replayed
 
+    def purge_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Delete dead tasks: a queue purge for all; for ``ids``, ``basic.get`` and ack the named ones
+        on a channel of its own, whose closing puts the others back."""
+        validate_queue_name(queue)
+        wanted = None if ids is None else set(ids)
+        with self._guard():
+            if self.passive(self.names.dead(queue)) is None or wanted == set():
+                return 0
+            with self._admin_lock():
+                channel = self._conn.channel()
+                try:
+                    if wanted is None:
+                        return int(channel.queue_purge(self.names.dead(queue)).method.message_count)
+                    purged = 0
+                    for _ in range(self.passive(self.names.dead(queue)) or 0):
+                        method, properties, _body = channel.basic_get(self.names.dead(queue))
+                        if method is None:
+                            break
+                        if properties.message_id in wanted:
+                            channel.basic_ack(method.delivery_tag)
+                            wanted.discard(properties.message_id)
+                            purged += 1
+                            if not wanted:
+                                break
+                    return purged
+                finally:
+                    if channel.is_open:
+                        channel.close()
+
     def _replay_batch(self, channel: Any, batch: list[tuple[int, tuple[str, Any, bytes]]]) -> int:
         if batch:
             self.publish_all([item for _, item in batch])

@@ -133,6 +133,26 @@ class FilesystemAdmin(FilesystemStore):
                         os.unlink(stem + ".reason")
         return count
 
+    def purge_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        validate_queue_name(queue)
+        wanted = None if ids is None else set(ids)
+        count = 0
+        with self._os_errors(f"purge the dead letters of queue {queue!r}"):
+            dirs = self._queue_dirs(queue)
+            if dirs is None:
+                return 0
+            for name in self._dead_names(dirs):
+                if wanted is not None and name.split(".")[1] not in wanted:
+                    continue
+                stem = f"{dirs.dead}/{name.removesuffix('.task')}"
+                # The body first: a .reason left alone by a crash here is no dead task.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(stem + ".task")
+                    count += 1
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(stem + ".reason")
+        return count
+
     def claim_once(self, key: str, ttl_s: float) -> bool:
         key, ttl = validate_claim(key, ttl_s)
         path = f"{self.root}/claims/{hashlib.sha256(key.encode()).hexdigest()[:40]}"

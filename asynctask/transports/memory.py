@@ -300,6 +300,18 @@ class MemoryTransport(Transport):
             self._store.changed.notify_all()
             return len(chosen)
 
+    def purge_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        validate_queue_name(queue)
+        with self._store.lock:
+            state = self._store.queues.get(queue)
+            if state is None:
+                return 0
+            chosen = list(state.dead) if ids is None else [i for i in dict.fromkeys(ids) if i in state.dead]
+            for task_id in chosen:
+                del state.dead[task_id]
+                state.dead_priority.pop(task_id, None)
+            return len(chosen)
+
     def claim_once(self, key: str, ttl_s: float) -> bool:
         key, ttl = validate_claim(key, ttl_s)
         with self._store.lock:
