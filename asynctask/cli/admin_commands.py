@@ -310,19 +310,13 @@ def _print_dead(dead: DeadTask) -> None:
 
 
 def _dead_purge(transport: Transport, queue: str, ids: list[str], args: argparse.Namespace) -> int:
-    purge_dead = getattr(transport, "purge_dead", None)
-    if purge_dead is None:
-        raise CommandError(
-            f"dead purge is not supported by {type(transport).__name__}: the transport has no purge_dead method",
-            EXIT_FAILURE,
-        )
     if ids:
         _find_dead(transport, queue, ids)
         what = f"{len(set(ids))} dead tasks of queue {queue!r}"
     else:
         what = f"all {transport.stats(queue).dead} dead tasks of queue {queue!r}"
     confirm(f"Delete {what} for good?", assume_yes=args.yes, what=f"purge dead tasks of {queue!r}")
-    count = int(purge_dead(queue, list(dict.fromkeys(ids)) if ids else None))
+    count = transport.purge_dead(queue, list(dict.fromkeys(ids)) if ids else None)
     if args.json:
         print_json({"queue": queue, "purged": count})
     else:

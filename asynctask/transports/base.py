@@ -301,9 +301,9 @@ class Transport(abc.ABC):
         A replayed task's next delivery has ``attempts`` 1.
         """
 
+    @abc.abstractmethod
     def purge_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
         """Delete dead tasks (all, or those named by ``ids``) for good; return how many."""
-        raise NotImplementedError  # TEMPORARY: abstract once redis and pgsql implement it
 
     @abc.abstractmethod
     def claim_once(self, key: str, ttl_s: float) -> bool:

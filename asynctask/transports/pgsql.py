@@ -319,6 +319,13 @@ class PgsqlTransport(base.Transport):
             return 0
         return int(self._run("replay", queue, chosen, rows=True)[0][0])
 
+    def purge_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        _task.validate_queue_name(queue)
+        chosen = None if ids is None else [i for i in ids if isinstance(i, str) and _HEX_ID_RE.match(i)]
+        if chosen is not None and not chosen:
+            return 0
+        return int(self._run("purge_dead", queue, chosen, rows=True)[0][0])
+
     def claim_once(self, key: str, ttl_s: float) -> bool:
         key, ttl = base.validate_claim(key, ttl_s)
         claimed = bool(self._run("claim", key, ttl, rows=True))

@@ -127,6 +127,13 @@ SELECT count(*),
        (SELECT pg_notify('asynctask_' || md5('@schema_name@.' || $1), '') FROM @schema@.waiters WHERE queue = $1 LIMIT 1)
 FROM i;
 
+-- name: purge_dead (text, text[])
+WITH d AS (
+    DELETE FROM @schema@.dead WHERE queue = $1 AND ($2 IS NULL OR id = ANY ($2::uuid[]))
+    RETURNING 1
+)
+SELECT count(*) FROM d;
+
 -- name: claim (text, float8)
 INSERT INTO @schema@.claims (key, expires_at) VALUES ($1, now() + $2 * interval '1 second')
 ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at WHERE claims.expires_at <= now()

@@ -91,7 +91,10 @@ ADMIN_CHUNK = 1000
 DEFAULT_SOCKET_TIMEOUT_S = 10.0
 
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_.:-]{1,100}\Z")
-_SCRIPTS = ("submit_one", "submit", "fetch", "ack", "nack", "extend", "dead", "stats", "purge", "dead_list", "replay")
+_SCRIPTS = (
+    "submit_one", "submit", "fetch", "ack", "nack", "extend", "dead", "stats", "purge", "dead_list", "replay",
+    "purge_dead",
+)
 
 
 def _option_prefix(name: str, value: str) -> str:
@@ -333,8 +336,15 @@ class RedisTransport(Transport):
         ]
 
     def replay_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        return self._dead_op("replay", queue, ids)
+
+    def purge_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        return self._dead_op("purge_dead", queue, ids)
+
+    def _dead_op(self, script_name: str, queue: str, ids: Sequence[str] | None) -> int:
+        """Run a dead-letter script on the named ids, or on all dead tasks, in bounded chunks."""
         base = self._base(queue)
-        script = self._s["replay"]
+        script = self._s[script_name]
         if ids is not None:
             chosen = [str(task_id) for task_id in ids]
             return sum(

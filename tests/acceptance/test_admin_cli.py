@@ -268,16 +268,11 @@ def test_dead(store: Store, env: dict[str, str]) -> None:
         assert task is not None and task.id == ids[0] and task.attempts == 1
         transport.ack(task)
     result = cli(env, "dead", "purge", "emails", ids[1], "--transport", store.url)
-    with store.open() as transport:
-        supported = hasattr(transport, "purge_dead")
-    if supported:
-        assert_error(result, 2, "refusing to purge dead tasks")
-        result = cli(env, "dead", "purge", "emails", ids[1], "--yes", "--transport", store.url)
-        assert (result.returncode, result.stdout) == (0, "deleted 1 dead tasks of emails\n")
-    else:
-        assert_error(result, 1, "dead purge is not supported")
+    assert_error(result, 2, "refusing to purge dead tasks")
+    result = cli(env, "dead", "purge", "emails", ids[1], "--yes", "--transport", store.url)
+    assert (result.returncode, result.stdout) == (0, "deleted 1 dead tasks of emails\n")
     result = cli(env, "dead", "replay", "emails", "--json", "--transport", store.url)
-    assert json.loads(result.stdout) == {"queue": "emails", "replayed": 1 if supported else 2}
+    assert json.loads(result.stdout) == {"queue": "emails", "replayed": 1}
 
 
 def test_unreachable_and_bad_urls(store: Store, env: dict[str, str]) -> None:

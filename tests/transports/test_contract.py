@@ -280,6 +280,21 @@ def test_replay_keeps_the_priority(transport: Transport, queue: str) -> None:
     transport.ack_tasks(tasks)
 
 
+def test_purge_dead_deletes_dead_tasks_for_good(transport: Transport, queue: str) -> None:
+    transport.submit_tasks(queue, [{"n": n} for n in range(3)])
+    for task in drain(transport, queue, 3):
+        transport.dead(task, f"failed {task.payload['n']}")
+    dead = {d.payload["n"] if d.payload else None: d.id for d in transport.dead_tasks(queue)}
+    assert set(dead) == {0, 1, 2}
+    assert transport.purge_dead(queue, [dead[1], "0" * 32]) == 1
+    assert sorted(d.payload["n"] for d in transport.dead_tasks(queue) if d.payload) == [0, 2]
+    assert transport.purge_dead(queue) == 2
+    assert transport.dead_tasks(queue) == []
+    assert transport.replay_dead(queue) == 0
+    assert transport.stats(queue) == QueueStats()
+    assert transport.purge_dead(queue) == 0
+
+
 def test_purge_drops_ready_and_delayed_only(transport: Transport, queue: str) -> None:
     transport.submit_tasks(queue, [{"n": n} for n in range(4)])
     transport.submit_tasks(queue, [{"later": n} for n in range(2)], delay_s=60)

@@ -210,16 +210,11 @@ def test_dead_list_show_replay(capsys: pytest.CaptureFixture[str], url: str, tra
     assert json.loads(out) == {"queue": "emails", "replayed": 2}
 
 
-def test_dead_purge_without_transport_support(
-    capsys: pytest.CaptureFixture[str], url: str, transport: Transport
-) -> None:
-    _make_dead(transport, "emails", 1)
-    code, _, err = run(capsys, url, "dead", "purge", "emails", "--yes")
-    if hasattr(transport, "purge_dead"):
-        assert code == 0 and transport.stats("emails").dead == 0
-    else:
-        assert code == 1
-        assert_one_line_error(err, "dead purge is not supported by MemoryTransport")
+def test_dead_purge_deletes_for_good(capsys: pytest.CaptureFixture[str], url: str, transport: Transport) -> None:
+    _make_dead(transport, "emails", 2)
+    code, out, _ = run(capsys, url, "dead", "purge", "emails", "--yes")
+    assert (code, out) == (0, "deleted 2 dead tasks of emails\n")
+    assert transport.stats("emails").dead == 0 and transport.dead_tasks("emails") == []
 
 
 def test_transport_errors(capsys: pytest.CaptureFixture[str], url: str) -> None:
