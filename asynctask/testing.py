@@ -10,7 +10,9 @@ this is an eager mode that still encodes and decodes every payload.
 
 from __future__ import annotations
 
-from asynctask.config import Settings, load_settings
+from collections.abc import Callable
+
+from asynctask.config import Settings, WorkerEntry, load_settings
 from asynctask.errors import ConfigurationError
 from asynctask.transports import get_transport
 from asynctask.transports.base import Transport
@@ -30,13 +32,9 @@ def process_queue(
     """Process every ready task of ``queue`` with ``worker_name`` (default: the worker configured
     for the queue in ``asynctask_workers``); return how many tasks ran."""
     if worker_name is None:
-        config = settings or load_settings()
-        for entry in config.workers:
-            if entry.queue == queue:
-                worker_name = entry.worker
-                break
-        else:
-            raise ConfigurationError(f'Cannot identify worker for queue "{queue}"')
+        worker_name = _configured(
+            settings, lambda entry: entry.queue == queue, f'Cannot identify worker for queue "{queue}"'
+        ).worker
     return _drain(queue, worker_name, transport)
 
 
@@ -50,14 +48,18 @@ def run_worker(
     """Run ``worker_name`` on ``queue`` (default: the queue it is configured for) until nothing is
     ready; return how many tasks ran."""
     if queue is None:
-        config = settings or load_settings()
-        for entry in config.workers:
-            if entry.worker == worker_name:
-                queue = entry.queue
-                break
-        else:
-            raise ConfigurationError(f'Cannot identify queue for worker "{worker_name}"')
+        queue = _configured(
+            settings, lambda entry: entry.worker == worker_name, f'Cannot identify queue for worker "{worker_name}"'
+        ).queue
     return _drain(queue, worker_name, transport)
+
+
+def _configured(settings: Settings | None, matches: Callable[[WorkerEntry], bool], error: str) -> WorkerEntry:
+    """The first ``asynctask_workers`` entry that ``matches`` (rex.asynctask's error text otherwise)."""
+    for entry in (settings or load_settings()).workers:
+        if matches(entry):
+            return entry
+    raise ConfigurationError(error)
 
 
 def _drain(queue: str, worker_name: str, transport: Transport | None) -> int:
