@@ -234,10 +234,14 @@ class AmqpTransport(AmqpAdmin):
             consumer = self._consumer(queue, max_count)
             buffer = consumer.buffer
             stage = 0
+            pump = True
             while True:
                 next_end = self._expire_leases()
-                if len(buffer) < max_count:
+                if pump and len(buffer) < max_count:
+                    # Only before the first wait: a wait returns having read all that had arrived, so
+                    # another pass would only delay handing out what it brought.
                     self._conn.process_data_events(time_limit=0)
+                    pump = False
                 tasks = self._hand_out(consumer, max_count, lease_s) if buffer else []
                 remaining = deadline - time.monotonic()
                 if tasks:

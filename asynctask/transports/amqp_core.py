@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import select
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -45,6 +46,9 @@ from asynctask.transports.amqp_names import (
 from asynctask.transports.base import Transport
 
 logger = logging.getLogger(__name__)
+
+#: Frames waiting to be written are joined into buffers of about this size (see ``_coalesce_output``).
+COALESCE_BYTES = 64 * 1024
 
 
 class AmqpCore(Transport):
@@ -117,7 +121,7 @@ class AmqpCore(Transport):
         """Connect when there is no open connection.  An open one is first asked for what the
         broker sent (a close, EOF, heartbeats): a connection the broker dropped while this
         instance was idle is replaced before it is used, instead of failing the call."""
-        if self._conn is not None and self._conn.is_open:
+        if self._conn is not None and self._conn.is_open and self._has_input():
             try:
                 self._conn.process_data_events(time_limit=0)
             except (pika.exceptions.AMQPError, OSError, AssertionError) as exc:
@@ -126,6 +130,26 @@ class AmqpCore(Transport):
             if self._conn is not None:
                 self._lost(None)
             self._connect()
+
+    def _has_input(self) -> bool:
+        """Whether the broker sent anything not yet read (a close, EOF, heartbeats, deliveries).
+
+        One ``poll`` system call instead of a ``process_data_events`` pass (a pika timer and an ioloop
+        turn, ~0.1 ms): it runs before every publish, so before the message leaves.  True when the
+        socket cannot be inspected (then the caller lets pika look), or TLS holds decrypted bytes.
+        """
+        sock = getattr(getattr(self._conn._impl, "_transport", None), "_sock", None)
+        if sock is None:
+            return True
+        try:
+            pending = getattr(sock, "pending", None)  # ssl.SSLSocket: bytes already decrypted
+            if pending is not None and pending():
+                return True
+            poller = select.poll()
+            poller.register(sock, select.POLLIN | select.POLLPRI)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):  # closed or detached socket: let pika find out
+            return True
 
     def _lost(self, exc: BaseException | None) -> None:
         """Forget the connection (closing it gives unacked deliveries back); log once per outage."""
@@ -207,6 +231,31 @@ class AmqpCore(Transport):
     def _on_return(self, _channel: Any, method: Any, properties: Any, body: bytes) -> None:
         self._returned.append((method.routing_key, properties, body))
 
+    def _coalesce_output(self) -> None:
+        """Join the frames waiting to be written into one buffer, so they leave in one ``send``.
+
+        pika writes each frame (three per message: method, header, body) with its own ``send``: with
+        TCP_NODELAY that is a packet, a system call and a broker wake-up per frame (and ~20 % of
+        ``submit_tasks`` throughput).  Only the buffering is changed (same bytes, same order); without
+        the expected pika internals nothing is.
+        """
+        buffers = getattr(getattr(self._conn._impl, "_transport", None), "_tx_buffers", None)
+        if not isinstance(buffers, collections.deque) or len(buffers) < 2:
+            return
+        joined: list[bytes] = []
+        part: list[bytes] = []
+        size = 0
+        for frame in buffers:
+            part.append(frame)
+            size += len(frame)
+            if size >= COALESCE_BYTES:  # bounded: a partial send copies the rest of its buffer
+                joined.append(b"".join(part))
+                part, size = [], 0
+        if part:
+            joined.append(b"".join(part))
+        buffers.clear()
+        buffers.extend(joined)
+
     def publish(self, items: list[tuple[str, Any, bytes]], *, retry_unroutable: bool = True) -> list[int]:
         """Publish ``(queue, properties, body)`` persistently and wait for every confirm.
 
@@ -224,6 +273,7 @@ class AmqpCore(Transport):
                 self._pub_seq += 1
                 self._unconfirmed[self._pub_seq] = None
             self._nacked, self._returned = [], []
+            self._coalesce_output()
             self._pub._flush_output(lambda: not self._unconfirmed)
             nacked += [start + seq - first_seq for seq in self._nacked]
             returned, self._returned = self._returned, []
