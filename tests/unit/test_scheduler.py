@@ -336,9 +336,9 @@ def test_a_claimed_fire_whose_submit_failed_is_submitted_on_the_next_tick() -> N
     assert times(scheduler.tick(T0 + timedelta(seconds=4))) == [T0 + timedelta(seconds=4)]
 
 
-def test_run_submits_at_fire_times_and_stops_promptly() -> None:
-    url = memory_url()
-    scheduler = Scheduler([{"worker": W, "second": "*"}], url, {})
+def run_until_a_fire_is_submitted(scheduler: Scheduler, url: str) -> None:
+    """Run ``scheduler.run`` in a thread until a fire reaches the store (5 s at most), then stop it:
+    it must submit and stop promptly."""
     stop = threading.Event()
     thread = threading.Thread(target=scheduler.run, args=(stop,))
     thread.start()
@@ -350,6 +350,12 @@ def test_run_submits_at_fire_times_and_stops_promptly() -> None:
     thread.join(2)
     assert not thread.is_alive()
     assert transport.stats("scheduled_" + W).ready >= 1
+
+
+def test_run_submits_at_fire_times_and_stops_promptly() -> None:
+    url = memory_url()
+    scheduler = Scheduler([{"worker": W, "second": "*"}], url, {})
+    run_until_a_fire_is_submitted(scheduler, url)
 
 
 class _DownAtFirstScheduler(Scheduler):
@@ -371,17 +377,7 @@ def test_run_survives_transport_errors_and_goes_on(
     caplog.set_level(logging.INFO, logger="asynctask.scheduler")
     url = memory_url()
     scheduler = _DownAtFirstScheduler([{"worker": W, "second": "*"}], url, {})
-    stop = threading.Event()
-    thread = threading.Thread(target=scheduler.run, args=(stop,))
-    thread.start()
-    transport = get_transport(url)
-    deadline = time.monotonic() + 5
-    while transport.stats("scheduled_" + W).ready < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stop.set()
-    thread.join(2)
-    assert not thread.is_alive()
-    assert transport.stats("scheduled_" + W).ready >= 1
+    run_until_a_fire_is_submitted(scheduler, url)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings[:2] == ["scheduler: transport error: cannot reach the server; retrying in 0 s"] * 2
 
