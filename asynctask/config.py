@@ -4,10 +4,14 @@ Order (later wins): the YAML files in the order given (with none given: ``$ASYNC
 ``./asynctask.yaml`` when it exists), then each ``--set NAME=VALUE`` (the value parsed as YAML), then
 the environment (``ASYNCTASK_TRANSPORT``).  Merging follows rex.asynctask:
 
-* ``asynctask_workers`` maps are merged queue by queue; a queue set to ``null`` is disabled;
-* ``asynctask_scheduled_workers`` lists are concatenated;
-* ``asynctask_require`` lists are concatenated (duplicates dropped);
+* across files, ``asynctask_workers`` maps are merged queue by queue (a queue set to ``null`` is
+  disabled), ``asynctask_scheduled_workers`` and ``asynctask_require`` lists are concatenated
+  (duplicate modules dropped);
+* ``--set NAME=VALUE`` replaces the value: ``--set asynctask_workers='{emails: send_email}'`` runs
+  that worker and no other (``--require`` modules are still added);
 * every other setting is replaced by the later value.
+
+Every error of one file is reported at once (``load_settings`` raises one error naming them all).
 
 Settings (rex.asynctask's names):
 
@@ -15,7 +19,8 @@ Settings (rex.asynctask's names):
 ``asynctask_transport``                     transport URL (default: ``$ASYNCTASK_TRANSPORT``, else the
                                             embedded filesystem store under ``$ASYNCTASK_HOME``)
 ``asynctask_workers``                       ``queue: worker`` or ``queue: {worker, processes,
-                                            rate_max_calls, rate_period}`` or ``queue: null``
+                                            rate_max_calls, rate_period, max_crashes}`` or
+                                            ``queue: null``
 ``asynctask_scheduled_workers``             cron entries (checked here for shape; the scheduler runs them)
 ``asynctask_require``                       modules to import so their workers register
 ``asynctask_workers_poll_interval``         ms a worker blocks on an empty queue per fetch (500)
@@ -31,8 +36,6 @@ Every validation error is a :class:`ConfigurationError` whose one-line message n
 
 from __future__ import annotations
 
-import difflib
-import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,7 +44,9 @@ from typing import Any
 
 import yaml
 
-from asynctask.errors import ConfigurationError, QueueNameError, ScheduleError, UnknownWorkerError
+from asynctask import config_values as values
+from asynctask.config_values import SCHEDULE_FIELDS, WorkerEntry, did_you_mean
+from asynctask.errors import ConfigurationError, UnknownWorkerError
 from asynctask.task import validate_queue_name
 from asynctask.transports import default_home
 from asynctask.transports.base import mask_url
@@ -53,14 +58,14 @@ __all__ = [
     "Settings",
     "WorkerEntry",
     "check_worker_names",
+    "configured_transport",
     "default_config_files",
     "load_settings",
     "parse_set_option",
     "scheduled_queue_name",
+    "where_looked",
 ]
 
-#: APScheduler cron fields (plus ``crontab``); a scheduled entry needs at least one.
-SCHEDULE_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second", "crontab")
 #: The worker name that runs ``command`` entries (registered by :mod:`asynctask.scheduler`).
 COMMAND_WORKER = "command"
 
@@ -76,7 +81,10 @@ _DEFAULTS: dict[str, Any] = {
     "asynctask_max_memory_mb": None,
 }
 SETTING_NAMES = tuple(_DEFAULTS)
-_WORKER_KEYS = ("worker", "processes", "rate_max_calls", "rate_period")
+#: the settings whose values merge across files (maps queue by queue, lists by concatenation)
+_MERGED = ("asynctask_workers", "asynctask_scheduled_workers", "asynctask_require")
+#: the source name of ``--set`` layers: their values replace, never merge
+SET_SOURCE = "--set"
 
 
 def scheduled_queue_name(worker: str) -> str:
@@ -87,18 +95,6 @@ def scheduled_queue_name(worker: str) -> str:
     """
     folded = re.sub(r"[^a-z0-9]+", "_", worker.lower()).strip("_")
     return validate_queue_name(f"scheduled_{folded or 'worker'}"[:100].rstrip("_"))
-
-
-@dataclass(frozen=True)
-class WorkerEntry:
-    """One configured queue: the worker that consumes it and how."""
-
-    queue: str
-    worker: str
-    processes: int = 1
-    rate_max_calls: int | None = None
-    rate_period: float = 1.0
-    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -156,6 +152,7 @@ class Settings:
                     "processes": e.processes,
                     "rate_max_calls": e.rate_max_calls,
                     "rate_period": e.rate_period,
+                    "max_crashes": e.max_crashes,
                 }
                 for e in self.workers
             },
@@ -178,12 +175,39 @@ class Settings:
 # -- loading ----------------------------------------------------------------------------------
 
 
-def default_config_files() -> list[str]:
+def default_config_files(environ: Mapping[str, str] | None = None) -> list[str]:
     """The files read when none is given: ``$ASYNCTASK_CONFIG``, else ``./asynctask.yaml`` if present."""
-    named = os.environ.get("ASYNCTASK_CONFIG")
+    named = (os.environ if environ is None else environ).get("ASYNCTASK_CONFIG")
     if named:
         return [named]
     return ["asynctask.yaml"] if os.path.exists("asynctask.yaml") else []
+
+
+def where_looked(settings: Settings, environ: Mapping[str, str] | None = None) -> str:
+    """Where the configuration was looked for, for a user who expected workers and got none."""
+    env = os.environ if environ is None else environ
+    places = list(settings.files)
+    if not places:
+        places = ["$ASYNCTASK_CONFIG (not set)", f"{os.path.abspath('asynctask.yaml')} (not found)"]
+    elif env.get("ASYNCTASK_CONFIG") and places == [env["ASYNCTASK_CONFIG"]]:
+        places = [f"{places[0]} (named by $ASYNCTASK_CONFIG)"]
+    places.append(SET_SOURCE if SET_SOURCE in settings.origins.get("asynctask_workers", "") else "--set (none)")
+    return "looked for asynctask_workers in " + ", ".join(places)
+
+
+def configured_transport(environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """``(url, file)``: the ``asynctask_transport`` of the default configuration files
+    (:func:`default_config_files`), or None when none sets it.
+
+    The whole file is checked as ``asynctask-workers`` checks it, so a misspelled setting raises
+    :class:`ConfigurationError` (with "did you mean") instead of falling back to the default."""
+    files = default_config_files(environ)
+    if not files:
+        return None
+    settings = load_settings(files, environ={}, named_by_environment=os.environ if environ is None else environ)
+    if settings.transport is None:
+        return None
+    return settings.transport, settings.origins.get("asynctask_transport", files[-1])
 
 
 def parse_set_option(text: str) -> tuple[str, Any]:
@@ -203,12 +227,12 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _read_file(path: str) -> dict[str, Any]:
+def _read_file(path: str, named_by: str = "") -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as stream:
             data = yaml.safe_load(stream)
     except FileNotFoundError:
-        raise ConfigurationError(f"{path}: configuration file not found") from None
+        raise ConfigurationError(f"{path}: configuration file not found{named_by}") from None
     except OSError as exc:
         raise ConfigurationError(f"{path}: cannot read configuration: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
@@ -222,12 +246,65 @@ def _read_file(path: str) -> dict[str, Any]:
 
 def _check_name(name: object, source: str) -> str:
     if not isinstance(name, str) or name not in _DEFAULTS:
-        near = difflib.get_close_matches(str(name), SETTING_NAMES, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
         raise ConfigurationError(
-            f"{source}: unknown setting {name!r}{hint}; known settings: {', '.join(SETTING_NAMES)}"
+            f"{source}: unknown setting {name!r}{did_you_mean(name, SETTING_NAMES)};"
+            f" known settings: {', '.join(SETTING_NAMES)}"
         )
     return name
+
+
+def _raise_all(errors: list[ConfigurationError]) -> None:
+    """Raise the errors of one layer as one: the first's class when all share it, every message."""
+    if not errors:
+        return
+    if len(errors) == 1:
+        raise errors[0]
+    kinds = {type(exc) for exc in errors}
+    kind = kinds.pop() if len(kinds) == 1 else ConfigurationError
+    raise kind("; ".join(exc.message for exc in errors))
+
+
+class _Merge:
+    """The layers merged so far (see the module docstring for the rules)."""
+
+    def __init__(self) -> None:
+        self.workers: dict[str, WorkerEntry | None] = {}
+        self.scheduled: list[tuple[str, dict[str, Any]]] = []
+        self.requires: list[str] = []
+        self.scalars: dict[str, Any] = {}
+        self.origins: dict[str, str] = {}
+
+    def layer(self, source: str, data: Mapping[Any, Any]) -> None:
+        """Merge one file (or one ``--set``); raises every error of it at once."""
+        errors: list[ConfigurationError] = []
+        for raw_name, value in data.items():
+            try:
+                name = _check_name(raw_name, source)
+                self._setting(name, value, source, errors)
+            except ConfigurationError as exc:
+                errors.append(exc)
+        _raise_all(errors)
+
+    def _setting(self, name: str, value: Any, source: str, errors: list[ConfigurationError]) -> None:
+        replace = source == SET_SOURCE or name not in _MERGED
+        if name == "asynctask_workers":
+            found = values.workers(value, source, errors)
+            if replace:
+                self.workers.clear()
+            self.workers.update(found)
+        elif name == "asynctask_scheduled_workers":
+            if replace:
+                self.scheduled.clear()
+            self.scheduled.extend(values.scheduled(value, source, len(self.scheduled), errors))
+        elif name == "asynctask_require":
+            found_modules = values.str_list(value, source, name)
+            if replace:
+                self.requires.clear()
+            self.requires.extend(found_modules)
+        else:
+            self.scalars[name] = values.scalar(name, value, source)
+        previous = self.origins.get(name)
+        self.origins[name] = source if replace or previous in (None, source) else f"{previous}, {source}"
 
 
 def load_settings(
@@ -236,46 +313,34 @@ def load_settings(
     *,
     environ: Mapping[str, str] | None = None,
     require: Iterable[str] = (),
+    named_by_environment: Mapping[str, str] | None = None,
 ) -> Settings:
     """Merge and validate configuration (see the module docstring for the order).
 
-    ``config_files`` None means :func:`default_config_files`; ``overrides`` are ``(name, value)``
-    pairs from ``--set`` (see :func:`parse_set_option`); ``require`` adds modules (``--require``).
+    ``config_files`` None means :func:`default_config_files` (of ``environ``); ``overrides`` are
+    ``(name, value)`` pairs from ``--set`` (see :func:`parse_set_option`), each replacing the value
+    of the files; ``require`` adds modules (``--require``).  Every error of the first file that has
+    any is raised at once, as one :class:`ConfigurationError`.  ``named_by_environment``: the
+    environment the files came from, for the "not found" message (default ``environ``).
     """
     env = os.environ if environ is None else environ
-    files = default_config_files() if config_files is None else list(config_files)
-    layers: list[tuple[str, dict[str, Any]]] = [(path, _read_file(path)) for path in files]
+    files = default_config_files(env) if config_files is None else list(config_files)
+    named_env = env if named_by_environment is None else named_by_environment
+    named_by = " (named by $ASYNCTASK_CONFIG)" if files == [named_env.get("ASYNCTASK_CONFIG")] else ""
+    merge = _Merge()
+    for path in files:
+        merge.layer(path, _read_file(path, named_by))
     for name, value in overrides:
-        layers.append(("--set", {name: value}))
+        merge.layer(SET_SOURCE, {name: value})
     if env.get("ASYNCTASK_TRANSPORT"):
-        layers.append(("environment ASYNCTASK_TRANSPORT", {"asynctask_transport": env["ASYNCTASK_TRANSPORT"]}))
-
-    workers: dict[str, WorkerEntry | None] = {}
-    scheduled: list[tuple[str, dict[str, Any]]] = []
-    requires: list[str] = []
-    scalars: dict[str, Any] = {}
-    origins: dict[str, str] = {}
-    for source, data in layers:
-        for raw_name, value in data.items():
-            name = _check_name(raw_name, source)
-            origins[name] = source if name not in origins or origins[name] == source else origins[name] + ", " + source
-            if name == "asynctask_workers":
-                workers.update(_workers(value, source))
-            elif name == "asynctask_scheduled_workers":
-                scheduled.extend(_scheduled(value, source, len(scheduled)))
-            elif name == "asynctask_require":
-                requires.extend(_str_list(value, source, name))
-            else:
-                scalars[name] = _scalar(name, value, source)
-                origins[name] = source
-    for module in require:
-        requires.append(module)
-    merged = {**_DEFAULTS, **scalars}
+        merge.layer("environment ASYNCTASK_TRANSPORT", {"asynctask_transport": env["ASYNCTASK_TRANSPORT"]})
+    requires = [*merge.requires, *require]
+    merged = {**_DEFAULTS, **merge.scalars}
     return Settings(
         transport=merged["asynctask_transport"],
-        workers=tuple(entry for entry in workers.values() if entry is not None),
-        scheduled_workers=tuple(entry for _, entry in scheduled),
-        scheduled_sources=tuple(where for where, _ in scheduled),
+        workers=tuple(entry for entry in merge.workers.values() if entry is not None),
+        scheduled_workers=tuple(entry for _, entry in merge.scheduled),
+        scheduled_sources=tuple(where for where, _ in merge.scheduled),
         require=tuple(dict.fromkeys(requires)),
         poll_interval_ms=merged["asynctask_workers_poll_interval"],
         check_child_interval_ms=merged["asynctask_workers_check_child_interval"],
@@ -283,113 +348,8 @@ def load_settings(
         max_tasks_per_child=merged["asynctask_max_tasks_per_child"],
         max_memory_mb=merged["asynctask_max_memory_mb"],
         files=tuple(files),
-        origins=origins,
+        origins=merge.origins,
     )
-
-
-# -- validators -------------------------------------------------------------------------------
-
-
-def _int(value: object, where: str, minimum: int, *, nullable: bool = False) -> int | None:
-    if value is None and nullable:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        extra = " or null" if nullable else ""
-        raise ConfigurationError(f"{where}: {value!r} is not allowed; an integer >= {minimum}{extra} is allowed")
-    return value
-
-
-def _positive_number(value: object, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(f"{where}: {value!r} is not allowed; a number > 0 is allowed")
-    return float(value)
-
-
-def _scalar(name: str, value: Any, source: str) -> Any:
-    where = f"{source}: {name}"
-    if name == "asynctask_transport":
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise ConfigurationError(f"{where}: a transport URL string is allowed, not {value!r}")
-        return value or None
-    if name in ("asynctask_workers_poll_interval", "asynctask_workers_check_child_interval"):
-        return _int(value, f"{where} (milliseconds)", 1)
-    if name == "asynctask_shutdown_timeout":
-        return _positive_number(value, f"{where} (seconds)")
-    return _int(value, where, 1, nullable=True)
-
-
-def _str_list(value: Any, source: str, name: str) -> list[str]:
-    if isinstance(value, str):
-        value = [value]
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-        raise ConfigurationError(f"{source}: {name}: a module name or a list of module names is allowed, not {value!r}")
-    return list(value)
-
-
-def _workers(value: Any, source: str) -> dict[str, WorkerEntry | None]:
-    key = "asynctask_workers"
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigurationError(
-            f"{source}: {key}: a mapping of queue names to worker names is allowed, not {type(value).__name__}"
-        )
-    result: dict[str, WorkerEntry | None] = {}
-    for queue, raw_spec in value.items():
-        spec = raw_spec
-        where = f"{source}: {key}: {queue!r}"
-        try:
-            validate_queue_name(queue)
-        except QueueNameError as exc:
-            raise QueueNameError(f"{source}: {key}: {exc}") from None
-        if spec is None:
-            result[queue] = None
-            continue
-        if isinstance(spec, str):
-            spec = {"worker": spec}
-        if not isinstance(spec, dict):
-            raise ConfigurationError(
-                f"{where}: a worker name, {{worker, processes, rate_max_calls, rate_period}} or null is allowed,"
-                f" not {spec!r}"
-            )
-        unknown = sorted(set(spec) - set(_WORKER_KEYS), key=str)
-        if unknown:
-            raise ConfigurationError(f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(_WORKER_KEYS)}")
-        worker = spec.get("worker")
-        if not isinstance(worker, str) or not worker:
-            raise ConfigurationError(f"{where}: worker: a registered worker name is required, not {worker!r}")
-        processes = _int(spec.get("processes", 1), f"{where}: processes", 1)
-        rate_max_calls = _int(spec.get("rate_max_calls"), f"{where}: rate_max_calls", 1, nullable=True)
-        rate_period = _positive_number(spec.get("rate_period", 1.0), f"{where}: rate_period (seconds)")
-        assert processes is not None
-        result[queue] = WorkerEntry(queue, worker, processes, rate_max_calls, rate_period, source)
-    return result
-
-
-def _scheduled(value: Any, source: str, offset: int) -> list[tuple[str, dict[str, Any]]]:
-    key = "asynctask_scheduled_workers"
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ScheduleError(f"{source}: {key}: a list of entries is allowed, not {type(value).__name__}")
-    entries = []
-    for index, entry in enumerate(value, start=offset + 1):
-        where = f"{source}: {key} entry #{index}"
-        if not isinstance(entry, dict):
-            raise ScheduleError(f"{where}: a mapping is allowed, not {entry!r}")
-        if any(not isinstance(name, str) for name in entry):
-            raise ScheduleError(f"{where}: keys must be strings")
-        has_worker, has_command = entry.get("worker") is not None, entry.get("command") is not None
-        if has_worker == has_command:
-            raise ScheduleError(f"{where}: exactly one of 'worker' or 'command' is allowed (found {sorted(entry)})")
-        if has_worker and (not isinstance(entry["worker"], str) or not entry["worker"]):
-            raise ScheduleError(f"{where}: worker: a registered worker name is allowed, not {entry['worker']!r}")
-        if not any(entry.get(name) is not None for name in SCHEDULE_FIELDS):
-            raise ScheduleError(f"{where}: at least one schedule field is required: {', '.join(SCHEDULE_FIELDS)}")
-        entries.append((where, dict(entry)))
-    return entries
 
 
 def check_worker_names(settings: Settings, registered: Iterable[str]) -> None:
@@ -400,10 +360,12 @@ def check_worker_names(settings: Settings, registered: Iterable[str]) -> None:
     for entry in settings.workers:
         if entry.worker not in known:
             raise UnknownWorkerError(
-                f"{entry.source}: asynctask_workers: {entry.queue!r}: unknown worker {entry.worker!r};"
-                f" registered workers: {listing}"
+                f"{entry.source}: asynctask_workers: {entry.queue!r}: unknown worker {entry.worker!r}"
+                f"{did_you_mean(entry.worker, known)}; registered workers: {listing}"
             )
     for sched, where in zip(settings.scheduled_workers, settings.scheduled_sources, strict=False):
         name = sched.get("worker")
         if name is not None and name not in known:
-            raise UnknownWorkerError(f"{where}: unknown worker {name!r}; registered workers: {listing}")
+            raise UnknownWorkerError(
+                f"{where}: unknown worker {name!r}{did_you_mean(name, known)}; registered workers: {listing}"
+            )

@@ -16,7 +16,9 @@ point's name is the scheme, its value a ``Transport`` subclass.
 
 With no URL, :func:`get_transport` uses ``$ASYNCTASK_TRANSPORT``, then ``asynctask_transport`` from
 the config file (``$ASYNCTASK_CONFIG`` or ``./asynctask.yaml``), then the embedded default: the
-filesystem transport under ``$ASYNCTASK_HOME`` or ``~/.local/share/asynctask``.
+filesystem transport under ``$ASYNCTASK_HOME`` or ``~/.local/share/asynctask``.  The config file is
+read and checked by :func:`asynctask.config.configured_transport`, as ``asynctask-workers`` reads it:
+a misspelled setting is a :class:`~asynctask.errors.ConfigurationError`, never a silent fallback.
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ import logging
 import os
 from importlib.metadata import entry_points
 from pathlib import Path
-
-import yaml
 
 from asynctask.errors import ConfigurationError, TransportURLError, UnknownTransportError
 from asynctask.transports.base import Transport, mask_url, parse_url
@@ -74,22 +74,10 @@ def default_home() -> Path:
 
 
 def _config_file_url() -> tuple[str, str] | None:
-    path = os.environ.get("ASYNCTASK_CONFIG") or "asynctask.yaml"
-    if not os.path.exists(path):
-        if os.environ.get("ASYNCTASK_CONFIG"):
-            raise ConfigurationError(f"ASYNCTASK_CONFIG names {path!r}, which does not exist")
-        return None
-    try:
-        with open(path, encoding="utf-8") as stream:
-            data = yaml.safe_load(stream)
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigurationError(f"{path}: cannot read configuration: {exc}") from None
-    if isinstance(data, dict) and data.get("asynctask_transport"):
-        url = data["asynctask_transport"]
-        if not isinstance(url, str):
-            raise ConfigurationError(f"{path}: asynctask_transport must be a URL string, not {url!r}")
-        return url, path
-    return None
+    # asynctask.config imports this package (default_home): imported when first needed
+    from asynctask.config import configured_transport  # noqa: PLC0415
+
+    return configured_transport()
 
 
 def resolve_transport_url(url: str | None = None) -> str:

@@ -91,6 +91,23 @@ def test_config_file_then_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert "missing.yaml" in str(info.value)
 
 
+def test_a_misspelled_setting_in_the_config_file_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "asynctask.yaml").write_text("asynctask_transprot: memory://typo\n")
+    with pytest.raises(ConfigurationError) as info:
+        get_transport()
+    assert str(info.value).startswith("asynctask.yaml: unknown setting 'asynctask_transprot'")
+    assert "(did you mean 'asynctask_transport'?)" in str(info.value)
+    named = tmp_path / "named.yaml"
+    named.write_text("asynctask_workers: {emails: {worker: send_email, procesess: 2}}\n")
+    monkeypatch.setenv("ASYNCTASK_CONFIG", str(named))
+    with pytest.raises(ConfigurationError, match="did you mean 'processes'"):
+        resolve_transport_url()
+    # the URL given, or the environment's, needs no file
+    assert resolve_transport_url("memory://given") == "memory://given"
+    monkeypatch.setenv("ASYNCTASK_TRANSPORT", "memory://env")
+    assert resolve_transport_url() == "memory://env"
+
+
 def test_embedded_default_under_asynctask_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("ASYNCTASK_HOME", str(tmp_path / "home"))
     assert resolve_transport_url() == "filesys:" + str(tmp_path / "home")

@@ -10,9 +10,11 @@ from asynctask.config import (
     Settings,
     WorkerEntry,
     check_worker_names,
+    configured_transport,
     load_settings,
     parse_set_option,
     scheduled_queue_name,
+    where_looked,
 )
 from asynctask.errors import ConfigurationError, QueueNameError, ScheduleError, UnknownWorkerError
 
@@ -48,9 +50,14 @@ asynctask_workers_poll_interval: 20
 """)
     overrides = [parse_set_option("asynctask_workers={q_four: w4}"), parse_set_option("asynctask_shutdown_timeout=5")]
     settings = load_settings([first, second], overrides, environ={}, require=["mod_c"])
-    assert [e.queue for e in settings.workers] == ["q_two", "q_three", "q_four"]
-    assert settings.workers[0] == WorkerEntry("q_two", "w2", 2, None, 1.0, first)
-    assert settings.workers[1].rate_max_calls == 5 and settings.workers[1].rate_period == 2.0
+    # --set replaces the files' map: only q_four runs
+    assert [e.queue for e in settings.workers] == ["q_four"]
+    assert settings.origins["asynctask_workers"] == "--set"
+    merged = load_settings([first, second], environ={})
+    assert [e.queue for e in merged.workers] == ["q_two", "q_three"]
+    assert merged.workers[0] == WorkerEntry("q_two", "w2", 2, None, 1.0, first)
+    assert merged.workers[1].rate_max_calls == 5 and merged.workers[1].rate_period == 2.0
+    assert merged.origins["asynctask_workers"] == f"{first}, {second}"
     assert len(settings.scheduled_workers) == 2
     assert settings.scheduled_sources[1].startswith(second)
     assert settings.require == ("mod_a", "mod_b", "mod_c")
@@ -135,3 +142,89 @@ def test_describe_masks_the_password_and_names_origins() -> None:
     assert described["asynctask_transport"] == {"value": "redis://user:***@host:6379/0", "origin": "x.yaml"}
     assert described["asynctask_shutdown_timeout"]["origin"] == "default"
     assert "secret" not in repr(described)
+
+
+def test_set_replaces_every_merged_setting(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.yaml", """
+asynctask_require: [mod_a]
+asynctask_workers: {q_one: w1}
+asynctask_scheduled_workers: [{worker: w1, minute: 5}]
+""")
+    overrides = [
+        parse_set_option("asynctask_require=[mod_b]"),
+        parse_set_option("asynctask_scheduled_workers=[{worker: w2, hour: 1}]"),
+        parse_set_option("asynctask_workers={q_two: w2}"),
+        parse_set_option("asynctask_workers={q_three: w3}"),
+    ]
+    settings = load_settings([path], overrides, environ={}, require=["mod_c"])
+    assert settings.require == ("mod_b", "mod_c")
+    assert settings.scheduled_workers == ({"worker": "w2", "hour": 1},)
+    assert settings.scheduled_sources == ("--set: asynctask_scheduled_workers entry #1",)
+    assert [(e.queue, e.worker) for e in settings.workers] == [("q_three", "w3")]
+
+
+def test_every_error_of_one_file_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path, "bad.yaml", """
+asynctask_transprot: redis://localhost/0
+asynctask_workers: {Bad: w, jobs: {worker: w, processes: 0}, fine: w, other: {worker: w, procesess: 2}}
+asynctask_scheduled_workers: [{worker: w}, {worker: w, minute: 1}, {minute: 2}]
+asynctask_shutdown_timeout: -1
+""")
+    with pytest.raises(ConfigurationError) as info:
+        load_settings([path], environ={})
+    message = str(info.value)
+    assert "\n" not in message
+    expected = [
+        "unknown setting 'asynctask_transprot' (did you mean 'asynctask_transport'?)",
+        "invalid queue name 'Bad'",
+        "'jobs': processes: 0 is not allowed",
+        "unknown key 'procesess' (did you mean 'processes'?)",
+        "entry #1: at least one schedule field",
+        "entry #3: exactly one of 'worker' or 'command'",
+        "asynctask_shutdown_timeout (seconds): -1 is not allowed",
+    ]
+    for text in expected:
+        assert text in message, text
+    assert message.count(path) == len(expected)
+    assert "entry #2" not in message and "'fine'" not in message
+
+
+def test_errors_of_a_later_file_wait_for_the_first_one(tmp_path: Path) -> None:
+    first = write(tmp_path, "a.yaml", "asynctask_workerz: {}\n")
+    second = write(tmp_path, "b.yaml", "asynctask_requir: [x]\n")
+    with pytest.raises(ConfigurationError) as info:
+        load_settings([first, second], environ={})
+    assert first in str(info.value) and second not in str(info.value)
+
+
+def test_unknown_worker_suggests_the_nearest(tmp_path: Path) -> None:
+    path = write(tmp_path, "w.yaml", "asynctask_workers: {emails: send_emial}\n")
+    with pytest.raises(UnknownWorkerError, match="unknown worker 'send_emial' \\(did you mean 'send_email'\\?\\)"):
+        check_worker_names(load_settings([path], environ={}), ["send_email", "cleanup"])
+
+
+def test_where_looked_names_the_files_or_why_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    nothing = load_settings(environ={})
+    assert where_looked(nothing, environ={}) == (
+        f"looked for asynctask_workers in $ASYNCTASK_CONFIG (not set), {tmp_path / 'asynctask.yaml'} (not found),"
+        " --set (none)"
+    )
+    path = write(tmp_path, "empty.yaml", "asynctask_workers: {}\n")
+    env = {"ASYNCTASK_CONFIG": path}
+    named = load_settings(environ=env, overrides=[("asynctask_workers", None)])
+    assert where_looked(named, environ=env) == (
+        f"looked for asynctask_workers in {path} (named by $ASYNCTASK_CONFIG), --set"
+    )
+    with pytest.raises(ConfigurationError, match="missing.yaml: configuration file not found \\(named by"):
+        load_settings(environ={"ASYNCTASK_CONFIG": str(tmp_path / "missing.yaml")})
+
+
+def test_configured_transport_checks_the_whole_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert configured_transport(environ={}) is None
+    write(tmp_path, "asynctask.yaml", "asynctask_transport: memory://x\n")
+    assert configured_transport(environ={}) == ("memory://x", "asynctask.yaml")
+    write(tmp_path, "asynctask.yaml", "asynctask_transprot: memory://x\n")
+    with pytest.raises(ConfigurationError, match="did you mean 'asynctask_transport'"):
+        configured_transport(environ={})

@@ -1,0 +1,170 @@
+"""The checks of each setting's value, for :mod:`asynctask.config` (which merges the layers).
+
+Each checker takes the value as written and its source (a file, ``--set``, the environment) and
+returns the value to keep, or raises :class:`ConfigurationError` naming the source, the key and what
+is allowed.  :func:`workers` and :func:`scheduled` check every entry and append each bad one's error
+to ``errors`` instead of stopping at the first, so one run reports every mistake of a file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from asynctask.errors import ConfigurationError, QueueNameError, ScheduleError
+from asynctask.task import validate_queue_name
+
+__all__ = ["SCHEDULE_FIELDS", "WORKER_KEYS", "WorkerEntry", "did_you_mean", "scalar", "scheduled", "str_list",
+           "workers"]
+
+#: APScheduler cron fields (plus ``crontab``); a scheduled entry needs at least one.
+SCHEDULE_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second", "crontab")
+#: The keys of one ``asynctask_workers`` entry written as a mapping.
+WORKER_KEYS = ("worker", "processes", "rate_max_calls", "rate_period", "max_crashes")
+
+
+@dataclass(frozen=True)
+class WorkerEntry:
+    """One configured queue: the worker that consumes it and how."""
+
+    queue: str
+    worker: str
+    processes: int = 1
+    rate_max_calls: int | None = None
+    rate_period: float = 1.0
+    source: str = ""
+    #: deaths of its child a task may cause before quarantine (None: the worker class's own)
+    max_crashes: int | None = None
+
+
+def did_you_mean(name: object, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the known name nearest to ``name``, or ``""``."""
+    near = difflib.get_close_matches(str(name), list(known), n=1)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def _int(value: object, where: str, minimum: int, *, nullable: bool = False) -> int | None:
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        extra = " or null" if nullable else ""
+        raise ConfigurationError(f"{where}: {value!r} is not allowed; an integer >= {minimum}{extra} is allowed")
+    return value
+
+
+def _positive_number(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{where}: {value!r} is not allowed; a number > 0 is allowed")
+    return float(value)
+
+
+def scalar(name: str, value: Any, source: str) -> Any:
+    """A setting that is replaced as a whole (the transport URL, intervals, limits)."""
+    where = f"{source}: {name}"
+    if name == "asynctask_transport":
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigurationError(f"{where}: a transport URL string is allowed, not {value!r}")
+        return value or None
+    if name in ("asynctask_workers_poll_interval", "asynctask_workers_check_child_interval"):
+        return _int(value, f"{where} (milliseconds)", 1)
+    if name == "asynctask_shutdown_timeout":
+        return _positive_number(value, f"{where} (seconds)")
+    return _int(value, where, 1, nullable=True)
+
+
+def str_list(value: Any, source: str, name: str) -> list[str]:
+    """A module name or a list of them (``asynctask_require``)."""
+    if isinstance(value, str):
+        value = [value]
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise ConfigurationError(f"{source}: {name}: a module name or a list of module names is allowed, not {value!r}")
+    return list(value)
+
+
+def workers(value: Any, source: str, errors: list[ConfigurationError]) -> dict[str, WorkerEntry | None]:
+    """``asynctask_workers``: queue -> entry (None disables the queue); bad entries go to ``errors``."""
+    key = "asynctask_workers"
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigurationError(
+            f"{source}: {key}: a mapping of queue names to worker names is allowed, not {type(value).__name__}"
+        )
+    result: dict[str, WorkerEntry | None] = {}
+    for queue, spec in value.items():
+        try:
+            result[queue] = _worker_entry(queue, spec, source)
+        except ConfigurationError as exc:
+            errors.append(exc)
+    return result
+
+
+def _worker_entry(queue: Any, spec: Any, source: str) -> WorkerEntry | None:
+    key = "asynctask_workers"
+    where = f"{source}: {key}: {queue!r}"
+    try:
+        validate_queue_name(queue)
+    except QueueNameError as exc:
+        raise QueueNameError(f"{source}: {key}: {exc}") from None
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        spec = {"worker": spec}
+    if not isinstance(spec, dict):
+        raise ConfigurationError(
+            f"{where}: a worker name, {{{', '.join(WORKER_KEYS)}}} or null is allowed, not {spec!r}"
+        )
+    unknown = sorted(set(spec) - set(WORKER_KEYS), key=str)
+    if unknown:
+        hint = did_you_mean(unknown[0], WORKER_KEYS)
+        raise ConfigurationError(f"{where}: unknown key {unknown[0]!r}{hint}; allowed keys: {', '.join(WORKER_KEYS)}")
+    worker = spec.get("worker")
+    if not isinstance(worker, str) or not worker:
+        raise ConfigurationError(f"{where}: worker: a registered worker name is required, not {worker!r}")
+    processes = _int(spec.get("processes", 1), f"{where}: processes", 1)
+    rate_max_calls = _int(spec.get("rate_max_calls"), f"{where}: rate_max_calls", 1, nullable=True)
+    rate_period = _positive_number(spec.get("rate_period", 1.0), f"{where}: rate_period (seconds)")
+    max_crashes = _int(spec.get("max_crashes"), f"{where}: max_crashes", 1, nullable=True)
+    assert processes is not None
+    return WorkerEntry(queue, worker, processes, rate_max_calls, rate_period, source, max_crashes)
+
+
+def scheduled(
+    value: Any, source: str, offset: int, errors: list[ConfigurationError]
+) -> list[tuple[str, dict[str, Any]]]:
+    """``asynctask_scheduled_workers``: (where, entry) pairs, numbered from ``offset + 1``; bad
+    entries go to ``errors``.  Only the shape is checked here; the scheduler checks the fields."""
+    key = "asynctask_scheduled_workers"
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ScheduleError(f"{source}: {key}: a list of entries is allowed, not {type(value).__name__}")
+    entries = []
+    for index, entry in enumerate(value, start=offset + 1):
+        where = f"{source}: {key} entry #{index}"
+        try:
+            _check_scheduled(entry, where)
+        except ConfigurationError as exc:
+            errors.append(exc)
+        else:
+            entries.append((where, dict(entry)))
+    return entries
+
+
+def _check_scheduled(entry: Any, where: str) -> None:
+    if not isinstance(entry, dict):
+        raise ScheduleError(f"{where}: a mapping is allowed, not {entry!r}")
+    if any(not isinstance(name, str) for name in entry):
+        raise ScheduleError(f"{where}: keys must be strings")
+    has_worker, has_command = entry.get("worker") is not None, entry.get("command") is not None
+    if has_worker == has_command:
+        raise ScheduleError(f"{where}: exactly one of 'worker' or 'command' is allowed (found {sorted(entry)})")
+    if has_worker and (not isinstance(entry["worker"], str) or not entry["worker"]):
+        raise ScheduleError(f"{where}: worker: a registered worker name is allowed, not {entry['worker']!r}")
+    if not any(entry.get(name) is not None for name in SCHEDULE_FIELDS):
+        raise ScheduleError(f"{where}: at least one schedule field is required: {', '.join(SCHEDULE_FIELDS)}")
