@@ -58,6 +58,7 @@ from .admin_output import (
     exit_code_for,
     one_line,
 )
+from .common import LOG_LEVELS, log_level
 
 __all__ = ["build_parser", "exit_code_for", "main"]
 
@@ -93,8 +94,8 @@ def _common(parser: argparse.ArgumentParser, prefix: str) -> None:
         help="import MODULE so its workers register (doctor; repeatable)",
     )
     group.add_argument(
-        "--log-level", dest=prefix + "log_level", default=argparse.SUPPRESS,
-        choices=("debug", "info", "warning", "error"), help="logging level on stderr (default: warning)",
+        "--log-level", dest=prefix + "log_level", default=argparse.SUPPRESS, type=log_level, metavar="LEVEL",
+        help=f"logging level on stderr: {', '.join(LOG_LEVELS)}, in any case (default: warning)",
     )
 
 

@@ -5,7 +5,8 @@ Checks, each reported as ``ok``, ``warning`` or ``problem``:
 * configuration: every setting after files, ``--set`` and environment, with its origin, passwords
   masked (:meth:`asynctask.config.Settings.describe`); a configuration that does not load is a problem;
 * transport: whether it opens and answers (``queues()``), and how long that took;
-* workers: the registered workers (after importing ``asynctask_require``), the configured
+* workers: the registered workers (after importing ``asynctask_require`` as ``asynctask-workers``
+  does, with :func:`asynctask.importing.import_modules`: the current directory first), the configured
   queue -> worker pairs; an unknown worker name is a problem;
 * coverage: a queue that holds tasks (ready or delayed) and has no worker is a problem (nothing
   will ever run them); an empty known queue with no worker, and a registered worker that serves no
@@ -17,7 +18,6 @@ Exit 0 when there is no problem (``--strict``: and no warning), else 1.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
@@ -26,6 +26,7 @@ from typing import Any
 
 from asynctask.config import Settings, check_worker_names, scheduled_queue_name
 from asynctask.errors import AsyncTaskError, ConfigurationError
+from asynctask.importing import import_modules
 from asynctask.transports import get_transport
 from asynctask.transports.base import mask_url
 from asynctask.workers.base import AsyncTaskWorker, registered_workers
@@ -65,11 +66,12 @@ def _check_transport(url: str, report: Report) -> dict[str, int] | None:
 
 
 def _registered(settings: Settings, report: Report) -> dict[str, type[AsyncTaskWorker]]:
+    """Import the required modules as ``asynctask-workers`` does (the current directory first)."""
     for module in settings.require:
         try:
-            importlib.import_module(module)
-        except Exception as exc:
-            report.add("problem", "require", f"cannot import {module!r}: {type(exc).__name__}: {exc}")
+            import_modules([module])
+        except ConfigurationError as exc:
+            report.add("problem", "require", exc.message)
     return registered_workers()
 
 
@@ -103,8 +105,12 @@ def doctor(resolved: AdminSettings, args: argparse.Namespace) -> int:
     settings = resolved.settings
     if resolved.error is not None:
         report.add("problem", "configuration", resolved.error.message)
-    report.add("ok", "transport url", f"{mask_url(resolved.transport_url)} (from {resolved.source})")
-    pending = _check_transport(resolved.transport_url, report)
+    pending = None
+    if resolved.transport_url:
+        report.add("ok", "transport url", f"{mask_url(resolved.transport_url)} (from {resolved.source})")
+        pending = _check_transport(resolved.transport_url, report)
+    else:
+        report.add("warning", "transport", f"not checked ({resolved.source})")
     described: dict[str, Any] = {}
     if settings is not None:
         described = settings.describe()

@@ -4,7 +4,8 @@ The same resolution as ``asynctask-workers`` (:func:`asynctask.config.load_setti
 ``--config FILE`` files (repeatable, merged in order; none given: ``$ASYNCTASK_CONFIG`` or
 ``./asynctask.yaml``), then ``--set NAME=VALUE``, then the environment (``ASYNCTASK_TRANSPORT``),
 else the embedded default.  ``--transport URL`` beats them all; with it, a configuration that does
-not load is only a warning (the command does not need it), except for ``doctor``, which reports it.
+not load is only a warning (the command does not need it), except for ``doctor``, which reports it
+(and, without ``--transport``, checks no transport: the one the configuration names is unknown).
 """
 
 from __future__ import annotations
@@ -15,15 +16,18 @@ from dataclasses import dataclass
 
 from asynctask.config import Settings, load_settings, parse_set_option
 from asynctask.errors import ConfigurationError
-from asynctask.transports import resolve_transport_url
 
 logger = logging.getLogger(__name__)
+
+#: The source of the transport URL when the configuration does not load and none was given.
+NO_TRANSPORT = "none: the configuration does not load"
 
 
 @dataclass
 class AdminSettings:
     """What the admin command resolved: the URL, where it came from, and the settings (or why not)."""
 
+    #: "" when the configuration does not load and no ``--transport`` was given
     transport_url: str
     source: str
     settings: Settings | None = None
@@ -50,10 +54,11 @@ def resolve(
     except ConfigurationError as exc:
         if not (transport or keep_error):
             raise
-        if not keep_error:
-            logger.info("configuration ignored (--transport given): %s", exc.message)
-        url = transport or resolve_transport_url(None)
-        return AdminSettings(url, "--transport" if transport else "the default resolution", None, exc)
+        if transport:
+            if not keep_error:
+                logger.info("configuration ignored (--transport given): %s", exc.message)
+            return AdminSettings(transport, "--transport", None, exc)
+        return AdminSettings("", NO_TRANSPORT, None, exc)
     if transport:
         return AdminSettings(transport, "--transport", settings)
     origin = settings.origins.get("asynctask_transport") if settings.transport else None

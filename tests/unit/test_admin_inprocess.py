@@ -264,6 +264,37 @@ def test_doctor(capsys: pytest.CaptureFixture[str], url: str, transport: Transpo
     capsys.readouterr()
 
 
+def test_doctor_reports_a_misspelled_setting_and_checks_no_transport(
+    capsys: pytest.CaptureFixture[str], url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "asynctask.yaml").write_text(f"asynctask_transprot: {url}\n")
+    assert main(["doctor", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    checks = {c["check"]: c for c in report["checks"]}
+    assert checks["configuration"]["status"] == "problem"
+    assert "did you mean 'asynctask_transport'?" in checks["configuration"]["detail"]
+    assert checks["transport"]["status"] == "warning"
+    assert "not checked" in checks["transport"]["detail"]
+    assert "transport url" not in checks
+    # --transport names one: it is checked, the configuration is still a problem
+    assert main(["doctor", "--transport", url, "--json"]) == 1
+    checks = {c["check"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    assert checks["transport"]["status"] == "ok" and checks["configuration"]["status"] == "problem"
+
+
+@pytest.mark.parametrize("level", ["debug", "DEBUG", "Warning"])
+def test_log_level_in_any_case(capsys: pytest.CaptureFixture[str], url: str, level: str) -> None:
+    assert main(["--log-level", level, "queues", "--transport", url]) == 0
+    capsys.readouterr()
+
+
+def test_log_level_unknown(capsys: pytest.CaptureFixture[str], url: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["queues", "--log-level", "loud", "--transport", url])
+    assert info.value.code == 2
+    assert_one_line_error(capsys.readouterr().err, "invalid level 'loud'", "debug, info, warning")
+
+
 def test_helpers() -> None:
     assert [format_age(s) for s in (None, 0.25, 12.34, 245, 11220, 180000)] == [
         "-", "250ms", "12.3s", "4m05s", "3h07m", "2d02h",
