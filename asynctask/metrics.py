@@ -2,7 +2,8 @@
 
 The supervisor owns one :class:`WorkerMetrics`.  It feeds it the messages its children send
 (:mod:`asynctask.workers.protocol`) through :meth:`WorkerMetrics.observe`, and tells it when a child
-starts, exits and is restarted; :meth:`WorkerMetrics.serve` answers HTTP on a daemon thread:
+starts, exits and is restarted; :meth:`WorkerMetrics.serve` answers HTTP on a daemon thread, on
+127.0.0.1 unless told another address (``asynctask-workers --metrics-bind``):
 
 ``GET /metrics``
     Prometheus text format (``prometheus_client``, an optional dependency: ``asynctask[metrics]``):
@@ -23,6 +24,10 @@ starts, exits and is restarted; :meth:`WorkerMetrics.serve` answers HTTP on a da
     ``asynctask_queue_oldest_ready_age_seconds{queue}``    age of the oldest ready task
     ``asynctask_transport_up``                             1 when the last depth read answered
     ====================================================  =========================================
+
+    Every series of a queue/worker pair exists from its first child's start, at 0 until something
+    happens (``asynctask_tasks_killed_total`` for ``signal="SIGKILL"``, the signal the supervisor
+    kills with), so ``rate()`` and alerts see the first event.
 
 ``GET /healthz``
     200 and ``{"status": "ok", ...}``, or 503 and ``{"status": "stuck", "stuck": [...]}`` when a child
@@ -56,6 +61,10 @@ logger = logging.getLogger(__name__)
 
 #: Processing-time histogram buckets (seconds): from a no-op task to a long job.
 BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+#: The signal the supervisor kills a child with (timeouts, forced shutdown): its killed series starts at 0.
+KILL_SIGNAL = "SIGKILL"
+#: The address the metrics are served on by default: this machine only.
+DEFAULT_BIND = "127.0.0.1"
 #: Default seconds without a fetch (while the queue has ready tasks) before /healthz fails.
 DEFAULT_STALE_AFTER_S = 300.0
 
@@ -111,12 +120,15 @@ class WorkerMetrics:
         self.queues = sorted(set(queues))
         self.stale_after_s = default_stale_after_s() if stale_after_s is None else stale_after_s
         self.depth_cache_s = depth_cache_s
+        #: the address :meth:`serve` listens on unless told another (``--metrics-bind``)
+        self.bind = DEFAULT_BIND
         self.clock = clock
         self._factory = transport_factory
         self._transport: Transport | None = None
         self._lock = threading.Lock()  # children and counters: never held across I/O
         self._depth_lock = threading.Lock()  # the depth transport: held while reading the server
         self._children: dict[str, _Child] = {}
+        self._pairs: set[tuple[str, str]] = set()
         self._depth: dict[str, QueueStats] = {}
         self._depth_at = -1e18
         self._transport_up = 0.0
@@ -151,7 +163,20 @@ class WorkerMetrics:
         """A child (``key`` unique among live children, e.g. its pid) was spawned for queue/worker."""
         with self._lock:
             self._children[key] = _Child(key, queue, worker, self.clock())
+            first = (queue, worker) not in self._pairs
+            self._pairs.add((queue, worker))
+        if first:
+            self._export_zeros(queue, worker)
         self.children.labels(queue, worker).inc()
+
+    def _export_zeros(self, queue: str, worker: str) -> None:
+        """Create every series of a queue/worker pair at 0, so a scrape shows each family before its
+        first event (``rate()`` and alerts then see the first one; the killed counter is created for
+        the signal the supervisor itself kills with)."""
+        for family in (self.processed, self.failed, self.retried, self.dead_lettered, self.restarts,
+                       self.recycles, self.in_flight, self.children, self.processing):
+            family.labels(queue, worker)
+        self.killed.labels(queue, worker, KILL_SIGNAL)
 
     def child_exited(
         self, key: str, *, restarted: bool = False, recycled: bool = False, signal_name: str | None = None
@@ -277,9 +302,12 @@ class WorkerMetrics:
 
     # -- serving ---------------------------------------------------------------------------------
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
-        """Answer ``/metrics`` and ``/healthz`` on a daemon thread; returns the server (``shutdown()``)."""
+    def serve(self, port: int, bind: str | None = None) -> ThreadingHTTPServer:
+        """Answer ``/metrics`` and ``/healthz`` on ``bind`` (default :attr:`bind`, which is 127.0.0.1:
+        this machine only) and ``port`` (0: any free one) on a daemon thread; returns the server
+        (``shutdown()``)."""
         metrics = self
+        host = self.bind if bind is None else bind
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -305,7 +333,10 @@ class WorkerMetrics:
         try:
             server = ThreadingHTTPServer((host, port), Handler)
         except OSError as exc:
-            raise ConfigurationError(f"--metrics-port {port}: cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise ConfigurationError(
+                f"--metrics-port {port}: cannot listen on {host}:{port}: {exc.strerror or exc}"
+                " (--metrics-bind takes a local address: 127.0.0.1, 0.0.0.0 or one of this machine's)"
+            ) from None
         server.daemon_threads = True
         thread = threading.Thread(target=server.serve_forever, name="asynctask-metrics", daemon=True)
         thread.start()

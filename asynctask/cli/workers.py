@@ -6,21 +6,27 @@ stopped by a signal with every task finished; also "no workers configured"), 1 i
 or end of the grace period).  Errors the user can fix print one line on stderr, no traceback.
 
 Modules named by ``--require`` / ``asynctask_require`` are imported with the current directory on
-``sys.path`` (as ``python -m`` does); the worker children inherit that path.
+``sys.path`` (as ``python -m`` does; :func:`asynctask.importing.import_modules`, which ``asynctask
+doctor`` uses too); the worker children inherit that path.  An import that fails names the file
+and line of the user's code; ``--log-level debug`` logs the full traceback.
+
+``--metrics-port N`` serves metrics on 127.0.0.1 unless ``--metrics-bind ADDRESS`` says otherwise
+(``0.0.0.0``: every interface).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
+from asynctask.cli.common import LOG_LEVELS, log_level, quiet_drivers
 from asynctask.errors import AsyncTaskError, ConfigurationError, TransportUnavailableError
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: The address ``--metrics-port`` listens on unless ``--metrics-bind`` names another.
+DEFAULT_METRICS_BIND = "127.0.0.1"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         " 3 transport unreachable at start, 4 shutdown forced (workers killed)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing (not even errors of tasks)")
-    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, help="default INFO")
+    parser.add_argument("--log-level", default="info", type=log_level, metavar="LEVEL",
+                        help=f"{', '.join(LOG_LEVELS)}, in any case (default: info)")
     parser.add_argument("--config", action="append", default=None, metavar="FILE",
                         help="YAML configuration file (repeatable, merged in order;"
                         " default $ASYNCTASK_CONFIG or ./asynctask.yaml)")
@@ -42,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--transport", metavar="URL", help="transport URL (overrides the configuration)")
     parser.add_argument("--scheduler", action="store_true", help="also run the cron scheduler")
     parser.add_argument("--halt-when-empty", action="store_true", help="exit once every queue is empty")
-    parser.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on PORT")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus metrics and /healthz on PORT")
+    parser.add_argument("--metrics-bind", default=DEFAULT_METRICS_BIND, metavar="ADDRESS",
+                        help=f"the address --metrics-port listens on (default {DEFAULT_METRICS_BIND};"
+                        " 0.0.0.0 for every interface)")
     return parser
 
 
@@ -54,7 +65,8 @@ def _fail(message: str, code: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script.  Returns the exit code."""
     # imported here so that --help answers fast
-    from asynctask.config import load_settings, parse_set_option  # noqa: PLC0415
+    from asynctask.config import load_settings, parse_set_option, where_looked  # noqa: PLC0415
+    from asynctask.importing import add_working_directory, import_modules  # noqa: PLC0415
     from asynctask.workers.child import configure_logging  # noqa: PLC0415
     from asynctask.workers.supervisor import (  # noqa: PLC0415
         EXIT_ERROR,
@@ -67,10 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # --require names modules of the project being run, as ``python -m`` would find them (children
     # started with spawn inherit sys.path)
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    level = getattr(logging, args.log_level)
+    add_working_directory()
+    level = getattr(logging, args.log_level.upper())
     configure_logging(level, args.quiet)
+    quiet_drivers(level)
     log = logging.getLogger("asynctask.workers")
     try:
         overrides = [parse_set_option(text) for text in args.settings]
@@ -79,8 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = replace(settings, transport=args.transport)
         if not settings.workers and not settings.scheduled_only_workers():
             if not args.quiet:
-                print("No workers configured; terminating.", file=sys.stderr)
+                print(f"No workers configured; terminating.\n{where_looked(settings)}", file=sys.stderr)
             return EXIT_OK
+        import_modules(settings.require)
         supervisor = Supervisor(
             settings,
             halt_when_empty=args.halt_when_empty,
@@ -89,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_level=level,
             quiet=args.quiet,
         )
+        if supervisor.metrics is not None:
+            # until the Supervisor takes the address itself: the metrics are served on run()
+            supervisor.metrics.bind = args.metrics_bind
         try:
             supervisor.probe()
         except TransportUnavailableError as exc:

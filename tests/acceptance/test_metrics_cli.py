@@ -115,10 +115,10 @@ class Run:
         self.transport: Transport = get_transport(self.url)
         self.process: subprocess.Popen[str] | None = None
 
-    def start(self) -> None:
+    def start(self, *options: str) -> None:
         self.process = subprocess.Popen(
             [CLI, "--config", str(self.tmp / "asynctask.yaml"), "--metrics-port", str(self.port), "--log-level",
-             "WARNING"],
+             "WARNING", *options],
             env=self.env, cwd=self.tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
 
@@ -276,3 +276,19 @@ def test_recycled_children_are_counted(make_run: Callable[[dict[str, Any]], Run]
     assert value("asynctask_children", **labels) == 1
     assert sorted(r["n"] for r in run.records()) == list(range(12))
     run.stop()
+
+
+@pytest.mark.parametrize(("options", "address"), [((), "127.0.0.1"), (("--metrics-bind", "0.0.0.0"), "0.0.0.0")])
+def test_metrics_listen_on_this_machine_only_unless_told(
+    make_run: Callable[[dict[str, Any]], Run], options: tuple[str, ...], address: str
+) -> None:
+    psutil = pytest.importorskip("psutil")
+    run = make_run({"jobs": "steady"})
+    run.start(*options)
+    value = run.wait_metrics(lambda v: v("asynctask_children", queue="jobs", worker="steady") == 1)
+    # every family of the pair is there before anything happened
+    assert ("asynctask_tasks_dead_lettered_total", (("queue", "jobs"), ("worker", "steady"))) in value.samples
+    assert run.process is not None
+    listening = [c.laddr for c in psutil.Process(run.process.pid).net_connections(kind="tcp")
+                 if c.status == psutil.CONN_LISTEN]
+    assert [(a.ip, a.port) for a in listening] == [(address, run.port)]

@@ -18,11 +18,68 @@ def world(tmp_path: Path) -> Iterator[Env]:
     env.close()
 
 
-def test_no_workers_configured_says_so_and_exits_0(world: Env) -> None:
-    result = world.run("--config", world.config({}), "--halt-when-empty")
+def test_no_workers_configured_says_so_and_where_it_looked(world: Env) -> None:
+    config = world.config({})
+    result = world.run("--config", config, "--halt-when-empty")
     assert result.returncode == EXIT_OK
     lines = result.stderr.strip().splitlines()
-    assert lines == ["No workers configured; terminating."]
+    assert lines == ["No workers configured; terminating.", f"looked for asynctask_workers in {config}, --set (none)"]
+    Path(config).unlink()
+    result = world.run("--halt-when-empty")  # no file at all
+    assert result.returncode == EXIT_OK
+    assert result.stderr.strip().splitlines() == [
+        "No workers configured; terminating.",
+        f"looked for asynctask_workers in $ASYNCTASK_CONFIG (not set), {world.tmp / 'asynctask.yaml'} (not found),"
+        " --set (none)",
+    ]
+
+
+def test_set_replaces_the_workers_of_the_file(world: Env) -> None:
+    world.config({"jobs": "acc_record"})  # ./asynctask.yaml, read by default
+    world.transport.submit_task("jobs", {"out": world.out, "n": 1})
+    world.transport.submit_task("others", {"out": world.out, "n": 2})
+    result = world.run("--set", "asynctask_workers={others: acc_record}", "--halt-when-empty")
+    assert result.returncode == EXIT_OK, result.stderr
+    assert [r["payload"]["n"] for r in world.records()] == [2]
+    assert "on queue jobs" not in result.stderr
+    assert world.transport.poll_queue("jobs") == 1
+
+
+def test_every_error_of_the_file_on_one_line(world: Env) -> None:
+    path = world.tmp / "bad.yaml"
+    path.write_text("asynctask_wrokers: {}\nasynctask_require: [workers_fixture]\nasynctask_shutdown_timeout: 0\n")
+    result = world.run("--config", str(path))
+    assert result.returncode == EXIT_USAGE
+    [line] = result.stderr.strip().splitlines()
+    assert "unknown setting 'asynctask_wrokers' (did you mean 'asynctask_workers'?)" in line
+    assert "asynctask_shutdown_timeout (seconds): 0 is not allowed" in line
+
+
+@pytest.mark.parametrize("level", ["warning", "WARNING", "Info"])
+def test_log_level_in_any_case(world: Env, level: str) -> None:
+    result = world.run("--log-level", level, "--config", world.config({"jobs": "acc_record"}), "--halt-when-empty")
+    assert result.returncode == EXIT_OK, result.stderr
+    assert ("INFO" in result.stderr) == (level.lower() == "info"), result.stderr
+
+
+def test_an_import_error_names_the_users_file_and_line(world: Env) -> None:
+    package = world.tmp / "brokenapp"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "workers.py").write_text("from brokenapp import helpers\n")
+    (package / "helpers.py").write_text("import os\n\nHOME = os.environ['NO_SUCH_VARIABLE_X']\n")
+    args = ("--transport", world.url, "--require", "brokenapp.workers", "--set", "asynctask_workers={jobs: w}")
+    result = world.run(*args)
+    assert result.returncode == EXIT_USAGE
+    [line] = result.stderr.strip().splitlines()
+    assert line == (
+        "asynctask-workers: asynctask_require: cannot import module 'brokenapp.workers': KeyError: 'NO_SUCH_VARIABLE_X'"
+        " (brokenapp/helpers.py, line 3: HOME = os.environ['NO_SUCH_VARIABLE_X'])"
+    )
+    result = world.run("--log-level", "debug", *args)
+    assert result.returncode == EXIT_USAGE
+    assert "Traceback (most recent call last)" in result.stderr
+    assert 'brokenapp/workers.py", line 1' in result.stderr and 'brokenapp/helpers.py", line 3' in result.stderr
 
 
 def test_a_task_flows_and_halts_when_empty(world: Env) -> None:
@@ -151,6 +208,50 @@ def test_a_scheduled_worker_on_no_queue_gets_a_child_on_scheduled_queue(world: E
     assert result.returncode == EXIT_OK, result.stderr
     assert [r["payload"]["n"] for r in world.records()] == [3]
     assert "started worker acc_record on queue scheduled_acc_record" in result.stderr
+
+
+def test_doctor_and_workers_import_the_same_modules_from_the_same_directory(world: Env) -> None:
+    package = world.tmp / "myapp"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "workers.py").write_text(
+        "from asynctask.workers import AsyncTaskWorker\n"
+        "class Here(AsyncTaskWorker):\n"
+        "    name = 'here_worker'\n"
+        "    def process(self, payload):\n"
+        "        open(payload['out'], 'a').write('ran\\n')\n"
+    )
+    (world.tmp / "asynctask.yaml").write_text(
+        f"asynctask_transport: '{world.url}'\nasynctask_require: [myapp.workers]\n"
+        "asynctask_workers: {jobs: here_worker}\nasynctask_workers_poll_interval: 50\n"
+    )
+    world.transport.submit_task("jobs", {"out": world.out})
+    import os
+    import subprocess
+
+    from workers_support import CLI
+    # the tests' directory off the path: only the current directory can provide myapp
+    env = {**world.env, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    admin = str(Path(CLI).with_name("asynctask"))
+    doctor = subprocess.run([admin, "doctor"], env=env, cwd=world.tmp, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert "[ok] registered workers: here_worker" in doctor.stdout
+    assert "[ok] configured queues: jobs: here_worker" in doctor.stdout
+    workers = subprocess.run([CLI, "--halt-when-empty"], env=env, cwd=world.tmp, capture_output=True, text=True,
+                             timeout=60, check=False)
+    assert workers.returncode == EXIT_OK, workers.stderr
+    assert Path(world.out).read_text() == "ran\n"
+    # from another directory, both fail alike
+    (world.tmp / "elsewhere").mkdir()
+    env["ASYNCTASK_CONFIG"] = str(world.tmp / "asynctask.yaml")
+    doctor = subprocess.run([admin, "doctor"], env=env, cwd=world.tmp / "elsewhere", capture_output=True, text=True,
+                            timeout=60, check=False)
+    workers = subprocess.run([CLI], env=env, cwd=world.tmp / "elsewhere", capture_output=True, text=True,
+                             timeout=60, check=False)
+    assert doctor.returncode == 1 and workers.returncode == EXIT_USAGE
+    missing = "cannot import module 'myapp.workers': ModuleNotFoundError: No module named 'myapp'"
+    assert missing in doctor.stdout and missing in workers.stderr
 
 
 def test_require_finds_modules_in_the_current_directory(world: Env) -> None:

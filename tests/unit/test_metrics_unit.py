@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("prometheus_client")
 
+from asynctask.errors import ConfigurationError
 from asynctask.metrics import WorkerMetrics
 from asynctask.transports import get_transport
 
@@ -113,3 +114,47 @@ def test_serve_over_http() -> None:
         server.shutdown()
         server.server_close()
         metrics.close()
+
+
+def test_every_family_is_exported_at_zero_before_its_first_event() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = WorkerMetrics(["jobs"], None)
+    labels = {"queue": "jobs", "worker": "job"}
+    names = [
+        "asynctask_tasks_processed_total", "asynctask_tasks_failed_total", "asynctask_tasks_retried_total",
+        "asynctask_tasks_dead_lettered_total", "asynctask_child_restarts_total", "asynctask_child_recycles_total",
+        "asynctask_tasks_in_flight", "asynctask_task_processing_seconds_count",
+    ]
+    before = metrics.render().decode()
+    assert all(f"{name}{{" not in before for name in names)
+    metrics.child_started("7", "jobs", "job")
+    found = {
+        (item.name, tuple(sorted(item.labels.items()))): item.value
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for item in family.samples
+    }
+    key = tuple(sorted(labels.items()))
+    for name in names:
+        assert found[(name, key)] == 0, name
+    assert found[("asynctask_children", key)] == 1
+    assert found[("asynctask_tasks_killed_total", tuple(sorted({**labels, "signal": "SIGKILL"}.items())))] == 0
+
+
+def test_serve_binds_this_machine_only_unless_told() -> None:
+    metrics = WorkerMetrics(["jobs"], None)
+    server = metrics.serve(0)
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+    finally:
+        server.shutdown()
+        server.server_close()
+    metrics.bind = "0.0.0.0"
+    server = metrics.serve(0)
+    try:
+        assert server.server_address[0] == "0.0.0.0"
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(ConfigurationError, match=r"cannot listen on 203\.0\.113\.9:"):
+        metrics.serve(0, "203.0.113.9")

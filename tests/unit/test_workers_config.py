@@ -216,7 +216,7 @@ def test_where_looked_names_the_files_or_why_none(tmp_path: Path, monkeypatch: p
     assert where_looked(named, environ=env) == (
         f"looked for asynctask_workers in {path} (named by $ASYNCTASK_CONFIG), --set"
     )
-    with pytest.raises(ConfigurationError, match="missing.yaml: configuration file not found \\(named by"):
+    with pytest.raises(ConfigurationError, match=r"missing.yaml: configuration file not found \(named by"):
         load_settings(environ={"ASYNCTASK_CONFIG": str(tmp_path / "missing.yaml")})
 
 
