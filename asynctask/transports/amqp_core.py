@@ -18,7 +18,12 @@ queue declared.  This module holds what the consuming side (``amqp.py``) and the
 Any pika error on the connection or on the consume/publish channel drops the whole connection
 (the broker then gives every unacked delivery back) and is raised as
 :class:`~asynctask.errors.TransportUnavailableError` (connection-level) or ``TransportError``; the
-next call connects again.
+next call connects again.  A refused login or an unknown or forbidden vhost is also
+``TransportUnavailableError`` (as on Redis and PostgreSQL: ``asynctask-workers`` exits 3), its
+message naming the user, host and vhost with the password masked.
+
+pika logs the broker's 404 answer to a passive declare (how :meth:`AmqpCore.passive` learns that a
+queue does not exist yet) as a warning; that one line is dropped here, being no problem.
 """
 
 from __future__ import annotations
@@ -46,6 +51,18 @@ from asynctask.transports.amqp_names import (
 from asynctask.transports.base import Transport
 
 logger = logging.getLogger(__name__)
+
+
+def _not_a_missing_queue(record: logging.LogRecord) -> bool:
+    """False for pika's warning about a 404 "no queue" channel close: the answer to a passive declare."""
+    if not str(record.msg).startswith("Received remote Channel.Close"):
+        return True
+    args = record.args if isinstance(record.args, tuple) else ()
+    return not (len(args) >= 2 and isinstance(args[0], int) and args[0] == 404
+                and str(args[1]).startswith("NOT_FOUND - no queue"))
+
+
+logging.getLogger("pika.channel").addFilter(_not_a_missing_queue)
 
 #: Frames waiting to be written are joined into buffers of about this size (see ``_coalesce_output``).
 COALESCE_BYTES = 64 * 1024
@@ -84,12 +101,12 @@ class AmqpCore(Transport):
         try:
             conn = pika.BlockingConnection(self._params)
         except (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError) as exc:
-            raise TransportError(
+            raise TransportUnavailableError(
                 f"RabbitMQ at {self._where} refused the login of user {self._params.credentials.username!r}"
                 f" ({self._masked}): {describe(exc)}"
             ) from None
         except pika.exceptions.ProbableAccessDeniedError as exc:
-            raise TransportError(
+            raise TransportUnavailableError(
                 f"RabbitMQ at {self._where} denied access to vhost {self._params.virtual_host!r}"
                 f" ({self._masked}): {describe(exc)}"
             ) from None
