@@ -6,7 +6,7 @@ starts, exits and is restarted; :meth:`WorkerMetrics.serve` answers HTTP on a da
 127.0.0.1 unless told another address (``asynctask-workers --metrics-bind``):
 
 ``GET /metrics``
-    Prometheus text format (``prometheus_client``, an optional dependency: ``asynctask[metrics]``):
+    Prometheus text format (``prometheus_client``, an optional dependency: the ``metrics`` extra):
 
     ====================================================  =========================================
     ``asynctask_tasks_processed_total{queue,worker}``      tasks processed and acked
@@ -74,7 +74,8 @@ def _prometheus() -> Any:
         import prometheus_client  # noqa: PLC0415 - optional dependency, imported when metrics are asked for
     except ImportError:
         raise ConfigurationError(
-            "--metrics-port needs prometheus_client: pip install 'asynctask[metrics]'"
+            "--metrics-port needs prometheus_client: pip install prometheus_client"
+            " (or the 'metrics' extra of asynctask-jobs)"
         ) from None
     return prometheus_client
 

@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "asynctask.transports"
 
+#: extra of the ``asynctask-jobs`` distribution -> the driver it installs
+_EXTRA_DRIVERS = {"redis": "redis", "pgsql": "psycopg2-binary", "amqp": "pika"}
+
 _BUILTIN: dict[str, tuple[str, str, str]] = {
     # scheme: (module, class, extra that installs its driver)
     "memory": ("asynctask.transports.memory", "MemoryTransport", ""),
@@ -107,7 +110,7 @@ def transport_class(scheme: str, url: str = "") -> type[Transport]:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            hint = f" (pip install 'asynctask[{extra}]')" if extra else ""
+            hint = f" (pip install {_EXTRA_DRIVERS[extra]}, or the {extra!r} extra of asynctask-jobs)" if extra else ""
             raise ConfigurationError(
                 f"the {scheme}:// transport cannot be loaded: {exc}{hint}"
             ) from None
