@@ -84,7 +84,6 @@ def test_a_missing_module_has_no_location(project: Path) -> None:
 def test_describe_import_error_outside_the_current_directory(tmp_path: Path) -> None:
     source = tmp_path / "elsewhere.py"
     source.write_text("raise RuntimeError('boom')\n")
-    try:
+    with pytest.raises(RuntimeError) as info:
         exec(compile(source.read_text(), str(source), "exec"), {})
-    except RuntimeError as exc:
-        assert describe_import_error(exc) == f"RuntimeError: boom ({source}, line 1: raise RuntimeError('boom'))"
+    assert describe_import_error(info.value) == f"RuntimeError: boom ({source}, line 1: raise RuntimeError('boom'))"
