@@ -87,7 +87,7 @@ def _common(parser: argparse.ArgumentParser, prefix: str) -> None:
     )
     group.add_argument(
         "--set", metavar="NAME=VALUE", dest=prefix + "set", action="append", default=argparse.SUPPRESS,
-        help="override one setting, VALUE parsed as YAML (repeatable)",
+        help="replace the value of one setting (files merge, --set replaces), VALUE parsed as YAML (repeatable)",
     )
     group.add_argument(
         "--require", metavar="MODULE", dest=prefix + "require", action="append", default=argparse.SUPPRESS,

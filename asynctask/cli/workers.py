@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="YAML configuration file (repeatable, merged in order;"
                         " default $ASYNCTASK_CONFIG or ./asynctask.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="settings",
-                        help="set a setting; VALUE is YAML (repeatable)")
+                        help="replace the value of a setting (files merge, --set replaces); VALUE is YAML"
+                        " (repeatable)")
     parser.add_argument("--require", action="append", default=[], metavar="MODULE",
                         help="import MODULE so its workers register (repeatable)")
     parser.add_argument("--transport", metavar="URL", help="transport URL (overrides the configuration)")
