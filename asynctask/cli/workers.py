@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
-from asynctask.cli.common import LOG_LEVELS, log_level, quiet_drivers
+from asynctask.cli.common import LOG_LEVELS, log_level
 from asynctask.errors import AsyncTaskError, ConfigurationError, TransportUnavailableError
 
 #: The address ``--metrics-port`` listens on unless ``--metrics-bind`` names another.
@@ -68,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # imported here so that --help answers fast
     from asynctask.config import load_settings, parse_set_option, where_looked  # noqa: PLC0415
     from asynctask.importing import add_working_directory, import_modules  # noqa: PLC0415
+    from asynctask.transports import quiet_drivers  # noqa: PLC0415
     from asynctask.workers.child import configure_logging  # noqa: PLC0415
     from asynctask.workers.supervisor import (  # noqa: PLC0415
         EXIT_ERROR,
@@ -83,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_working_directory()
     level = getattr(logging, args.log_level.upper())
     configure_logging(level, args.quiet)
-    quiet_drivers(level)
+    quiet_drivers(level)  # the children too, once configure_logging calls it
     log = logging.getLogger("asynctask.workers")
     try:
         overrides = [parse_set_option(text) for text in args.settings]

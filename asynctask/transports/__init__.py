@@ -33,7 +33,7 @@ from pathlib import Path
 from asynctask.errors import ConfigurationError, TransportURLError, UnknownTransportError
 from asynctask.transports.base import Transport, mask_url, parse_url
 
-__all__ = ["Transport", "get_transport", "known_schemes", "resolve_transport_url"]
+__all__ = ["Transport", "get_transport", "known_schemes", "quiet_drivers", "resolve_transport_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,20 @@ _BUILTIN: dict[str, tuple[str, str, str]] = {
 }
 
 _logged_choice: set[str] = set()
+
+#: Loggers of the drivers whose lines repeat what the transports report themselves (pika logs every
+#: channel opened and closed at INFO, and a refused login as ERROR lines with a traceback).
+DRIVER_LOGGERS = ("pika",)
+
+
+def quiet_drivers(level: int) -> None:
+    """Silence the drivers' own loggers unless ``level`` is DEBUG (a process's logging set-up calls it).
+
+    Every driver error reaches the user through the transport, translated into one line of ours;
+    at DEBUG the drivers speak again, for the full story.
+    """
+    for name in DRIVER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if level <= logging.DEBUG else logging.CRITICAL)
 
 
 def _plugin_schemes() -> dict[str, object]:
