@@ -353,19 +353,20 @@ def load_settings(
 
 
 def check_worker_names(settings: Settings, registered: Iterable[str]) -> None:
-    """Raise UnknownWorkerError (naming the source, the key and the registered names) when a
-    configured or scheduled worker is not registered.  Call it after importing ``require``."""
+    """Raise UnknownWorkerError when configured or scheduled workers are not registered: one line
+    naming the source and key of each, the nearest registered name, then the registered names.
+    Call it after importing ``require``."""
     known = sorted(registered)
-    listing = ", ".join(known) if known else "none (is asynctask_require / --require set?)"
-    for entry in settings.workers:
-        if entry.worker not in known:
-            raise UnknownWorkerError(
-                f"{entry.source}: asynctask_workers: {entry.queue!r}: unknown worker {entry.worker!r}"
-                f"{did_you_mean(entry.worker, known)}; registered workers: {listing}"
-            )
+    unknown = [
+        f"{entry.source}: asynctask_workers: {entry.queue!r}: unknown worker {entry.worker!r}"
+        f"{did_you_mean(entry.worker, known)}"
+        for entry in settings.workers
+        if entry.worker not in known
+    ]
     for sched, where in zip(settings.scheduled_workers, settings.scheduled_sources, strict=False):
         name = sched.get("worker")
         if name is not None and name not in known:
-            raise UnknownWorkerError(
-                f"{where}: unknown worker {name!r}{did_you_mean(name, known)}; registered workers: {listing}"
-            )
+            unknown.append(f"{where}: unknown worker {name!r}{did_you_mean(name, known)}")
+    if unknown:
+        listing = ", ".join(known) if known else "none (is asynctask_require / --require set?)"
+        raise UnknownWorkerError(f"{'; '.join(unknown)}; registered workers: {listing}")

@@ -114,10 +114,15 @@ def test_unknown_worker_names_lists_registered_ones(tmp_path: Path) -> None:
     with pytest.raises(UnknownWorkerError) as info:
         check_worker_names(settings, ["alpha", "beta"])
     assert str(info.value) == (
-        f"{path}: asynctask_workers: 'jobs': unknown worker 'nope'; registered workers: alpha, beta"
+        f"{path}: asynctask_workers: 'jobs': unknown worker 'nope';"
+        f" {path}: asynctask_scheduled_workers entry #1: unknown worker 'ghost'; registered workers: alpha, beta"
     )
-    with pytest.raises(UnknownWorkerError, match="entry #1: unknown worker 'ghost'"):
+    with pytest.raises(UnknownWorkerError) as info:
         check_worker_names(settings, ["nope"])
+    assert str(info.value) == (
+        f"{path}: asynctask_scheduled_workers entry #1: unknown worker 'ghost'; registered workers: nope"
+    )
+    check_worker_names(settings, ["nope", "ghost"])
 
 
 def test_scheduled_only_workers_and_queue_names(tmp_path: Path) -> None:
