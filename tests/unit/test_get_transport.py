@@ -10,7 +10,7 @@ import pytest
 
 from asynctask import transports
 from asynctask.errors import ConfigurationError, TransportURLError, UnknownTransportError
-from asynctask.transports import get_transport, known_schemes, resolve_transport_url
+from asynctask.transports import get_transport, known_schemes, quiet_drivers, resolve_transport_url
 from asynctask.transports.base import mask_url, parse_url
 from asynctask.transports.memory import MemoryTransport
 
@@ -106,6 +106,18 @@ def test_a_misspelled_setting_in_the_config_file_is_an_error(monkeypatch: pytest
     assert resolve_transport_url("memory://given") == "memory://given"
     monkeypatch.setenv("ASYNCTASK_TRANSPORT", "memory://env")
     assert resolve_transport_url() == "memory://env"
+
+
+@pytest.mark.parametrize(("level", "pika_level"), [(logging.INFO, logging.CRITICAL), (logging.DEBUG, logging.NOTSET)])
+def test_drivers_speak_only_at_debug(level: int, pika_level: int) -> None:
+    pika_logger = logging.getLogger("pika")
+    before = pika_logger.level
+    try:
+        quiet_drivers(level)
+        assert pika_logger.level == pika_level
+        assert logging.getLogger("pika.channel").isEnabledFor(logging.ERROR) == (level == logging.DEBUG)
+    finally:
+        pika_logger.setLevel(before)
 
 
 def test_embedded_default_under_asynctask_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
