@@ -143,18 +143,14 @@ def test_every_family_is_exported_at_zero_before_its_first_event() -> None:
 
 def test_serve_binds_this_machine_only_unless_told() -> None:
     metrics = WorkerMetrics(["jobs"], None)
-    server = metrics.serve(0)
-    try:
-        assert server.server_address[0] == "127.0.0.1"
-    finally:
-        server.shutdown()
-        server.server_close()
-    metrics.bind = "0.0.0.0"
-    server = metrics.serve(0)
-    try:
-        assert server.server_address[0] == "0.0.0.0"
-    finally:
-        server.shutdown()
-        server.server_close()
+    for bind in (None, "0.0.0.0"):
+        if bind is not None:
+            metrics.bind = bind
+        server = metrics.serve(0)
+        try:
+            assert server.server_address[0] == (bind or "127.0.0.1")
+        finally:
+            server.shutdown()
+            server.server_close()
     with pytest.raises(ConfigurationError, match=r"cannot listen on 203\.0\.113\.9:"):
         metrics.serve(0, "203.0.113.9")
