@@ -228,7 +228,7 @@ class WorkerMetrics:
                 child.task_started = None
                 self._hold(child, child.held - len(entries))
                 for _task_id, outcome, duration in entries:
-                    self._outcome(labels, outcome, float(duration))
+                    self._outcome(labels, outcome, duration)
 
     def _hold(self, child: _Child, count: int) -> None:
         """Set what ``child`` holds (caller holds the lock) and move the in-flight gauge by the change."""
@@ -236,18 +236,20 @@ class WorkerMetrics:
         self.in_flight.labels(child.queue, child.worker).inc(count - child.held)
         child.held = count
 
-    def _outcome(self, labels: tuple[str, str], outcome: str, duration_s: float) -> None:
+    def _outcome(self, labels: tuple[str, str], outcome: str, duration_s: float | None) -> None:
+        """Count one outcome; ``duration_s`` None (unknown) is left out of the processing time."""
         if outcome == "acked":
             self.processed.labels(*labels).inc()
-            self.processing.labels(*labels).observe(duration_s)
         elif outcome == "retried":
             self.failed.labels(*labels).inc()
             self.retried.labels(*labels).inc()
-            self.processing.labels(*labels).observe(duration_s)
         elif outcome == "dead":
             self.failed.labels(*labels).inc()
             self.dead_lettered.labels(*labels).inc()
-            self.processing.labels(*labels).observe(duration_s)
+        else:
+            return
+        if duration_s is not None:
+            self.processing.labels(*labels).observe(float(duration_s))
 
     # -- reading ---------------------------------------------------------------------------------
 

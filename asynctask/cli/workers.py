@@ -67,8 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The console script.  Returns the exit code."""
     # imported here so that --help answers fast
     from asynctask.config import load_settings, parse_set_option, where_looked  # noqa: PLC0415
-    from asynctask.importing import add_working_directory, import_modules  # noqa: PLC0415
-    from asynctask.transports import quiet_drivers  # noqa: PLC0415
+    from asynctask.importing import add_working_directory  # noqa: PLC0415
     from asynctask.workers.child import configure_logging  # noqa: PLC0415
     from asynctask.workers.supervisor import (  # noqa: PLC0415
         EXIT_ERROR,
@@ -83,8 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # started with spawn inherit sys.path)
     add_working_directory()
     level = getattr(logging, args.log_level.upper())
-    configure_logging(level, args.quiet)
-    quiet_drivers(level)  # the children too, once configure_logging calls it
+    configure_logging(level, args.quiet)  # the children's too: pika and psycopg2 silent below debug
     log = logging.getLogger("asynctask.workers")
     try:
         overrides = [parse_set_option(text) for text in args.settings]
@@ -95,18 +93,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.quiet:
                 print(f"No workers configured; terminating.\n{where_looked(settings)}", file=sys.stderr)
             return EXIT_OK
-        import_modules(settings.require)
         supervisor = Supervisor(
             settings,
             halt_when_empty=args.halt_when_empty,
             scheduler=args.scheduler,
             metrics_port=args.metrics_port,
+            metrics_bind=args.metrics_bind,
             log_level=level,
             quiet=args.quiet,
         )
-        if supervisor.metrics is not None:
-            # until the Supervisor takes the address itself: the metrics are served on run()
-            supervisor.metrics.bind = args.metrics_bind
         try:
             supervisor.probe()
         except TransportUnavailableError as exc:

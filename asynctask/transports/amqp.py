@@ -352,11 +352,15 @@ class AmqpTransport(AmqpAdmin):
         ack_tags(delivery.consumer, [delivery.tag])
 
     def nack(self, task: Task, *, delay_s: float = 0, count_attempt: bool = True) -> None:
-        """Publish a copy (attempts so far in its header) to the queue or a delay queue, then ack."""
+        """Publish a copy (attempts so far in its header) to the queue or a delay queue, then ack.
+
+        The count comes from ``task.attempts`` (that of the delivery, unless the caller lowered it:
+        the runner does to undo the redelivery count of a crash, which the broker cannot tell apart).
+        """
         delivery = self._take(task)
         if delivery is not None:
             with self._kept_on_failure(delivery), self._guard(reconnect=False):
-                self._republish(delivery, delivery.attempts - (0 if count_attempt else 1), max(delay_s, 0.0))
+                self._republish(delivery, task.attempts - (0 if count_attempt else 1), max(delay_s, 0.0))
 
     @contextlib.contextmanager
     def _kept_on_failure(self, delivery: Delivery) -> Iterator[None]:

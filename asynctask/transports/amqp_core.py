@@ -73,6 +73,7 @@ class AmqpCore(Transport):
 
     schemes = ("amqp", "amqps")
     portable_receipts = False
+    ack_window_s = 0.001  # an ack is a frame without a round trip: send it almost at once
 
     def __init__(self, url: str) -> None:
         super().__init__(url)

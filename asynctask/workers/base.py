@@ -8,8 +8,14 @@ naming both classes.  Lifecycle in a worker child: ``setup()`` once after the ch
 Class options (override in the subclass):
 
 ``max_attempts`` (1)
-    deliveries a task gets; an exception with attempts left nacks it with ``retry_delay_s`` backoff,
-    on the last attempt it goes to the dead-letter store with the exception and traceback.
+    attempts a task gets; an exception (or ``raise Retry``) with attempts left nacks it with
+    ``retry_delay_s`` backoff, on the last attempt it goes to the dead-letter store with the exception
+    and traceback.  A crash of the child is not an attempt (see ``max_crashes``).
+``max_crashes`` (3)
+    deaths of its child (any signal or exit, not the supervisor's kill for ``timeout_s``) a task may
+    cause: before that it runs again, after a short delay; then it is quarantined in the dead-letter
+    store with every cause (:mod:`asynctask.workers.crashes`).  ``max_crashes`` in an
+    ``asynctask_workers`` entry overrides it for that queue.
 ``retry_delay_s`` (1.0)
     first retry delay; doubles per attempt (capped by ``max_retry_delay_s``), with +-25 % jitter.
 ``timeout_s`` (None)
@@ -21,8 +27,10 @@ Class options (override in the subclass):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from asynctask.errors import ConfigurationError, UnknownWorkerError
@@ -39,12 +47,14 @@ _registry: dict[str, type[AsyncTaskWorker]] = {}
 class Retry(Exception):  # noqa: N818 - the rex-style signal name reads better in workers
     """Raise from ``process`` to give the task back and run it again after ``delay_s``.
 
-    It retries whatever ``max_attempts`` says (bound it with ``self.task.attempts``); ``delay_s``
-    None means the worker's backoff for this attempt.
+    Each retry is an attempt: once ``max_attempts`` are spent the task goes to the dead-letter store
+    with the reason "retries exhausted" (so set ``max_attempts`` to the retries you allow plus one).
+    ``delay_s`` None means the worker's backoff for this attempt; ``reason`` is logged and kept in the
+    dead letter.
     """
 
     def __init__(self, delay_s: float | None = None, reason: str = "") -> None:
-        super().__init__(reason or "retry requested")
+        super().__init__(reason or "Retry raised")
         self.delay_s = delay_s
         self.reason = reason
 
@@ -78,6 +88,7 @@ class AsyncTaskWorker:
     max_retry_delay_s: ClassVar[float] = 300.0
     timeout_s: ClassVar[float | None] = None
     lease_s: ClassVar[float | None] = None
+    max_crashes: ClassVar[int] = 3
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -86,12 +97,19 @@ class AsyncTaskWorker:
             return
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"{_qualified(cls)}.name must be a non-empty string, not {name!r}")
-        if isinstance(cls.max_attempts, bool) or not isinstance(cls.max_attempts, int) or cls.max_attempts < 1:
-            raise ConfigurationError(f"{_qualified(cls)}.max_attempts must be an integer >= 1")
+        for option in ("max_attempts", "max_crashes"):
+            value = getattr(cls, option)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"{_qualified(cls)}.{option} must be an integer >= 1, not {value!r}")
         taken = _registry.get(name)
         if taken is not None and _qualified(taken) != _qualified(cls):
             raise ConfigurationError(
                 f"worker name {name!r} is registered twice: by {_qualified(taken)} and by {_qualified(cls)}"
+            )
+        if cls.process is AsyncTaskWorker.process:
+            raise ConfigurationError(
+                f"worker {name!r} ({_qualified(cls)}) does not define process(self, payload): every task it took"
+                " would fail"
             )
         _registry[name] = cls
 
@@ -100,11 +118,14 @@ class AsyncTaskWorker:
         self.task: Task | None = None
         self.queue: str | None = None
         self.transport: Transport | None = None
+        self._transport_lock: AbstractContextManager[Any] = contextlib.nullcontext()
 
-    def bind(self, transport: Transport, queue: str) -> None:
-        """Attach the transport and queue the runner feeds this worker from (done by the runner)."""
+    def bind(self, transport: Transport, queue: str, lock: AbstractContextManager[Any] | None = None) -> None:
+        """Attach the transport and queue the runner feeds this worker from (done by the runner);
+        ``lock`` is held around :meth:`requeue`'s call (the runner's threads share the transport)."""
         self.transport = transport
         self.queue = queue
+        self._transport_lock = lock or contextlib.nullcontext()
 
     # -- the hooks a subclass implements -------------------------------------------------------
 
@@ -124,7 +145,8 @@ class AsyncTaskWorker:
         """Submit ``payload`` as a new task to the queue being processed (rex.asynctask's)."""
         if self.transport is None or self.queue is None:
             raise RuntimeError("requeue() is only available while the worker is run by a runner")
-        return self.transport.submit_task(self.queue, payload, delay_s=delay_s, priority=priority)
+        with self._transport_lock:
+            return self.transport.submit_task(self.queue, payload, delay_s=delay_s, priority=priority)
 
     @classmethod
     def retry_delay(cls, attempts: int, rng: random.Random | None = None) -> float:
@@ -144,6 +166,9 @@ def get_worker(name: str) -> type[AsyncTaskWorker]:
     """The class registered under ``name``; UnknownWorkerError listing the registered names otherwise."""
     cls = _registry.get(name)
     if cls is None:
+        from asynctask.config_values import did_you_mean  # noqa: PLC0415 - config imports this module
+
         known = ", ".join(sorted(_registry)) or "none"
-        raise UnknownWorkerError(f'Worker "{name}" does not exist; registered workers: {known}')
+        raise UnknownWorkerError(f'Worker "{name}" does not exist{did_you_mean(name, _registry)};'
+                                 f" registered workers: {known}")
     return cls

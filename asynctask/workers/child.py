@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from asynctask.errors import TransportUnavailableError
-from asynctask.transports import get_transport
+from asynctask.transports import get_transport, quiet_drivers
 from asynctask.transports.base import Transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import get_worker
@@ -70,6 +70,7 @@ def configure_logging(level: int, quiet: bool) -> None:
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
     root.setLevel(logging.CRITICAL + 10 if quiet else level)
+    quiet_drivers(level)
 
 
 def _supervisor_alive(pid: int) -> bool:
@@ -117,6 +118,9 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.Cu
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    server = sys.modules.get("asynctask.workers.forkserver")
+    if server is not None and getattr(server, "terminated_pid", None) == os.getpid():
+        stop.set()  # SIGTERM came between the fork and the line above
     threading.Thread(target=_watch_parent, args=(parent_pid, stop), name="asynctask-parent", daemon=True).start()
 
     def report(message: P.Message) -> None:
@@ -124,6 +128,16 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.Cu
             conn.send(message)
         except OSError:
             stop.set()
+
+    def inbox() -> list[P.Message]:
+        """The supervisor's crash notices received so far (AMQP only; see asynctask.workers.crashes)."""
+        messages = []
+        try:
+            while conn.poll():
+                messages.append(conn.recv())
+        except (OSError, EOFError):
+            stop.set()
+        return messages
 
     for module in spec.require:
         importlib.import_module(module)
@@ -157,6 +171,7 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.Cu
             report_outcomes=spec.report_outcomes,
             reopen=lambda: get_transport(spec.transport_url),
             current=current,
+            inbox=None if transport.portable_receipts else inbox,
             stop=stop,
         )
         try:

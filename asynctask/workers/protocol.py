@@ -1,7 +1,9 @@
-"""What a worker child tells its supervisor: tuples over a ``multiprocessing`` Pipe.
+"""What a worker child and its supervisor tell each other: tuples over a ``multiprocessing`` Pipe.
 
-Each message is a tuple whose first item names its kind.  The child only sends; the supervisor
-only reads (signals carry the supervisor's wishes to the child), so neither can deadlock the other.
+Each message is a tuple whose first item names its kind.  The child sends what it does; the
+supervisor sends only crash notices, and only on transports without portable receipts (AMQP), rarely
+and small, so a child that reads them late never blocks it.  Signals carry the supervisor's other
+wishes (stop) to the child.
 
 ==========================================================  ====================================================
 ``("ready", pid)``                                           ``setup()`` is done, fetching starts
@@ -11,7 +13,15 @@ only reads (signals carry the supervisor's wishes to the child), so neither can 
 ``("finished", [(task_id, outcome, duration_s), ...])``      the child no longer holds these tasks (see below)
 ``("halted",)``                                              ``--halt-when-empty``: the queue is empty, exiting 0
 ``("recycle", reason)``                                      leaving on purpose (``max_tasks_per_child``...)
+``("settled", task_id, crashes, outcome)``                   a crash notice was acted on: ``deferred`` (given
+                                                             back with the crash delay) or ``dead``
 ==========================================================  ====================================================
+
+The supervisor sends ``("crash", task_id, crashes, attempts, deferred, dead_reason)`` (:func:`crash_notice`):
+``crashes`` children died while running this task; the child that next fetches it gives it back with
+``attempts`` (the broker's redelivery raised them) after the crash delay unless ``deferred`` already
+equals ``crashes``, or dead-letters it with ``dead_reason`` when that is not None (quarantine, or a
+timeout at ``max_attempts``).  Where receipts are portable the supervisor does all that itself.
 
 A ``held_entry`` is ``(id, attempts, receipt, enqueued_at, priority)`` (:func:`held_entry`): enough
 to give the task back through another transport instance (:func:`task_from_entry`; transports
@@ -21,7 +31,8 @@ finished the previous one, so ``fetched`` and ``polled`` also say that every ear
 Outcomes in ``finished``: ``acked`` (processed and acknowledged), ``retried`` (failed, nacked with a
 delay), ``dead`` (dead-lettered: rejected, timed out or out of attempts), ``released`` (fetched but
 never started, given back without counting an attempt), ``lost`` (the lease was lost before the
-outcome could be recorded).  ``duration_s`` is the processing time (0 for ``released``).  Children
+outcome could be recorded).  ``duration_s`` is the processing time (0 for ``released``; None in the
+``acked`` entries the supervisor makes for tasks a dead child had finished and it acked).  Children
 send ``finished`` only when asked to (``report_outcomes``: the supervisor has metrics or listeners),
 as the supervisor's own bookkeeping does not need it.
 
@@ -44,6 +55,9 @@ STARTED = "started"
 FINISHED = "finished"
 HALTED = "halted"
 RECYCLE = "recycle"
+SETTLED = "settled"
+CRASH = "crash"
+DEFERRED = "deferred"
 
 ACKED = "acked"
 RETRIED = "retried"
@@ -60,6 +74,11 @@ def held_entry(task: Task) -> HeldEntry:
     return (task.id, task.attempts, task.receipt, task.enqueued_at, task.priority)
 
 
+def crash_notice(task_id: str, crashes: int, attempts: int, deferred: int, dead_reason: str | None) -> Message:
+    """The supervisor's ``crash`` message (see the module docstring)."""
+    return (CRASH, task_id, crashes, attempts, deferred, dead_reason)
+
+
 def task_from_entry(queue: str, entry: HeldEntry) -> Task:
     """A Task another transport instance can ack, nack or dead-letter (its payload is not carried)."""
     task_id, attempts, receipt, enqueued_at, priority = entry
@@ -67,7 +86,9 @@ def task_from_entry(queue: str, entry: HeldEntry) -> Task:
 
 __all__ = [
     "ACKED",
+    "CRASH",
     "DEAD",
+    "DEFERRED",
     "FETCHED",
     "FINISHED",
     "HALTED",
@@ -77,10 +98,12 @@ __all__ = [
     "RECYCLE",
     "RELEASED",
     "RETRIED",
+    "SETTLED",
     "STARTED",
     "CurrentTask",
     "HeldEntry",
     "Message",
+    "crash_notice",
     "held_entry",
     "task_from_entry",
 ]

@@ -4,13 +4,22 @@
   ``BATCH_TARGET_S`` (one task at a time for slow tasks, up to ``max_batch`` for fast ones), which
   keeps slow tasks spread over several processes and fast ones cheap.  It never sleeps while tasks
   are ready and blocks in ``get_tasks(timeout_s=poll_interval)`` while the queue is empty.
-* Success is acked; the acks of one batch go together (``ack_tasks``) at the end of the batch or
-  after ``ACK_FLUSH_S``, so a crash can only cause re-delivery of done tasks, never loss.
+* Success is acked promptly and in batches: the acks waiting go together (``ack_tasks``) before the
+  next fetch, or once the first of them finished ``ack_window_s`` ago (the transport's: 20 ms, 1 ms
+  on AMQP where an ack is a frame without a round trip), by the loop after a task or by a thread
+  (:class:`~asynctask.workers.keepers.AckFlusher`) while a long task runs.  So a crash or a server
+  restart can only re-deliver the tasks done in that window, never lose one.
+* After the transport was unreachable in the middle of a batch, each task left in it is run only if
+  its lease is still held (``extend``): a broker that forgot the deliveries has given them to others.
 * An exception nacks with the worker's backoff while attempts remain, else dead-letters with the
-  exception type, message and traceback.  ``Retry`` always nacks; ``Reject`` dead-letters at once.
+  exception type, message and traceback.  ``Retry`` nacks the same way with its own delay and counts
+  toward ``max_attempts`` (dead-lettered as "retries exhausted" when they are spent); ``Reject``
+  dead-letters at once.
 * ``timeout_s``: SIGALRM interrupts Python code (main thread only) with :class:`TaskTimeout`, a failed
   attempt; the supervisor kills a child stuck in C code (it learns the start time from ``started``).
 * A background thread extends the lease of every held task every third of the lease.
+* Crash notices (``inbox``, AMQP only: :mod:`asynctask.workers.crashes`): a fetched task that crashed
+  a child is given back with the crash delay, or dead-lettered when quarantined, instead of run.
 * ``rate_max_calls`` per ``rate_period`` seconds counts tasks processed (not polls).
 * ``TransportUnavailableError`` from any call is logged once, then retried with backoff (0.5 s
   doubling to 30 s), reopening the transport (``reopen``) before each retry, until it works again;
@@ -19,15 +28,12 @@
 
 from __future__ import annotations
 
-import collections
-import contextlib
+import dataclasses
 import logging
-import os
-import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from asynctask.errors import TransportError, TransportUnavailableError
@@ -35,14 +41,17 @@ from asynctask.task import Task
 from asynctask.transports.base import MAX_BATCH, Transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import AsyncTaskWorker, Reject, Retry, TaskTimeout
+from asynctask.workers.crashes import crash_delay_s
+from asynctask.workers.keepers import AckFlusher, Clock, LeaseKeeper, RateLimiter, resident_mb, soft_timeout
+
+__all__ = ["Clock", "RateLimiter", "Runner", "resident_mb"]
 
 logger = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
 Report = Callable[[P.Message], None]
+Inbox = Callable[[], list[P.Message]]
 
 BATCH_TARGET_S = 0.25
-ACK_FLUSH_S = 1.0
 RECONNECT_FIRST_S = 0.5
 RECONNECT_MAX_S = 30.0
 
@@ -51,65 +60,6 @@ STOPPED, HALTED, MAX_TASKS, MAX_MEMORY = "stopped", "halted", "max_tasks", "max_
 #: halt modes: stop when the queue is empty (nothing ready, delayed or in flight), or when nothing
 #: is ready right now (the eager drain of asynctask.testing)
 HALT_EMPTY, HALT_IDLE = "empty", "idle"
-
-
-def resident_mb() -> float:
-    """This process's resident memory in MiB (Linux /proc; elsewhere the peak from getrusage)."""
-    try:
-        with open("/proc/self/statm", "rb") as stream:
-            return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        import resource  # noqa: PLC0415 - POSIX only
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-class RateLimiter:
-    """At most ``max_calls`` per sliding window of ``period_s`` seconds."""
-
-    def __init__(self, max_calls: int, period_s: float, clock: Clock = time.monotonic) -> None:
-        self.max_calls, self.period_s, self.clock = max_calls, period_s, clock
-        self.calls: collections.deque[float] = collections.deque()
-
-    def _trim(self, now: float) -> None:
-        while self.calls and self.calls[0] <= now - self.period_s:
-            self.calls.popleft()
-
-    def available(self) -> int:
-        """Calls allowed right now."""
-        self._trim(self.clock())
-        return max(self.max_calls - len(self.calls), 0)
-
-    def wait_s(self) -> float:
-        """Seconds until one call is allowed (0 when one is allowed now)."""
-        now = self.clock()
-        self._trim(now)
-        if len(self.calls) < self.max_calls:
-            return 0.0
-        return max(self.calls[0] + self.period_s - now, 0.0)
-
-    def record(self) -> None:
-        self.calls.append(self.clock())
-
-
-class _LeaseKeeper(threading.Thread):
-    """Extends the lease of every held task every ``lease_s / 3`` seconds."""
-
-    def __init__(self, runner: Runner, lease_s: float) -> None:
-        super().__init__(name="asynctask-lease", daemon=True)
-        self.runner, self.lease_s = runner, lease_s
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(self.lease_s / 3):
-            for task in self.runner.held_tasks():
-                try:
-                    if not self.runner.transport.extend(task, self.lease_s):
-                        logger.warning("lease of task %s on %s was lost before it finished", task.id, task.queue)
-                except TransportError as exc:
-                    logger.warning("cannot extend the lease of task %s: %s", task.id, exc)
-                except Exception:  # a transport bug must not kill the heartbeat silently
-                    logger.exception("extending the lease of task %s failed", task.id)
 
 
 class Runner:
@@ -137,6 +87,7 @@ class Runner:
         report_outcomes: bool = True,
         reopen: Callable[[], Transport] | None = None,
         current: P.CurrentTask | None = None,
+        inbox: Inbox | None = None,
         stop: threading.Event | None = None,
         clock: Clock = time.monotonic,
         sleep: Callable[[float], Any] | None = None,
@@ -150,6 +101,7 @@ class Runner:
         self.max_memory_mb = max_memory_mb
         self.report: Report = report or (lambda message: None)
         self.current = current
+        self.inbox = inbox
         self.report_outcomes = report_outcomes
         self.reopen = reopen
         self.stop = stop or threading.Event()
@@ -159,11 +111,20 @@ class Runner:
         self.processed = 0
         self._held: dict[str, Task] = {}
         self._held_lock = threading.Lock()
+        #: the runner's transport calls and reports, from its loop and from the ack flusher
+        self.io_lock = threading.RLock()
         self._pending_acks: list[tuple[Task, float]] = []
         self._pending_since = 0.0
+        self._ack_window_s = transport.ack_window_s
+        self._flusher: AckFlusher | None = None
         self._avg_task_s: float | None = None
         self._unavailable = False
-        worker.bind(transport, queue)
+        #: how often the transport was found unreachable (a batch checks its leases after one)
+        self._outages = 0
+        #: crash notices heard (task id -> message), AMQP only
+        self._crashes: dict[str, P.Message] = {}
+        self._ack_before: set[str] = set()
+        worker.bind(transport, queue, self.io_lock)
 
     # -- bookkeeping -----------------------------------------------------------------------------
 
@@ -171,12 +132,16 @@ class Runner:
         with self._held_lock:
             return list(self._held.values())
 
+    def _send(self, message: P.Message) -> None:
+        with self.io_lock:  # the ack flusher reports too
+            self.report(message)
+
     def _finish(self, entries: Sequence[tuple[Task, str, float]]) -> None:
         with self._held_lock:
             for task, _, _ in entries:
                 self._held.pop(task.id, None)
         if entries and self.report_outcomes:
-            self.report((P.FINISHED, [(task.id, outcome, duration) for task, outcome, duration in entries]))
+            self._send((P.FINISHED, [(task.id, outcome, duration) for task, outcome, duration in entries]))
 
     def batch_size(self) -> int:
         """Tasks to ask for next: about BATCH_TARGET_S of work, at least 1, at most max_batch."""
@@ -196,8 +161,10 @@ class Runner:
         delay = RECONNECT_FIRST_S
         while True:
             try:
-                result = getattr(self.transport, method)(*args, **kwargs)
+                with self.io_lock:
+                    result = getattr(self.transport, method)(*args, **kwargs)
             except TransportUnavailableError as exc:
+                self._outages += 1
                 if not self._unavailable:
                     logger.error("transport unavailable (%s): %s; retrying with backoff", method, exc)
                     self._unavailable = True
@@ -225,30 +192,50 @@ class Runner:
             logger.debug("reopening the transport failed: %s", exc)
             return
         old, self.transport = self.transport, fresh
-        self.worker.bind(fresh, self.queue)
+        self.worker.bind(fresh, self.queue, self.io_lock)
         try:
             old.close()
         except Exception as exc:  # closing a broken connection may fail in any way
             logger.debug("closing the old transport failed: %s", exc)
 
-    def _flush_acks(self) -> None:
+    def flush_acks(self) -> None:
+        """Ack every finished task not acked yet, in one call (thread-safe)."""
+        with self.io_lock:
+            if not self._pending_acks:
+                return
+            pending, self._pending_acks = self._pending_acks, []
+            self._call("ack_tasks", [task for task, _ in pending])
+            self._finish([(task, P.ACKED, duration) for task, duration in pending])
+
+    def ack_due_in(self) -> float | None:
+        """Seconds until the oldest waiting ack is due (<= 0: now), None when none waits."""
         if not self._pending_acks:
-            return
-        pending, self._pending_acks = self._pending_acks, []
-        self._call("ack_tasks", [task for task, _ in pending])
-        self._finish([(task, P.ACKED, duration) for task, duration in pending])
+            return None
+        return self._pending_since + self._ack_window_s - self.clock()
+
+    def _queue_ack(self, task: Task, duration: float, ended: float) -> None:
+        with self.io_lock:
+            first = not self._pending_acks
+            if first:
+                self._pending_since = ended
+            self._pending_acks.append((task, duration))
+        if first and self._flusher is not None:
+            self._flusher.due.set()
 
     # -- the loop ----------------------------------------------------------------------------------
 
     def run(self) -> str:
         """Run until stopped (``stopped``), halted (``halted``), ``max_tasks`` ran (``max_tasks``) or the
         resident memory passed ``max_memory_mb`` after a batch (``max_memory``)."""
-        keeper = _LeaseKeeper(self, self.lease_s)
+        keeper = LeaseKeeper(self, self.lease_s)
         keeper.start()
+        self._flusher = AckFlusher(self)
+        self._flusher.start()
         try:
             return self._loop()
         finally:
-            self._flush_acks()
+            self._flusher.stop()
+            self.flush_acks()
             self._release(self.held_tasks())
             keeper.done.set()
 
@@ -266,22 +253,31 @@ class Runner:
             if not tasks:
                 if self.stop.is_set():
                     return STOPPED
-                self.report((P.POLLED, time.time()))
+                self._send((P.POLLED, time.time()))
                 if self.halt is not None and self._queue_is_empty():
                     return HALTED
                 continue
             with self._held_lock:
                 self._held.update((task.id, task) for task in tasks)
-            self.report((P.FETCHED, [P.held_entry(task) for task in tasks], time.time()))
+            self._send((P.FETCHED, [P.held_entry(task) for task in tasks], time.time()))
+            if self.inbox is not None:
+                tasks = self._settle_crashed(tasks)
+            outages = self._outages
             for index, task in enumerate(tasks):
                 if self.stop.is_set() or not self._wait_for_rate_slot():
                     self._release(tasks[index:])
                     break
+                if self._outages != outages and not self._call("extend", task, self.lease_s):
+                    self._finish([(task, P.LOST, 0.0)])  # the server gave it to another worker
+                    continue
+                if self._ack_before and task.id in self._ack_before:
+                    self._ack_before.discard(task.id)
+                    self.flush_acks()
                 self._process(task)
-                if self._pending_acks and self.clock() - self._pending_since >= ACK_FLUSH_S:
-                    self._flush_acks()
-            self._flush_acks()
-            if self.max_memory_mb is not None and resident_mb() > self.max_memory_mb:
+                if self._pending_acks and self.clock() - self._pending_since >= self._ack_window_s:
+                    self.flush_acks()
+            self.flush_acks()
+            if self.max_memory_mb is not None and (resident_mb() or 0.0) > self.max_memory_mb:
                 logger.info("resident memory above max_memory_mb=%s: leaving to be replaced", self.max_memory_mb)
                 return MAX_MEMORY
 
@@ -319,20 +315,18 @@ class Runner:
         if self.current is not None:
             self.current.set(task.id, time.time(), timeout)
         else:
-            self.report((P.STARTED, task.id, time.time(), timeout))
+            self._send((P.STARTED, task.id, time.time(), timeout))
         outcome: str | None = None
         reason = ""
         try:
             if timeout:
-                with self._soft_timeout(timeout):
+                with soft_timeout(timeout):
                     worker.process(task.payload)
             else:
                 worker.process(task.payload)
         except Retry as exc:
-            delay = exc.delay_s if exc.delay_s is not None else worker.retry_delay(task.attempts)
-            logger.info("task %s on %s: retry requested (%s), again in %.2f s", task.id, task.queue, exc, delay)
-            self._call("nack", task, delay_s=delay)
-            outcome = P.RETRIED
+            outcome = self._retry(task, exc)
+            reason = "" if outcome == P.RETRIED else self._exhausted(task, exc)
         except Reject as exc:
             reason = f"rejected: {exc.reason}"
             outcome = P.DEAD
@@ -351,9 +345,7 @@ class Runner:
             self.limiter.record()
         self._avg_task_s = duration if self._avg_task_s is None else 0.8 * self._avg_task_s + 0.2 * duration
         if outcome is None and not reason:
-            if not self._pending_acks:
-                self._pending_since = ended
-            self._pending_acks.append((task, duration))
+            self._queue_ack(task, duration, ended)
             return
         if outcome is None:
             outcome = self._fail(task, reason)
@@ -363,6 +355,58 @@ class Runner:
             self._call("dead", task, reason)
         self._finish([(task, outcome, duration)])
 
+    def _retry(self, task: Task, exc: Retry) -> str:
+        """``raise Retry``: nack with its delay while attempts remain (``dead`` when spent)."""
+        worker = self.worker
+        if task.attempts >= worker.max_attempts:
+            return P.DEAD
+        delay = exc.delay_s if exc.delay_s is not None else worker.retry_delay(task.attempts)
+        logger.info("task %s on %s: retry requested%s (attempt %d of %d), again in %.2f s", task.id, task.queue,
+                    f": {exc.reason}" if exc.reason else "", task.attempts, worker.max_attempts, delay)
+        self._call("nack", task, delay_s=delay)
+        return P.RETRIED
+
+    def _exhausted(self, task: Task, exc: Retry) -> str:
+        return (f"retries exhausted: Retry raised on attempt {task.attempts} of max_attempts="
+                f"{self.worker.max_attempts}" + (f": {exc.reason}" if exc.reason else ""))
+
+    def _settle_crashed(self, tasks: list[Task]) -> list[Task]:
+        """Act on crash notices (AMQP): give back or dead-letter the fetched tasks they name; return
+        the tasks to run."""
+        for message in self.inbox() if self.inbox is not None else ():
+            if message[0] == P.CRASH:
+                self._crashes.pop(message[1], None)
+                self._crashes[message[1]] = message
+        while len(self._crashes) > 10_000:  # the supervisor's ledger bound
+            del self._crashes[next(iter(self._crashes))]
+        if not self._crashes:
+            return tasks
+        runnable = []
+        for task in tasks:
+            notice = self._crashes.get(task.id)
+            if notice is None:
+                runnable.append(task)
+                continue
+            _, task_id, crashes, attempts, deferred, dead_reason = notice
+            if dead_reason is not None:
+                logger.error("task %s on %s dead-lettered: %s", task_id, task.queue, dead_reason)
+                self._call("dead", task, dead_reason)
+                del self._crashes[task_id]
+                outcome = P.DEAD
+            elif deferred < crashes:
+                # the broker's redelivery raised attempts: give it back with those it had
+                self._call("nack", dataclasses.replace(task, attempts=attempts), delay_s=crash_delay_s(crashes),
+                           count_attempt=False)
+                self._crashes[task_id] = (*notice[:4], crashes, None)
+                outcome = P.DEFERRED
+            else:
+                runnable.append(task)
+                self._ack_before.add(task_id)  # it may crash again: acks of the tasks before it go first
+                continue
+            self._send((P.SETTLED, task_id, crashes, outcome))
+            self._finish([(task, P.DEAD if outcome == P.DEAD else P.RELEASED, 0.0)])
+        return runnable
+
     def _fail(self, task: Task, reason: str) -> str:
         if task.attempts < self.worker.max_attempts:
             delay = self.worker.retry_delay(task.attempts)
@@ -371,24 +415,3 @@ class Runner:
             self._call("nack", task, delay_s=delay)
             return P.RETRIED
         return P.DEAD
-
-    @contextlib.contextmanager
-    def _soft_timeout(self, timeout_s: float | None) -> Iterator[None]:
-        if not timeout_s or threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        armed = [True]
-
-        def on_alarm(signum: int, frame: object) -> None:
-            if armed[0]:
-                armed[0] = False
-                raise TaskTimeout(f"the task ran longer than timeout_s={timeout_s}")
-
-        previous = signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, timeout_s)
-        try:
-            yield
-        finally:
-            armed[0] = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)

@@ -8,7 +8,6 @@ restarted.  It outlives the processes of its slot: a restarted child reuses it.
 from __future__ import annotations
 
 import collections
-import importlib
 import logging
 import signal
 import time
@@ -18,13 +17,13 @@ from multiprocessing.process import BaseProcess
 
 from asynctask.config import COMMAND_WORKER, Settings, check_worker_names
 from asynctask.cron import scheduled_queues, validate_entries
-from asynctask.errors import ConfigurationError, TransportError
-from asynctask.transports.base import Transport
+from asynctask.errors import ConfigurationError
+from asynctask.importing import import_modules
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import registered_workers
 from asynctask.workers.child import ChildSpec
 
-__all__ = ["ChildState", "describe_exit", "give_back", "hard_timeout_s", "import_requires", "scheduled_children"]
+__all__ = ["ChildState", "describe_exit", "hard_timeout_s", "import_requires", "scheduled_children"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +58,7 @@ def import_requires(settings: Settings) -> tuple[str, ...]:
     modules = list(settings.require)
     if settings.scheduled_workers:
         modules.append("asynctask.scheduler")
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ConfigurationError:
-            raise
-        except Exception as exc:
-            raise ConfigurationError(
-                f"asynctask_require: cannot import module {module!r}: {type(exc).__name__}: {exc}"
-            ) from None
+    import_modules(modules)
     known = registered_workers()
     check_worker_names(settings, known)
     for entry, where in zip(settings.scheduled_workers, settings.scheduled_sources, strict=True):
@@ -93,6 +84,8 @@ class ChildState:
     slot: int
     max_attempts: int = 1
     timeout_s: float | None = None
+    #: deaths of its child a task may cause before it is quarantined (:mod:`asynctask.workers.crashes`)
+    max_crashes: int = 3
     process: BaseProcess | None = None
     conn: Connection | None = None
     pid: int | None = None
@@ -120,6 +113,11 @@ class ChildState:
     done: bool = False
     #: outcome -> count over the slot's life (acked, retried, dead, released, lost)
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: the child's resident memory (MiB) at the supervisor's last look, and when (monotonic)
+    rss_mb: float | None = None
+    rss_at: float = 0.0
+    #: tasks the supervisor dead-lettered for this slot's dead children
+    dead_lettered: int = 0
 
     @property
     def queue(self) -> str:
@@ -154,6 +152,7 @@ class ChildState:
         if self.conn is not None:
             self.conn.close()
         self.process = self.conn = None
+        self.rss_mb = None
         self.held.clear()
         self.started_ids.clear()
         self.running = None
@@ -189,39 +188,3 @@ class ChildState:
             self.recycling = True
         elif kind == P.READY:
             self.ready = True
-
-
-def give_back(transport: Transport, child: ChildState, cause: str) -> int:
-    """Give back the tasks a dead child held, at once; returns how many were dead-lettered.
-
-    The task it was running is nacked with the attempt counted, or dead-lettered with ``cause`` in
-    the reason once it reached ``max_attempts``; tasks it had not started are nacked uncounted.
-    Without portable receipts (AMQP) the broker gives them back itself when the connection closes.
-    """
-    if not child.held:
-        return 0
-    if not transport.portable_receipts:
-        logger.info("%d task(s) of the dead worker %s go back through the broker", len(child.held), child.worker)
-        child.held.clear()
-        return 0
-    running = child.running_task()
-    dead = 0
-    for task_id, entry in list(child.held.items()):
-        task = P.task_from_entry(child.queue, entry)
-        try:
-            if running is not None and task_id == running[0]:
-                if task.attempts >= child.max_attempts:
-                    logger.error("task %s on %s dead-lettered: %s (attempt %d of %d)", task.id, task.queue, cause,
-                                 task.attempts, child.max_attempts)
-                    transport.dead(task, f"{cause} while running the task (attempt {task.attempts}"
-                                         f" of {child.max_attempts})")
-                    dead += 1
-                else:
-                    logger.warning("task %s on %s given back: %s while running it", task.id, task.queue, cause)
-                    transport.nack(task)
-            else:
-                transport.nack(task, count_attempt=False)
-        except TransportError as exc:
-            logger.error("cannot give back task %s (its lease will): %s", task.id, exc)
-    child.held.clear()
-    return dead

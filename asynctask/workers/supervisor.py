@@ -4,17 +4,21 @@
   scheduled worker configured on no queue (on ``scheduled_<worker>``).  Children are forked from a
   fork server (``START_METHOD``) and open their own transport (:mod:`asynctask.workers.child`).
 * Each child reports what it fetched, started and finished (:mod:`asynctask.workers.protocol`), so
-  when a child dies the supervisor gives its tasks back at once through its own transport: the task
-  it was running is nacked with the attempt counted (dead-lettered with the exit code or signal in
-  the reason once ``max_attempts`` is reached), the ones it had not started are nacked uncounted.
-  On transports without portable receipts (AMQP) the broker returns them itself.
+  when a child dies the supervisor gives its tasks back at once: the task it was running is a crash,
+  not a failed attempt (given back with a short delay, quarantined in the dead letters after
+  ``max_crashes`` deaths: :mod:`asynctask.workers.crashes`, which also says how AMQP does it); the
+  ones it had not started go back uncounted.  The supervisor looks at each child's resident memory
+  about once a second, for the causes it records.
 * A dead child is restarted after 1 s, doubling to 60 s, reset after a minute of health; a log line
   names the queue, the worker and the exit code or signal.
 * ``timeout_s``: a child still running a task ``timeout_s`` (+ a grace of max(1 s, 10 %)) after it
   started it is killed; the task counts as a failed attempt and the child is replaced at once.
 * SIGTERM/SIGINT: children stop fetching, finish the task in hand within
   ``asynctask_shutdown_timeout``, give back the rest, exit; the supervisor exits 0.  A second signal
-  or the end of the grace period kills them (their tasks are given back) and exits with 4.
+  or the end of the grace period kills them (their tasks are given back) and exits with 4.  Each
+  signal counts, however close together they come (they are read from the signal wake-up pipe, one
+  byte each).  A signal to the whole process group reaches the children too, which then do the same
+  (the fork server survives it: :mod:`asynctask.workers.forkserver`).
 * ``halt_when_empty``: exit 0 once every child has reported ``halted`` and left.
 * ``rate_max_calls`` per ``rate_period``: counted per child, each of a queue's N processes
   allowed ``rate_max_calls`` per ``N * rate_period`` (the queue's rate on this supervisor).
@@ -48,15 +52,10 @@ from asynctask.transports import get_transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import get_worker
 from asynctask.workers.child import ChildSpec, child_main
+from asynctask.workers.crashes import CrashLedger, CrashRecord, give_back
 from asynctask.workers.extras import build_metrics, build_scheduler
-from asynctask.workers.state import (
-    ChildState,
-    describe_exit,
-    give_back,
-    hard_timeout_s,
-    import_requires,
-    scheduled_children,
-)
+from asynctask.workers.keepers import resident_mb
+from asynctask.workers.state import ChildState, describe_exit, hard_timeout_s, import_requires, scheduled_children
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +75,9 @@ RESTART_MAX_S = 60.0
 HEALTHY_AFTER_S = 60.0
 #: a task running this long is passed on to listeners as ``started`` (health checks, metrics)
 ANNOUNCE_AFTER_S = 1.0
+#: how often the supervisor reads a child's resident memory (for the causes of crashes)
+RSS_SAMPLE_S = 1.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 Listener = Callable[[ChildState, P.Message], None]
 
@@ -91,6 +93,7 @@ class Supervisor:
         halt_when_empty: bool = False,
         scheduler: bool = False,
         metrics_port: int | None = None,
+        metrics_bind: str = "127.0.0.1",
         log_level: int = logging.INFO,
         quiet: bool = False,
     ) -> None:
@@ -99,17 +102,21 @@ class Supervisor:
         self.halt_when_empty = halt_when_empty
         self.scheduler = scheduler
         self.metrics_port = metrics_port
+        self.metrics_bind = metrics_bind
         self.listeners: list[Listener] = []
         self.metrics: Any = None  # asynctask.metrics.WorkerMetrics with --metrics-port
         self.stop_event = threading.Event()
-        self._signals = 0
+        #: stop events so far: SIGTERM/SIGINT (one per wake-up byte) and request_stop() calls
+        self._stop_events = 0
         self._forced = False
+        self.crashes = CrashLedger()
         self._context: Any = multiprocessing.get_context(START_METHOD)
         requires = import_requires(settings)
         self.children: list[ChildState] = []
-        pairs = [(e.queue, e.worker, e.processes, e.rate_max_calls, e.rate_period) for e in settings.workers]
-        pairs += [(queue, worker, 1, None, 1.0) for queue, worker in scheduled_children(settings).items()]
-        for queue, worker, processes, rate_max_calls, rate_period in pairs:
+        pairs = [(e.queue, e.worker, e.processes, e.rate_max_calls, e.rate_period, e.max_crashes)
+                 for e in settings.workers]
+        pairs += [(queue, worker, 1, None, 1.0, None) for queue, worker in scheduled_children(settings).items()]
+        for queue, worker, processes, rate_max_calls, rate_period, max_crashes in pairs:
             cls = get_worker(worker)
             spec = ChildSpec(
                 queue=queue,
@@ -129,7 +136,8 @@ class Supervisor:
             )
             for slot in range(processes):
                 current = P.CurrentTask(self._context)
-                self.children.append(ChildState(spec, slot, cls.max_attempts, cls.timeout_s, current=current))
+                self.children.append(ChildState(spec, slot, cls.max_attempts, cls.timeout_s,
+                                                max_crashes or cls.max_crashes, current=current))
         self._leaving: list[tuple[BaseProcess, Connection]] = []
         self._scheduler = build_scheduler(settings, self.transport_url) if scheduler else None
         if metrics_port is not None:
@@ -140,7 +148,7 @@ class Supervisor:
             # ``__main__`` as with spawn: workers defined in the main script (behind its
             # ``if __name__ == "__main__"`` guard) register in the children too.
             self._context.set_forkserver_preload(
-                ["__main__", "asynctask.workers.child", type(self.transport).__module__]
+                ["__main__", "asynctask.workers.forkserver", "asynctask.workers.child", type(self.transport).__module__]
             )
 
     # -- public ------------------------------------------------------------------------------
@@ -151,7 +159,7 @@ class Supervisor:
 
     def request_stop(self) -> None:
         """Ask for a graceful shutdown, as SIGTERM does (safe from another thread)."""
-        self._signals += 1
+        self._stop_events += 1
         self._wake()
 
     def run(self) -> int:
@@ -162,7 +170,7 @@ class Supervisor:
         on_main = threading.current_thread() is threading.main_thread()
         previous: dict[int, Any] = {}
         if on_main:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in STOP_SIGNALS:
                 previous[signum] = signal.signal(signum, self._on_signal)
             previous_fd = signal.set_wakeup_fd(self._wake_fd, warn_on_full_buffer=False)
         try:
@@ -182,7 +190,8 @@ class Supervisor:
     # -- internals -----------------------------------------------------------------------------
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        self._signals += 1
+        """Nothing: signals are counted from the wake-up pipe, where two quick ones stay two (the
+        Python-level handler runs once for signals that arrive before it could run)."""
 
     def _wake(self) -> None:
         try:
@@ -195,15 +204,15 @@ class Supervisor:
             threading.Thread(target=self._scheduler.run, args=(self.stop_event,), name="asynctask-scheduler",
                              daemon=True).start()
         if self.metrics is not None and self.metrics_port is not None:
-            self.metrics.serve(self.metrics_port)
+            self.metrics.serve(self.metrics_port, self.metrics_bind)
 
     def _loop(self, read_fd: int) -> int:
         grace_until: float | None = None
-        handled_signals = 0
+        handled = 0
         while True:
             now = time.monotonic()
-            if self._signals > handled_signals:
-                handled_signals = self._signals
+            while handled < self._stop_events:
+                handled += 1
                 if grace_until is None:
                     grace_until = now + self.settings.shutdown_timeout_s
                     self._begin_shutdown()
@@ -221,7 +230,7 @@ class Supervisor:
                 for child in self.children:
                     if child.process is None and not child.done and now >= child.next_start_at:
                         self._start(child)
-            self._check_timeouts(now)
+            self._watch_children(now)
             self._reap_leaving()
             if not self._leaving and all(child.done and child.process is None for child in self.children):
                 if grace_until is not None:
@@ -238,9 +247,10 @@ class Supervisor:
             ready = multiprocessing.connection.wait(waits, timeout=max(deadline - time.monotonic(), 0.0))
             if read_fd in ready:
                 try:
-                    os.read(read_fd, 512)
+                    woken_by = os.read(read_fd, 512)
                 except BlockingIOError:
-                    pass
+                    woken_by = b""
+                self._stop_events += sum(1 for byte in woken_by if byte in STOP_SIGNALS)
             for child in self.children:
                 if child.process is not None:
                     self._drain(child)
@@ -260,7 +270,7 @@ class Supervisor:
         return deadline
 
     def _start(self, child: ChildState) -> None:
-        parent_conn, child_conn = self._context.Pipe(duplex=False)
+        parent_conn, child_conn = self._context.Pipe(duplex=True)  # duplex: crash notices go to the child
         spec = dataclasses.replace(child.spec, report_outcomes=self.metrics is not None or bool(self.listeners))
         process = self._context.Process(
             target=child_main,
@@ -271,6 +281,8 @@ class Supervisor:
         process.start()
         child_conn.close()
         child.attach(process, parent_conn)
+        if not self.transport.portable_receipts:
+            self._notify([child], self.crashes.open_records(child.queue))
         if self.metrics is not None:
             self.metrics.child_started(str(process.pid), child.queue, child.worker)
         logger.info("started worker %s on queue %s (pid %s)", child.worker, child.queue, process.pid)
@@ -290,6 +302,10 @@ class Supervisor:
                 if message[0] == P.RECYCLE and not child.done:
                     self._replace(child, message[1])
                     return
+                if message[0] == P.SETTLED:
+                    record = self.crashes.settled(*message[1:])
+                    siblings = [c for c in self.children if c.queue == child.queue and c is not child]
+                    self._notify(siblings, [record] if record is not None else [])
         except (EOFError, OSError):
             # the child closed its end (it is leaving): stop watching it, its sentinel tells the rest
             conn.close()
@@ -317,11 +333,25 @@ class Supervisor:
                 conn.close()
                 self._leaving.remove((process, conn))
 
-    def _check_timeouts(self, now: float) -> None:
+    def _notify(self, children: list[ChildState], records: list[CrashRecord]) -> None:
+        """Send crash notices to the children that still listen (AMQP; see asynctask.workers.crashes)."""
+        for child in children:
+            for record in records:
+                if child.conn is None:
+                    break
+                try:
+                    child.conn.send(record.notice())
+                except OSError:  # it is leaving; its replacement hears of the open records at start
+                    break
+
+    def _watch_children(self, now: float) -> None:
+        """Timeouts, listeners' ``started``, and each child's resident memory about once a second."""
         wall = time.time()
         for child in self.children:
             if child.process is None or child.killing:
                 continue
+            if now - child.rss_at >= RSS_SAMPLE_S and child.pid is not None:
+                child.rss_mb, child.rss_at = resident_mb(child.pid), now
             running = child.running_task()
             if running is None:
                 continue
@@ -338,7 +368,10 @@ class Supervisor:
     def _announce(self, child: ChildState, running: tuple[str, float, float | None]) -> None:
         """Pass a ``started`` message on to listeners for a task the child wrote to shared memory."""
         child.announced = running[0]
-        message = (P.STARTED, *running)
+        self._pass_on(child, (P.STARTED, *running))
+
+    def _pass_on(self, child: ChildState, message: P.Message) -> None:
+        """Give listeners and metrics a message the supervisor makes for a child."""
         if self.metrics is not None:
             self.metrics.observe(str(child.pid), message)
         for listener in self.listeners:
@@ -373,12 +406,18 @@ class Supervisor:
         self._drain(child)
         exitcode = process.exitcode
         how = describe_exit(exitcode)
-        cause = child.kill_cause or f"worker child {how}"
         lived = time.monotonic() - child.started_at
         running = child.running_task()
+        dead_before = child.dead_lettered
+        given = give_back(self.transport, child, self.crashes, how)
+        self._notify([c for c in self.children if c.queue == child.queue and c is not child], given.notices)
+        if given.acked:  # finished by the child, acked by us: count them (duration unknown)
+            finished = (P.FINISHED, [(task_id, P.ACKED, None) for task_id in given.acked])
+            child.handle(finished)
+            self._pass_on(child, finished)
         if running is not None and running[0] != child.announced:
             self._announce(child, running)
-        if give_back(self.transport, child, cause) and self.metrics is not None:
+        if child.dead_lettered > dead_before and self.metrics is not None:
             self.metrics.task_dead_lettered(child.queue, child.worker)
         timed_out = child.kill_cause is not None and child.kill_cause.startswith("TaskTimeout")
         halted, recycling = child.halted, child.recycling

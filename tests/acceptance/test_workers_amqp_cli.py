@@ -87,11 +87,6 @@ def test_a_first_start_has_no_missing_queue_warning_nor_pika_lines_of_the_superv
     assert supervisor_lines and [line for line in supervisor_lines if "pika" in line] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the children keep pika's INFO lines until asynctask.workers.child.configure_logging calls"
-    " asynctask.transports.quiet_drivers (the supervisor's own lines are silenced already)",
-)
 def test_an_idle_worker_logs_nothing_of_pika(world: Env, amqp_url: str) -> None:
     err = run_idle(world, amqp_url, 3.0)
     assert "pika" not in err, err

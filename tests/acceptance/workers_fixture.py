@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -66,15 +67,29 @@ class FailTwice(AsyncTaskWorker):
 
 
 class ExitMidTask(AsyncTaskWorker):
-    """The first delivery kills its own process with os._exit(1)."""
+    """The first run of a task with ``payload["marker"]`` kills its own process with os._exit(1)
+    (it creates the marker file first, so the next run goes through)."""
 
     name = "acc_exit"
-    max_attempts = 3
 
     def process(self, payload: dict[str, Any]) -> None:
         record(self, payload)
-        if self.task is not None and self.task.attempts == 1:
+        marker = payload.get("marker")
+        if marker and not os.path.exists(marker):
+            Path(marker).touch()
             os._exit(1)
+
+
+class Poison(AsyncTaskWorker):
+    """A task with ``payload["poison"]`` kills its child with SIGKILL every time it runs."""
+
+    name = "acc_poison"
+
+    def process(self, payload: dict[str, Any]) -> None:
+        record(self, payload)
+        if payload.get("poison"):
+            os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(10)
 
 
 class Slow(AsyncTaskWorker):
@@ -88,6 +103,13 @@ class Slow(AsyncTaskWorker):
             Path(payload["started"]).write_text(str(os.getpid()))
         time.sleep(payload.get("sleep_s", 1.0))
         record(self, payload)
+
+
+class Sleep(Slow):
+    """``acc_slow`` at the defaults a user gets (``max_attempts`` 1)."""
+
+    name = "acc_sleep"
+    max_attempts = 1
 
 
 class SleepPastTimeout(AsyncTaskWorker):

@@ -1,15 +1,19 @@
-"""Helpers for the asynctask-workers subprocess tests: a filesystem store in a temp dir, a config
-file, the CLI started as a subprocess with the fixture workers importable."""
+"""Helpers for the asynctask-workers subprocess tests: a store (a filesystem one in a temp dir, or
+any transport's test harness from tests/transports), a config file, the CLI started as a
+subprocess with the fixture workers importable, and a throwaway redis-server."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,9 @@ from asynctask.transports.base import Transport
 
 HERE = Path(__file__).resolve().parent
 CLI = str(Path(sys.executable).parent / "asynctask-workers")
+TRANSPORT_TESTS = HERE.parent / "transports"
+#: the transports with a store another process can reach, in the order their tests run
+SERVER_TRANSPORTS = ("filesystem", "redis", "pgsql", "amqp")
 
 FAST = {
     "asynctask_workers_poll_interval": 50,
@@ -31,11 +38,11 @@ FAST = {
 class Env:
     """One test's world: a store under tmp_path, a config file, helpers to run the CLI."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, url: str | None = None, transport: Transport | None = None) -> None:
         self.tmp = tmp_path
-        self.url = f"filesys:{tmp_path / 'store'}"
+        self.url = url or f"filesys:{tmp_path / 'store'}"
         self.out = str(tmp_path / "out.jsonl")
-        self.transport: Transport = get_transport(self.url)
+        self.transport: Transport = transport or get_transport(self.url)
         self.env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
@@ -51,9 +58,10 @@ class Env:
         path.write_text(yaml.safe_dump(data))
         return str(path)
 
-    def start(self, *args: str) -> subprocess.Popen[str]:
+    def start(self, *args: str, own_group: bool = False) -> subprocess.Popen[str]:
+        """The CLI in the background (``own_group``: in a process group of its own, as systemd runs it)."""
         return subprocess.Popen([CLI, *args], env=self.env, cwd=self.tmp, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, start_new_session=own_group)
 
     def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run([CLI, *args], env=self.env, cwd=self.tmp, capture_output=True, text=True,
@@ -87,3 +95,56 @@ def stop(process: subprocess.Popen[str], timeout: float = 20) -> tuple[str, str]
     except subprocess.TimeoutExpired:
         process.kill()
         return process.communicate()
+
+
+@contextlib.contextmanager
+def transport_world(name: str, tmp_path: Path) -> Iterator[Env]:
+    """An Env on the test harness of transport ``name`` (tests/transports/harness_<name>.py): its
+    own key prefix, schema or queue prefix on the shared server, removed afterwards."""
+    if str(TRANSPORT_TESTS) not in sys.path:
+        sys.path.insert(0, str(TRANSPORT_TESTS))  # the harnesses import harnesslib from there
+    spec = importlib.util.spec_from_file_location(f"acceptance_harness_{name}", TRANSPORT_TESTS / f"harness_{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with module.harness(tmp_path) as made:
+        yield Env(tmp_path, made.url, made.transport)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free loopback port, persisting every write (AOF)."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory, self.port = directory, port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None

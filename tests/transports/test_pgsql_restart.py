@@ -9,8 +9,6 @@ last (or alone).  Skipped when pg_ctlcluster or the cluster is not on this machi
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -24,7 +22,8 @@ import pytest
 
 psycopg2 = pytest.importorskip("psycopg2")
 
-from support import PGSQL_HOST, PGSQL_PORT, REQUIRE_SERVICES, require_service
+from server_restarts import pgsql_sql, restart_pgsql, wait_for_pgsql
+from support import PGSQL_HOST, PGSQL_PORT, require_service
 
 from asynctask.transports.pgsql import PgsqlTransport
 
@@ -79,52 +78,17 @@ IDLE_CONSUMER = """
 """
 
 
-def _sql(statement: str) -> list[tuple[object, ...]]:
-    conn = psycopg2.connect(host=PGSQL_HOST, port=PGSQL_PORT, user="postgres", dbname="test", connect_timeout=3)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(statement)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
-
-
-def _wait_until_server_answers(timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            _sql("SELECT 1")
-            return
-        except psycopg2.Error:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
-def _cluster_version() -> str | None:
-    if shutil.which("pg_ctlcluster") is None or not os.path.isdir("/etc/postgresql"):
-        return None
-    versions = sorted((v for v in os.listdir("/etc/postgresql") if v.replace(".", "").isdigit()), key=float)
-    return versions[-1] if versions and os.path.isdir(f"/etc/postgresql/{versions[-1]}/main") else None
-
-
 @pytest.fixture
 def schema() -> Iterator[str]:
     require_service("PostgreSQL", PGSQL_HOST, PGSQL_PORT)
     name = f"asynctask_test_{uuid.uuid4().hex[:12]}"
     yield name
-    _wait_until_server_answers()
-    _sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    wait_for_pgsql()
+    pgsql_sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
 @pytest.mark.slow
 def test_server_restart_mid_drain(schema: str, tmp_path: Path) -> None:
-    version = _cluster_version()
-    if version is None:
-        if REQUIRE_SERVICES:
-            pytest.fail("pg_ctlcluster and /etc/postgresql/<version>/main are needed for the restart test")
-        pytest.skip("no local PostgreSQL cluster to restart (pg_ctlcluster)")
     url = f"{BASE}?schema={schema}"
     total = 3000
     with PgsqlTransport(url) as producer:
@@ -144,12 +108,7 @@ def test_server_restart_mid_drain(schema: str, tmp_path: Path) -> None:
     try:
         assert idle.stdout is not None and idle.stdout.readline() == "waiting\n"
         time.sleep(1.0)  # draining has begun
-        restart = subprocess.run(
-            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
-            capture_output=True, text=True, timeout=60, check=False,
-        )
-        _wait_until_server_answers()
-        assert restart.returncode == 0, restart.stderr
+        restart_pgsql()
         restarted_at = time.monotonic()
         with PgsqlTransport(url) as watcher:  # wait until every task is acked (lost fetches: after their lease)
             while True:
@@ -170,7 +129,7 @@ def test_server_restart_mid_drain(schema: str, tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 outputs.append(proc.communicate())
-        _wait_until_server_answers()
+        wait_for_pgsql()
     assert [proc.returncode for proc in procs] == [0, 0, 0], [err[-3000:] for _, err in outputs]
     acked = Counter(line for out, _ in outputs[:2] for line in out.split())
     assert set(acked) == set(ids), f"{len(set(ids) - set(acked))} tasks never acked"

@@ -40,10 +40,14 @@ class UnitFail(AsyncTaskWorker):
 
 class UnitSignals(AsyncTaskWorker):
     name = "unit_signals"
+    max_attempts = 3
 
     def process(self, payload: dict[str, Any]) -> None:
         if payload["do"] == "retry" and self.task is not None and self.task.attempts == 1:
             raise Retry(delay_s=0)
+        if payload["do"] == "always_retry":
+            SEEN.append(("retry", self.task.attempts if self.task else None))
+            raise Retry(delay_s=0, reason="the mail server said later")
         if payload["do"] == "reject":
             raise Reject("not for us")
         SEEN.append(("done", payload["do"]))
@@ -131,6 +135,16 @@ def test_retry_and_reject_steer_one_task(store: MemoryTransport) -> None:
     assert SEEN == [("done", "retry")]
     dead = store.dead_tasks("jobs")
     assert [d.id for d in dead] == [rejected] and dead[0].reason == "rejected: not for us"
+
+
+def test_retry_counts_toward_max_attempts_then_dead_letters(store: MemoryTransport) -> None:
+    task_id = store.submit_task("jobs", {"do": "always_retry"})
+    runner, _ = run(store, "unit_signals")
+    assert SEEN == [("retry", 1), ("retry", 2), ("retry", 3)] and runner.processed == 3
+    (dead,) = store.dead_tasks("jobs")
+    assert (dead.id, dead.attempts) == (task_id, 3)
+    assert dead.reason == ("retries exhausted: Retry raised on attempt 3 of max_attempts=3:"
+                           " the mail server said later")
 
 
 def test_batch_size_grows_for_fast_tasks_and_is_bounded(store: MemoryTransport) -> None:
@@ -269,3 +283,64 @@ def test_outage_reopens_the_transport_and_rebinds_the_worker() -> None:
     assert runner.run() == HALTED
     assert SEEN == [("ok", 1)] and len(opened) == 3
     assert runner.transport is opened[-1] and worker.transport is opened[-1]
+
+
+class UnitFastThenSlow(AsyncTaskWorker):
+    name = "unit_fast_then_slow"
+
+    def process(self, payload: dict[str, Any]) -> None:
+        SEEN.append(("start", payload["n"]))
+        time.sleep(payload.get("sleep_s", 0))
+
+
+def test_a_finished_task_is_acked_within_the_window_while_a_long_one_runs(store: MemoryTransport) -> None:
+    store.submit_tasks("jobs", [{"n": 0}, {"n": 1, "sleep_s": 0.6}])
+    runner = Runner(store, "jobs", get_worker("unit_fast_then_slow")(), halt=HALT_IDLE)
+    runner._avg_task_s = 0.0  # both in one batch: the first one's ack would wait for the batch's end
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    try:
+        wait_until = time.monotonic() + 5
+        while ("start", 1) not in SEEN and time.monotonic() < wait_until:
+            time.sleep(0.005)
+        time.sleep(0.2)  # ten windows of 20 ms
+        assert store.stats("jobs").in_flight == 1  # only the long one
+    finally:
+        thread.join()
+    assert store.stats("jobs").in_flight == 0 and runner.processed == 2
+
+
+class ForgetfulOnce(MemoryTransport):
+    """The first ack fails as unreachable, and meanwhile every lease ran out and another consumer
+    took the tasks (as after a broker restart); acks go one per task (window 0), so the loop
+    notices at once."""
+
+    ack_window_s = 0.0
+
+    def __init__(self, url: str, clock: Any) -> None:
+        super().__init__(url, clock=clock)
+        self.clock, self.failed = clock, False
+
+    def ack_tasks(self, tasks: Any) -> None:
+        if not self.failed:
+            self.failed = True
+            self.clock[0] += 301  # every lease (300 s) ran out
+            self.stolen = MemoryTransport(self.url, clock=lambda: self.clock[0]).get_tasks("jobs", 10)
+            raise TransportUnavailableError("server at 127.0.0.1:1 cannot be reached")
+        super().ack_tasks(tasks)
+
+
+def test_after_an_outage_mid_batch_tasks_whose_lease_is_lost_are_not_run() -> None:
+    now = [1000.0]
+    store = ForgetfulOnce(f"memory://{uuid.uuid4().hex}?lease_s=300", clock=lambda: now[0])
+    store.clock = now
+    store.submit_tasks("jobs", [{"n": n} for n in range(3)])
+    SEEN.clear()
+    messages: list[P.Message] = []
+    runner = Runner(store, "jobs", get_worker("unit_fast_then_slow")(), halt=HALT_IDLE, sleep=lambda s: None,
+                    report=messages.append)
+    runner._avg_task_s = 0.0
+    assert runner.run() == HALTED
+    assert SEEN == [("start", 0)]  # 1 and 2 are another consumer's now: not run here as well
+    lost = [task_id for m in messages if m[0] == P.FINISHED for task_id, outcome, _ in m[1] if outcome == P.LOST]
+    assert sorted(lost) == sorted(t.id for t in store.stolen[1:])

@@ -1,5 +1,5 @@
-"""Supervisor bookkeeping and give-back on the memory transport (no processes started), and the
-eager helpers of asynctask.testing."""
+"""Supervisor bookkeeping on the memory transport (no processes started), and the eager helpers of
+asynctask.testing.  Crashes and give-back: test_workers_crashes.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from asynctask.testing import process_queue, run_worker
 from asynctask.transports.memory import MemoryTransport
 from asynctask.workers import AsyncTaskWorker
 from asynctask.workers import protocol as P  # noqa: N812
-from asynctask.workers.state import ChildState, describe_exit, give_back, hard_timeout_s
+from asynctask.workers.state import describe_exit, hard_timeout_s
 from asynctask.workers.supervisor import Supervisor
 
 DONE: list[Any] = []
@@ -69,41 +69,6 @@ def test_describe_exit_and_hard_timeout() -> None:
     assert hard_timeout_s(2) == 3.0 and hard_timeout_s(100) == 110.0
 
 
-def test_a_dead_childs_tasks_are_given_back_at_once() -> None:
-    url = f"memory://{uuid.uuid4().hex}"
-    store = MemoryTransport(url)
-    store.submit_tasks("jobs", [{"n": n} for n in range(3)])
-    fetched = store.get_tasks("jobs", 3, lease_s=300)
-    supervisor = Supervisor(settings_for(url, jobs="sup_ok"))
-    child: ChildState = supervisor.children[0]
-    child.handle((P.FETCHED, [P.held_entry(t) for t in fetched], 0.0))
-    assert child.current is not None
-    child.current.set(fetched[0].id, time.time(), None)  # as the child does, in shared memory
-    give_back(supervisor.transport, child, "worker child was killed by signal SIGKILL")
-    again = {t.id: t.attempts for t in store.get_tasks("jobs", 10, lease_s=300)}
-    # the running task counts an attempt; the two never started do not
-    assert again == {fetched[0].id: 2, fetched[1].id: 1, fetched[2].id: 1}
-    assert child.held == {}
-    supervisor.transport.close()
-
-
-def test_give_back_dead_letters_at_max_attempts() -> None:
-    url = f"memory://{uuid.uuid4().hex}"
-    store = MemoryTransport(url)
-    task_id = store.submit_task("jobs", {"n": 1})
-    supervisor = Supervisor(settings_for(url, jobs="sup_ok"))
-    child = supervisor.children[0]
-    for _ in range(2):
-        (task,) = store.get_tasks("jobs", 1)
-        child.handle((P.FETCHED, [P.held_entry(task)], 0.0))
-        child.handle((P.STARTED, task.id, 0.0, None))
-        give_back(supervisor.transport, child, "worker child was killed by signal SIGSEGV")
-    dead = store.dead_tasks("jobs")
-    assert [d.id for d in dead] == [task_id]
-    assert dead[0].reason == "worker child was killed by signal SIGSEGV while running the task (attempt 2 of 2)"
-    supervisor.transport.close()
-
-
 def test_scheduled_only_workers_get_a_child_on_their_queue() -> None:
     settings = Settings(
         transport=f"memory://{uuid.uuid4().hex}",
@@ -115,6 +80,9 @@ def test_scheduled_only_workers_get_a_child_on_their_queue() -> None:
 
     class SupOther(AsyncTaskWorker):
         name = "sup_other"
+
+        def process(self, payload: dict[str, Any]) -> None:
+            pass
 
     supervisor = Supervisor(settings)
     assert [(c.queue, c.worker) for c in supervisor.children] == [("jobs", "sup_ok"), ("scheduled_sup_other",
