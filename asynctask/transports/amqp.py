@@ -70,7 +70,9 @@ this instance, with ``attempts`` raised, and its old receipt stops being current
 never gets a task whose holder is alive: a worker stuck past its lease is killed by the
 supervisor, and its connection closing gives its tasks back.  ``portable_receipts`` is False.
 After a crash, messages the dead consumer had prefetched but not yet handed out come back
-``redelivered`` too, and count one attempt more than they had.
+``redelivered`` too, and count one attempt more than they had; the task it was running is given
+back by the worker that next fetches it with the attempts it had (the supervisor's crash notice says
+how many: :mod:`asynctask.workers.crashes`), which is why :meth:`nack` counts from ``task.attempts``.
 
 Counts (``stats``): ``ready`` is the broker's ready count (a passive declare) plus what this
 instance has prefetched and not handed out; ``delayed`` sums the holding queues the registry lists;

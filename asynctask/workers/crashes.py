@@ -154,10 +154,11 @@ class CrashLedger:
 
 
 def quarantine_reason(record: CrashRecord, max_crashes: int) -> str:
-    """The dead-letter reason of a task quarantined after ``record.crashes`` deaths."""
-    deaths = "; ".join(f"#{number} {cause}" for number, cause in enumerate(record.causes, start=1))
+    """The dead-letter reason of a task quarantined after ``record.crashes`` deaths: a summary line,
+    then one line per death (``asynctask dead show`` prints them all, ``dead list`` the first)."""
+    deaths = "".join(f"\n#{number} {cause}" for number, cause in enumerate(record.causes, start=1))
     return (f"quarantined: {record.crashes} worker children died while running the task"
-            f" (max_crashes={max_crashes}): {deaths}")
+            f" (max_crashes={max_crashes}){deaths}")
 
 
 def crash_cause(child: ChildState, how: str) -> str:

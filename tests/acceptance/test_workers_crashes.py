@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from workers_support import SERVER_TRANSPORTS, Env, stop, transport_world, wait_for
+from workers_support import CLI, SERVER_TRANSPORTS, Env, stop, transport_world, wait_for
 
 from asynctask.workers.supervisor import EXIT_OK
+
+ADMIN = str(Path(CLI).parent / "asynctask")
 
 
 @pytest.fixture(params=SERVER_TRANSPORTS)
@@ -80,6 +83,12 @@ def test_a_poison_task_is_quarantined_after_max_crashes_and_the_others_flow(worl
     runs = Counter(r["id"] for r in world.records())
     assert runs == {poison: 3, **{task_id: 1 for task_id in healthy}}, err[-3000:]
     assert process.returncode == EXIT_OK
+    shown = subprocess.run([ADMIN, "dead", "show", "jobs", poison, "--transport", world.url], capture_output=True,
+                           text=True, timeout=60, check=False, env=world.env)
+    assert shown.returncode == 0, shown.stderr
+    deaths = [line for line in shown.stdout.splitlines() if line.startswith("  #")]
+    assert [line[:22] for line in deaths] == [f"  #{n} worker child (pid" for n in (1, 2, 3)], shown.stdout
+    assert all("was killed by signal SIGKILL, rss " in line and ", host " in line for line in deaths)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -1,5 +1,5 @@
 """Supervisor bookkeeping on the memory transport (no processes started), and the eager helpers of
-asynctask.testing.  Crashes and give-back: test_workers_crashes.py."""
+asynctask.testing.  Crashes and give-back: test_crash_ledger.py."""
 
 from __future__ import annotations
 

@@ -112,7 +112,7 @@ def test_a_task_is_quarantined_after_max_crashes_deaths_with_every_cause() -> No
         clock.now += crash_delay_s(crash)
     (dead,) = store.dead_tasks("jobs")
     assert dead.id == task_id and dead.reason.startswith(
-        "quarantined: 3 worker children died while running the task (max_crashes=3): "
+        "quarantined: 3 worker children died while running the task (max_crashes=3)\n"
         "#1 worker child (pid 4001) was killed by signal SIGKILL, rss 41 MiB, host ")
     assert "#2 worker child (pid 4002) exited with code 1, rss 42 MiB" in dead.reason
     assert "#3 worker child (pid 4003) was killed by signal SIGSEGV, rss 43 MiB" in dead.reason
