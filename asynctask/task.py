@@ -123,9 +123,10 @@ class Task:
     """One delivery of a task.
 
     ``attempts`` counts deliveries so far (1 on the first), less those that ended in a crash of the
-    worker's process (a crash is not a failed attempt: :mod:`asynctask.workers.crashes`).  ``receipt`` is private to the transport
-    that delivered the task: it names this delivery, so that an ``ack`` of a delivery whose lease
-    was lost cannot remove a later delivery of the same task.  It is a string, so a task can be
+    worker's process (a crash is not a failed attempt: :mod:`asynctask.workers.crashes`).
+    ``receipt`` is private to the transport that delivered the task: it names this delivery, so
+    that an ``ack`` of a delivery whose lease was lost cannot remove a later delivery of the same
+    task.  It is a string, so a task can be
     handed to another process (the supervisor) and still be acked or given back there.
     """
 

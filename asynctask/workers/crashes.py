@@ -36,6 +36,7 @@ its own children's deaths: at most H x ``max_crashes``.  A supervisor restart fo
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import logging
 import socket
@@ -50,9 +51,11 @@ from asynctask.transports.base import Transport
 from asynctask.workers import protocol as P  # noqa: N812
 
 if TYPE_CHECKING:  # state imports the child, which imports the runner, which imports this
+    from asynctask.workers.runner import Runner
     from asynctask.workers.state import ChildState
 
-__all__ = ["CRASH_DELAY_S", "CrashLedger", "CrashRecord", "GivenBack", "crash_delay_s", "give_back"]
+__all__ = ["CRASH_DELAY_S", "CrashKeeper", "CrashLedger", "CrashRecord", "GivenBack", "crash_delay_s", "give_back",
+           "settle_fetched"]
 
 logger = logging.getLogger(__name__)
 
@@ -272,3 +275,74 @@ def _crashed(transport: Transport, child: ChildState, ledger: CrashLedger, task:
     except TransportError as exc:
         logger.error("cannot give back task %s (its lease will): %s", task.id, exc)
     return []
+
+
+class CrashKeeper:
+    """The supervisor's side: its ledger, the give-back of a dead child's tasks, and the notices to
+    the children of a queue where receipts are not portable (AMQP)."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.ledger = CrashLedger()
+
+    def child_started(self, child: ChildState) -> None:
+        """Tell a new child the open records of its queue."""
+        if not self.transport.portable_receipts:
+            self.notify([child], self.ledger.open_records(child.queue))
+
+    def child_died(self, child: ChildState, siblings: list[ChildState], how: str) -> GivenBack:
+        """:func:`give_back`, then the notices to ``siblings`` (the queue's other children)."""
+        given = give_back(self.transport, child, self.ledger, how)
+        self.notify(siblings, given.notices)
+        return given
+
+    def settled(self, message: P.Message, siblings: list[ChildState]) -> None:
+        """A child's ``settled`` message: keep the ledger and the queue's other children in step."""
+        record = self.ledger.settled(*message[1:])
+        self.notify(siblings, [record] if record is not None else [])
+
+    @staticmethod
+    def notify(children: list[ChildState], records: list[CrashRecord]) -> None:
+        """Send crash notices to the children that still listen."""
+        for child in children:
+            for record in records:
+                if child.conn is None:
+                    break
+                try:
+                    child.conn.send(record.notice())
+                except OSError:  # it is leaving; its replacement hears of the open records at start
+                    break
+
+
+def settle_fetched(runner: Runner, notices: dict[str, P.Message], tasks: list[Task]) -> list[Task]:
+    """A child's side (AMQP): act on the crash ``notices`` heard (task id -> message) for the fetched
+    ``tasks``: give back with the crash delay, or dead-letter; returns the tasks to run.
+
+    A task to run that crashed before is put in ``runner.ack_before``: the acks of the tasks before
+    it go out first, so that if it crashes again they are not run twice.
+    """
+    runnable = []
+    for task in tasks:
+        notice = notices.get(task.id)
+        if notice is None:
+            runnable.append(task)
+            continue
+        _, task_id, crashes, attempts, deferred, dead_reason = notice
+        if dead_reason is not None:
+            logger.error("task %s on %s dead-lettered: %s", task_id, task.queue, dead_reason)
+            runner.call("dead", task, dead_reason)
+            del notices[task_id]
+            outcome = P.DEAD
+        elif deferred < crashes:
+            # the broker's redelivery raised attempts: give it back with those it had
+            runner.call("nack", dataclasses.replace(task, attempts=attempts), delay_s=crash_delay_s(crashes),
+                        count_attempt=False)
+            notices[task_id] = (*notice[:4], crashes, None)
+            outcome = P.DEFERRED
+        else:
+            runnable.append(task)
+            runner.ack_before.add(task_id)
+            continue
+        runner.send((P.SETTLED, task_id, crashes, outcome))
+        runner.finish([(task, P.DEAD if outcome == P.DEAD else P.RELEASED, 0.0)])
+    return runnable

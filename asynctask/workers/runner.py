@@ -28,7 +28,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -41,7 +40,7 @@ from asynctask.task import Task
 from asynctask.transports.base import MAX_BATCH, Transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import AsyncTaskWorker, Reject, Retry, TaskTimeout
-from asynctask.workers.crashes import crash_delay_s
+from asynctask.workers.crashes import settle_fetched
 from asynctask.workers.keepers import AckFlusher, Clock, LeaseKeeper, RateLimiter, resident_mb, soft_timeout
 
 __all__ = ["Clock", "RateLimiter", "Runner", "resident_mb"]
@@ -123,7 +122,8 @@ class Runner:
         self._outages = 0
         #: crash notices heard (task id -> message), AMQP only
         self._crashes: dict[str, P.Message] = {}
-        self._ack_before: set[str] = set()
+        #: ids of fetched tasks that crashed before: the acks waiting go out before each runs
+        self.ack_before: set[str] = set()
         worker.bind(transport, queue, self.io_lock)
 
     # -- bookkeeping -----------------------------------------------------------------------------
@@ -132,16 +132,16 @@ class Runner:
         with self._held_lock:
             return list(self._held.values())
 
-    def _send(self, message: P.Message) -> None:
+    def send(self, message: P.Message) -> None:
         with self.io_lock:  # the ack flusher reports too
             self.report(message)
 
-    def _finish(self, entries: Sequence[tuple[Task, str, float]]) -> None:
+    def finish(self, entries: Sequence[tuple[Task, str, float]]) -> None:
         with self._held_lock:
             for task, _, _ in entries:
                 self._held.pop(task.id, None)
         if entries and self.report_outcomes:
-            self._send((P.FINISHED, [(task.id, outcome, duration) for task, outcome, duration in entries]))
+            self.send((P.FINISHED, [(task.id, outcome, duration) for task, outcome, duration in entries]))
 
     def batch_size(self) -> int:
         """Tasks to ask for next: about BATCH_TARGET_S of work, at least 1, at most max_batch."""
@@ -154,7 +154,7 @@ class Runner:
 
     # -- transport calls that survive an outage ------------------------------------------------
 
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``self.transport.<method>``; on TransportUnavailableError log once, wait with backoff
         (0.5 s doubling to 30 s), reopen the transport when ``reopen`` was given, and try again until
         it works or ``stop`` is set (then None).  Other TransportErrors are logged and retried alike."""
@@ -204,8 +204,8 @@ class Runner:
             if not self._pending_acks:
                 return
             pending, self._pending_acks = self._pending_acks, []
-            self._call("ack_tasks", [task for task, _ in pending])
-            self._finish([(task, P.ACKED, duration) for task, duration in pending])
+            self.call("ack_tasks", [task for task, _ in pending])
+            self.finish([(task, P.ACKED, duration) for task, duration in pending])
 
     def ack_due_in(self) -> float | None:
         """Seconds until the oldest waiting ack is due (<= 0: now), None when none waits."""
@@ -235,6 +235,7 @@ class Runner:
             return self._loop()
         finally:
             self._flusher.stop()
+            self._flusher.join(5.0)  # it may be acking: let it end before the last flush
             self.flush_acks()
             self._release(self.held_tasks())
             keeper.done.set()
@@ -249,17 +250,17 @@ class Runner:
                 self.sleep(wait)
                 continue
             timeout = 0.0 if self.halt == HALT_IDLE else self.poll_interval_s
-            tasks = self._call("get_tasks", self.queue, self.batch_size(), timeout_s=timeout, lease_s=self.lease_s)
+            tasks = self.call("get_tasks", self.queue, self.batch_size(), timeout_s=timeout, lease_s=self.lease_s)
             if not tasks:
                 if self.stop.is_set():
                     return STOPPED
-                self._send((P.POLLED, time.time()))
+                self.send((P.POLLED, time.time()))
                 if self.halt is not None and self._queue_is_empty():
                     return HALTED
                 continue
             with self._held_lock:
                 self._held.update((task.id, task) for task in tasks)
-            self._send((P.FETCHED, [P.held_entry(task) for task in tasks], time.time()))
+            self.send((P.FETCHED, [P.held_entry(task) for task in tasks], time.time()))
             if self.inbox is not None:
                 tasks = self._settle_crashed(tasks)
             outages = self._outages
@@ -267,11 +268,11 @@ class Runner:
                 if self.stop.is_set() or not self._wait_for_rate_slot():
                     self._release(tasks[index:])
                     break
-                if self._outages != outages and not self._call("extend", task, self.lease_s):
-                    self._finish([(task, P.LOST, 0.0)])  # the server gave it to another worker
+                if self._outages != outages and not self.call("extend", task, self.lease_s):
+                    self.finish([(task, P.LOST, 0.0)])  # the server gave it to another worker
                     continue
-                if self._ack_before and task.id in self._ack_before:
-                    self._ack_before.discard(task.id)
+                if self.ack_before and task.id in self.ack_before:
+                    self.ack_before.discard(task.id)
                     self.flush_acks()
                 self._process(task)
                 if self._pending_acks and self.clock() - self._pending_since >= self._ack_window_s:
@@ -291,7 +292,7 @@ class Runner:
     def _queue_is_empty(self) -> bool:
         if self.halt == HALT_IDLE:
             return True
-        stats = self._call("stats", self.queue)
+        stats = self.call("stats", self.queue)
         return stats is not None and stats.ready == 0 and stats.delayed == 0 and stats.in_flight == 0
 
     def _release(self, tasks: Sequence[Task]) -> None:
@@ -301,9 +302,9 @@ class Runner:
             with self._held_lock:
                 if task.id not in self._held:
                     continue
-            self._call("nack", task, count_attempt=False)
+            self.call("nack", task, count_attempt=False)
             released.append((task, P.RELEASED, 0.0))
-        self._finish(released)
+        self.finish(released)
 
     # -- one task ----------------------------------------------------------------------------------
 
@@ -315,7 +316,7 @@ class Runner:
         if self.current is not None:
             self.current.set(task.id, time.time(), timeout)
         else:
-            self._send((P.STARTED, task.id, time.time(), timeout))
+            self.send((P.STARTED, task.id, time.time(), timeout))
         outcome: str | None = None
         reason = ""
         try:
@@ -352,8 +353,8 @@ class Runner:
         if outcome == P.DEAD:
             logger.error("task %s on %s dead-lettered after %d attempt(s): %s", task.id, task.queue,
                          task.attempts, reason.splitlines()[0])
-            self._call("dead", task, reason)
-        self._finish([(task, outcome, duration)])
+            self.call("dead", task, reason)
+        self.finish([(task, outcome, duration)])
 
     def _retry(self, task: Task, exc: Retry) -> str:
         """``raise Retry``: nack with its delay while attempts remain (``dead`` when spent)."""
@@ -363,7 +364,7 @@ class Runner:
         delay = exc.delay_s if exc.delay_s is not None else worker.retry_delay(task.attempts)
         logger.info("task %s on %s: retry requested%s (attempt %d of %d), again in %.2f s", task.id, task.queue,
                     f": {exc.reason}" if exc.reason else "", task.attempts, worker.max_attempts, delay)
-        self._call("nack", task, delay_s=delay)
+        self.call("nack", task, delay_s=delay)
         return P.RETRIED
 
     def _exhausted(self, task: Task, exc: Retry) -> str:
@@ -371,47 +372,20 @@ class Runner:
                 f"{self.worker.max_attempts}" + (f": {exc.reason}" if exc.reason else ""))
 
     def _settle_crashed(self, tasks: list[Task]) -> list[Task]:
-        """Act on crash notices (AMQP): give back or dead-letter the fetched tasks they name; return
-        the tasks to run."""
+        """Hear the supervisor's crash notices (AMQP) and act on those naming fetched tasks."""
         for message in self.inbox() if self.inbox is not None else ():
             if message[0] == P.CRASH:
                 self._crashes.pop(message[1], None)
                 self._crashes[message[1]] = message
         while len(self._crashes) > 10_000:  # the supervisor's ledger bound
             del self._crashes[next(iter(self._crashes))]
-        if not self._crashes:
-            return tasks
-        runnable = []
-        for task in tasks:
-            notice = self._crashes.get(task.id)
-            if notice is None:
-                runnable.append(task)
-                continue
-            _, task_id, crashes, attempts, deferred, dead_reason = notice
-            if dead_reason is not None:
-                logger.error("task %s on %s dead-lettered: %s", task_id, task.queue, dead_reason)
-                self._call("dead", task, dead_reason)
-                del self._crashes[task_id]
-                outcome = P.DEAD
-            elif deferred < crashes:
-                # the broker's redelivery raised attempts: give it back with those it had
-                self._call("nack", dataclasses.replace(task, attempts=attempts), delay_s=crash_delay_s(crashes),
-                           count_attempt=False)
-                self._crashes[task_id] = (*notice[:4], crashes, None)
-                outcome = P.DEFERRED
-            else:
-                runnable.append(task)
-                self._ack_before.add(task_id)  # it may crash again: acks of the tasks before it go first
-                continue
-            self._send((P.SETTLED, task_id, crashes, outcome))
-            self._finish([(task, P.DEAD if outcome == P.DEAD else P.RELEASED, 0.0)])
-        return runnable
+        return settle_fetched(self, self._crashes, tasks) if self._crashes else tasks
 
     def _fail(self, task: Task, reason: str) -> str:
         if task.attempts < self.worker.max_attempts:
             delay = self.worker.retry_delay(task.attempts)
             logger.warning("task %s on %s failed (attempt %d of %d), retrying in %.2f s: %s", task.id, task.queue,
                            task.attempts, self.worker.max_attempts, delay, reason.splitlines()[0])
-            self._call("nack", task, delay_s=delay)
+            self.call("nack", task, delay_s=delay)
             return P.RETRIED
         return P.DEAD

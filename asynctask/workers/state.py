@@ -8,9 +8,11 @@ restarted.  It outlives the processes of its slot: a restarted child reuses it.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -20,10 +22,10 @@ from asynctask.cron import scheduled_queues, validate_entries
 from asynctask.errors import ConfigurationError
 from asynctask.importing import import_modules
 from asynctask.workers import protocol as P  # noqa: N812
-from asynctask.workers.base import registered_workers
+from asynctask.workers.base import get_worker, registered_workers
 from asynctask.workers.child import ChildSpec
 
-__all__ = ["ChildState", "describe_exit", "hard_timeout_s", "import_requires", "scheduled_children"]
+__all__ = ["ChildState", "build_children", "describe_exit", "hard_timeout_s", "import_requires", "scheduled_children"]
 
 logger = logging.getLogger(__name__)
 
@@ -188,3 +190,29 @@ class ChildState:
             self.recycling = True
         elif kind == P.READY:
             self.ready = True
+
+
+def build_children(settings: Settings, base: ChildSpec, shared_task: Callable[[], P.CurrentTask]) -> list[ChildState]:
+    """One :class:`ChildState` per process of every configured queue, and one per scheduled-only
+    worker (:func:`scheduled_children`); ``base`` carries what every child's spec shares, and
+    ``shared_task`` makes each slot's :class:`~asynctask.workers.protocol.CurrentTask`."""
+    pairs = [(e.queue, e.worker, e.processes, e.rate_max_calls, e.rate_period, e.max_crashes) for e in settings.workers]
+    pairs += [(queue, worker, 1, None, 1.0, None) for queue, worker in scheduled_children(settings).items()]
+    children = []
+    for queue, worker, processes, rate_max_calls, rate_period, max_crashes in pairs:
+        cls = get_worker(worker)
+        spec = dataclasses.replace(
+            base,
+            queue=queue,
+            worker=worker,
+            poll_interval_s=settings.poll_interval_ms / 1000,
+            rate_max_calls=rate_max_calls,
+            # a queue's rate limit is shared by its processes: each gets the same count over a period
+            # N times longer, so together they keep the configured average rate
+            rate_period_s=rate_period * processes,
+            max_tasks=settings.max_tasks_per_child,
+            max_memory_mb=settings.max_memory_mb,
+        )
+        children += [ChildState(spec, slot, cls.max_attempts, cls.timeout_s, max_crashes or cls.max_crashes,
+                                current=shared_task()) for slot in range(processes)]
+    return children

@@ -50,12 +50,11 @@ from typing import Any
 from asynctask.config import Settings
 from asynctask.transports import get_transport
 from asynctask.workers import protocol as P  # noqa: N812
-from asynctask.workers.base import get_worker
 from asynctask.workers.child import ChildSpec, child_main
-from asynctask.workers.crashes import CrashLedger, CrashRecord, give_back
+from asynctask.workers.crashes import CrashKeeper
 from asynctask.workers.extras import build_metrics, build_scheduler
 from asynctask.workers.keepers import resident_mb
-from asynctask.workers.state import ChildState, describe_exit, hard_timeout_s, import_requires, scheduled_children
+from asynctask.workers.state import ChildState, build_children, describe_exit, hard_timeout_s, import_requires
 
 logger = logging.getLogger(__name__)
 
@@ -109,40 +108,16 @@ class Supervisor:
         #: stop events so far: SIGTERM/SIGINT (one per wake-up byte) and request_stop() calls
         self._stop_events = 0
         self._forced = False
-        self.crashes = CrashLedger()
         self._context: Any = multiprocessing.get_context(START_METHOD)
-        requires = import_requires(settings)
-        self.children: list[ChildState] = []
-        pairs = [(e.queue, e.worker, e.processes, e.rate_max_calls, e.rate_period, e.max_crashes)
-                 for e in settings.workers]
-        pairs += [(queue, worker, 1, None, 1.0, None) for queue, worker in scheduled_children(settings).items()]
-        for queue, worker, processes, rate_max_calls, rate_period, max_crashes in pairs:
-            cls = get_worker(worker)
-            spec = ChildSpec(
-                queue=queue,
-                worker=worker,
-                transport_url=self.transport_url,
-                require=requires,
-                poll_interval_s=settings.poll_interval_ms / 1000,
-                halt_when_empty=halt_when_empty,
-                rate_max_calls=rate_max_calls,
-                # a queue's rate limit is shared by its processes: each gets the same count over a
-                # period N times longer, so together they keep the configured average rate
-                rate_period_s=rate_period * processes,
-                max_tasks=settings.max_tasks_per_child,
-                max_memory_mb=settings.max_memory_mb,
-                log_level=log_level,
-                quiet=quiet,
-            )
-            for slot in range(processes):
-                current = P.CurrentTask(self._context)
-                self.children.append(ChildState(spec, slot, cls.max_attempts, cls.timeout_s,
-                                                max_crashes or cls.max_crashes, current=current))
+        base = ChildSpec(queue="", worker="", transport_url=self.transport_url, require=import_requires(settings),
+                         halt_when_empty=halt_when_empty, log_level=log_level, quiet=quiet)
+        self.children = build_children(settings, base, lambda: P.CurrentTask(self._context))
         self._leaving: list[tuple[BaseProcess, Connection]] = []
         self._scheduler = build_scheduler(settings, self.transport_url) if scheduler else None
         if metrics_port is not None:
             self.metrics = build_metrics([c.queue for c in self.children], self.transport_url)
         self.transport = get_transport(self.transport_url)
+        self.crashes = CrashKeeper(self.transport)
         if START_METHOD == "forkserver":
             # the fork server imports these once; each child is then a cheap fork of a clean process.
             # ``__main__`` as with spawn: workers defined in the main script (behind its
@@ -281,8 +256,7 @@ class Supervisor:
         process.start()
         child_conn.close()
         child.attach(process, parent_conn)
-        if not self.transport.portable_receipts:
-            self._notify([child], self.crashes.open_records(child.queue))
+        self.crashes.child_started(child)
         if self.metrics is not None:
             self.metrics.child_started(str(process.pid), child.queue, child.worker)
         logger.info("started worker %s on queue %s (pid %s)", child.worker, child.queue, process.pid)
@@ -303,9 +277,7 @@ class Supervisor:
                     self._replace(child, message[1])
                     return
                 if message[0] == P.SETTLED:
-                    record = self.crashes.settled(*message[1:])
-                    siblings = [c for c in self.children if c.queue == child.queue and c is not child]
-                    self._notify(siblings, [record] if record is not None else [])
+                    self.crashes.settled(message, self._siblings(child))
         except (EOFError, OSError):
             # the child closed its end (it is leaving): stop watching it, its sentinel tells the rest
             conn.close()
@@ -333,16 +305,8 @@ class Supervisor:
                 conn.close()
                 self._leaving.remove((process, conn))
 
-    def _notify(self, children: list[ChildState], records: list[CrashRecord]) -> None:
-        """Send crash notices to the children that still listen (AMQP; see asynctask.workers.crashes)."""
-        for child in children:
-            for record in records:
-                if child.conn is None:
-                    break
-                try:
-                    child.conn.send(record.notice())
-                except OSError:  # it is leaving; its replacement hears of the open records at start
-                    break
+    def _siblings(self, child: ChildState) -> list[ChildState]:
+        return [other for other in self.children if other.queue == child.queue and other is not child]
 
     def _watch_children(self, now: float) -> None:
         """Timeouts, listeners' ``started``, and each child's resident memory about once a second."""
@@ -409,8 +373,7 @@ class Supervisor:
         lived = time.monotonic() - child.started_at
         running = child.running_task()
         dead_before = child.dead_lettered
-        given = give_back(self.transport, child, self.crashes, how)
-        self._notify([c for c in self.children if c.queue == child.queue and c is not child], given.notices)
+        given = self.crashes.child_died(child, self._siblings(child), how)
         if given.acked:  # finished by the child, acked by us: count them (duration unknown)
             finished = (P.FINISHED, [(task_id, P.ACKED, None) for task_id in given.acked])
             child.handle(finished)

@@ -73,7 +73,7 @@ def test_a_crash_gives_the_running_task_back_uncounted_after_a_delay_and_the_res
     store.submit_tasks("jobs", [{"n": n} for n in range(3)])
     running, *others = fetch_and_start(store, child, 3)
     assert child.current is not None
-    give_back(store, child, supervisor.crashes, describe_exit(-9))
+    give_back(store, child, supervisor.crashes.ledger, describe_exit(-9))
     assert child.held == {}
     again = store.get_tasks("jobs", 10)
     assert sorted(t.id for t in again) == sorted(t.id for t in others)  # not the crashed one yet
@@ -92,7 +92,7 @@ def test_the_tasks_a_dead_child_finished_before_the_crash_are_acked_not_run_agai
     child.handle((P.FETCHED, [P.held_entry(t) for t in (done_1, done_2, running, unstarted)], 0.0))
     store.ack(done_1)  # its ack went out; done_2's was still in the ack window
     child.handle((P.STARTED, running.id, 0.0, None))
-    given = give_back(store, child, supervisor.crashes, describe_exit(-9))
+    given = give_back(store, child, supervisor.crashes.ledger, describe_exit(-9))
     assert given.acked == [done_1.id, done_2.id]
     assert [t.id for t in store.get_tasks("jobs", 10)] == [unstarted.id]
     clock.now += crash_delay_s(1)
@@ -108,7 +108,7 @@ def test_a_task_is_quarantined_after_max_crashes_deaths_with_every_cause() -> No
         (task,) = fetch_and_start(store, child)
         assert task.attempts == 1
         child.pid, child.rss_mb = 4000 + crash, 40.0 + crash
-        give_back(store, child, supervisor.crashes, describe_exit(exitcode))
+        give_back(store, child, supervisor.crashes.ledger, describe_exit(exitcode))
         clock.now += crash_delay_s(crash)
     (dead,) = store.dead_tasks("jobs")
     assert dead.id == task_id and dead.reason.startswith(
@@ -116,7 +116,7 @@ def test_a_task_is_quarantined_after_max_crashes_deaths_with_every_cause() -> No
         "#1 worker child (pid 4001) was killed by signal SIGKILL, rss 41 MiB, host ")
     assert "#2 worker child (pid 4002) exited with code 1, rss 42 MiB" in dead.reason
     assert "#3 worker child (pid 4003) was killed by signal SIGSEGV, rss 43 MiB" in dead.reason
-    assert child.dead_lettered == 1 and supervisor.crashes.get(task_id) is None
+    assert child.dead_lettered == 1 and supervisor.crashes.ledger.get(task_id) is None
     assert store.stats("jobs").ready == 0 and store.stats("jobs").delayed == 0
 
 
@@ -125,7 +125,7 @@ def test_max_crashes_of_the_queue_entry_overrides_the_class() -> None:
     assert child.max_crashes == 1
     store.submit_task("jobs", {"n": 1})
     fetch_and_start(store, child)
-    give_back(store, child, supervisor.crashes, describe_exit(-9))
+    give_back(store, child, supervisor.crashes.ledger, describe_exit(-9))
     assert len(store.dead_tasks("jobs")) == 1
 
 
@@ -136,11 +136,11 @@ def test_a_kill_for_timeout_stays_a_failed_attempt() -> None:
         (task,) = fetch_and_start(store, child)
         assert task.attempts == attempt
         child.kill_cause = "TaskTimeout: the task ran longer than timeout_s=1; child killed"
-        give_back(store, child, supervisor.crashes, describe_exit(-9))
+        give_back(store, child, supervisor.crashes.ledger, describe_exit(-9))
     (dead,) = store.dead_tasks("jobs")
     assert dead.id == task_id
     assert dead.reason == "TaskTimeout: the task ran longer than timeout_s=1; child killed (attempt 2 of 2)"
-    assert supervisor.crashes.get(task_id) is None  # not a crash
+    assert supervisor.crashes.ledger.get(task_id) is None  # not a crash
 
 
 def test_without_portable_receipts_the_supervisor_only_records_and_notifies() -> None:
