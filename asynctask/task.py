@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ __all__ = [
     "decode_payload",
     "encode_payload",
     "new_task_id",
+    "new_task_ids",
     "validate_delay",
     "validate_priority",
     "validate_queue_name",
@@ -64,15 +65,18 @@ def validate_priority(priority: object) -> int:
     return priority
 
 
-def validate_delay(delay_s: object) -> float:
-    """Return ``delay_s`` as a float when it is a finite number >= 0, else raise PayloadError."""
+def validate_delay(delay_s: object, name: str = "delay_s") -> float:
+    """Return ``delay_s`` as a float when it is a finite number >= 0, else raise PayloadError.
+
+    ``name`` is the argument's name in the message (``timeout_s`` checks the same way).
+    """
     if (
         isinstance(delay_s, bool)
         or not isinstance(delay_s, (int, float))
         or not math.isfinite(delay_s)
         or delay_s < 0
     ):
-        raise PayloadError(f"invalid delay_s {delay_s!r}: a finite number of seconds >= 0 is allowed")
+        raise PayloadError(f"invalid {name} {delay_s!r}: a finite number of seconds >= 0 is allowed")
     return float(delay_s)
 
 
@@ -102,20 +106,34 @@ def encode_payload(payload: object) -> str:
         raise PayloadError(f"payload is not JSON-encodable: {exc}") from None
 
 
+# Built once as well: the stores hold UTF-8, so decoding the bytes first and then the text is
+# quicker than json.loads(bytes), which guesses the encoding on every call.
+_DECODE = json.JSONDecoder().decode
+
+
 def decode_payload(text: str | bytes) -> dict[str, Any]:
-    """Decode stored payload text. Raises :class:`TaskDecodeError` when it is not a JSON object."""
+    """Decode a stored body (JSON text, or its UTF-8 bytes), the one decoder every transport uses.
+
+    Raises :class:`TaskDecodeError` saying why when it is not UTF-8, not JSON, or not a JSON object.
+    """
     try:
-        value = json.loads(text)
-    except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+        value = _DECODE(text if type(text) is str else text.decode())  # type: ignore[union-attr]
+    except (ValueError, TypeError, AttributeError) as exc:  # UnicodeDecodeError is a ValueError
         raise TaskDecodeError(f"stored task body is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
+    if type(value) is not dict:
         raise TaskDecodeError(f"stored task body is JSON but not an object: {type(value).__name__}")
     return value
 
 
 def new_task_id() -> str:
-    """A new task id: 32 lowercase hex digits, unique without coordination."""
-    return uuid.uuid4().hex
+    """A new task id: 32 lowercase hex digits (128 random bits), unique without coordination."""
+    return os.urandom(16).hex()
+
+
+def new_task_ids(count: int) -> list[str]:
+    """``count`` new task ids as :func:`new_task_id` makes them, from one read of the OS's random source."""
+    hexes = os.urandom(16 * count).hex()
+    return [hexes[i : i + 32] for i in range(0, len(hexes), 32)]
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-import json
 import logging
 import math
 import time
@@ -135,20 +134,6 @@ EARLY_TOLERANCE_S = 1.0
 SYNC_WAIT_S = 1.0
 #: How long a fetch whose time is up waits for deliveries in transit before asking the broker.
 GRACE_S = 0.005
-
-
-def _decode(body: bytes) -> dict[str, Any] | TaskDecodeError:
-    """The payload of a message body, or the error saying why it is not one (fast path first)."""
-    try:
-        value = json.loads(body.decode())
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError alike
-        value = None
-    if type(value) is dict:
-        return value
-    try:
-        return decode_payload(body)  # not a JSON object: for the error's wording
-    except TaskDecodeError as exc:
-        return exc
 
 
 class AmqpTransport(AmqpAdmin):
@@ -278,9 +263,10 @@ class AmqpTransport(AmqpAdmin):
                 continue  # acked meanwhile (purge)
             properties = delivery.properties
             headers = properties.headers or {}
-            payload = _decode(delivery.body)
-            if isinstance(payload, TaskDecodeError):
-                self._bury(delivery, dead_reason_for_undecodable(payload))
+            try:
+                payload = decode_payload(delivery.body)
+            except TaskDecodeError as exc:
+                self._bury(delivery, dead_reason_for_undecodable(exc))
                 continue
             due = headers.get(HDR_DUE)
             if due is not None and from_ms(due) - now > EARLY_TOLERANCE_S:
@@ -330,10 +316,10 @@ class AmqpTransport(AmqpAdmin):
             return None
         return delivery
 
-    def ack(self, task: Task) -> None:
-        self.ack_tasks([task])
+    def _ack(self, task: Task) -> None:
+        self._ack_tasks([task])
 
-    def ack_tasks(self, tasks: Sequence[Task]) -> None:
+    def _ack_tasks(self, tasks: Sequence[Task]) -> None:
         """Ack in one frame when the tags are contiguous (``multiple``); a lost lease is a no-op."""
         by_consumer: dict[int, tuple[Consumer, list[int]]] = {}
         for delivery in map(self._take, tasks):
@@ -353,7 +339,7 @@ class AmqpTransport(AmqpAdmin):
         self.publish_all([(self._target(delivery.consumer.queue, delay_s), new, delivery.body)])
         ack_tags(delivery.consumer, [delivery.tag])
 
-    def nack(self, task: Task, *, delay_s: float = 0, count_attempt: bool = True) -> None:
+    def _nack(self, task: Task, delay_s: float, count_attempt: bool) -> None:
         """Publish a copy (attempts so far in its header) to the queue or a delay queue, then ack.
 
         The count comes from ``task.attempts`` (that of the delivery, unless the caller lowered it:
@@ -362,7 +348,7 @@ class AmqpTransport(AmqpAdmin):
         delivery = self._take(task)
         if delivery is not None:
             with self._kept_on_failure(delivery), self._guard(reconnect=False):
-                self._republish(delivery, task.attempts - (0 if count_attempt else 1), max(delay_s, 0.0))
+                self._republish(delivery, task.attempts - (0 if count_attempt else 1), delay_s)
 
     @contextlib.contextmanager
     def _kept_on_failure(self, delivery: Delivery) -> Iterator[None]:
@@ -394,13 +380,13 @@ class AmqpTransport(AmqpAdmin):
         ack_tags(delivery.consumer, [delivery.tag])
         logger.debug("task %s of %s is dead: %s", dead.message_id, delivery.consumer.queue, reason)
 
-    def dead(self, task: Task, reason: str) -> None:
+    def _dead(self, task: Task, reason: str) -> None:
         delivery = self._take(task)
         if delivery is not None:
             with self._kept_on_failure(delivery), self._guard(reconnect=False):
                 self._bury(delivery, reason)
 
-    def extend(self, task: Task, lease_s: float) -> bool:
+    def _extend(self, task: Task, lease_s: float) -> bool:
         """Local only (safe from another thread): True while the delivery is current."""
         delivery = self._by_receipt.get(task.receipt)
         if delivery is None or not delivery.consumer.channel.is_open:

@@ -17,14 +17,14 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import pika
 import pika.exceptions
 
 from asynctask.errors import TransportError
-from asynctask.task import MAX_PRIORITY, DeadTask, QueueStats, new_task_id, validate_queue_name
+from asynctask.task import MAX_PRIORITY, DeadTask, QueueStats, new_task_id
 from asynctask.transports.amqp_core import AmqpCore
 from asynctask.transports.amqp_names import (
     HDR_ATTEMPTS,
@@ -37,7 +37,7 @@ from asynctask.transports.amqp_names import (
     from_ms,
     to_ms,
 )
-from asynctask.transports.base import Backoff, validate_claim
+from asynctask.transports.base import Backoff
 
 LOCK_TTL_MS = 15_000
 LOCK_WAIT_S = 30.0
@@ -175,7 +175,7 @@ class AmqpAdmin(AmqpCore):
 
     # -- contract: administration ----------------------------------------------------------------
 
-    def stats(self, queue: str) -> QueueStats:
+    def _stats(self, queue: str) -> QueueStats:
         """Counts as this instance can see them.
 
         ``ready``: the broker's ready count (passive declare) plus the messages this instance's
@@ -186,7 +186,6 @@ class AmqpAdmin(AmqpCore):
         comes from this instance's buffer; it is None when the buffer is empty, even when the
         broker holds ready tasks (reading the head would mark it redelivered).
         """
-        validate_queue_name(queue)
         with self._guard():
             self._pump()
             ready = self.passive(self.names.work(queue))
@@ -200,16 +199,15 @@ class AmqpAdmin(AmqpCore):
         age = None if oldest is None else max(time.time() - oldest, 0.0)
         return QueueStats(ready + local_ready, delayed, in_flight, dead, age)
 
-    def queues(self) -> list[str]:
+    def _queues(self) -> list[str]:
         with self._guard(), self._admin_lock():
             return sorted(self._registry()[0])
 
-    def purge(self, queue: str) -> int:
+    def _purge(self, queue: str) -> int:
         """Drop ready and delayed tasks: the broker's, and those this instance holds unstarted.
 
         Messages prefetched by OTHER consumers are not ready in the broker's eyes and survive.
         """
-        validate_queue_name(queue)
         with self._guard():
             self._pump()
             if self.passive(self.names.work(queue)) is None:
@@ -224,12 +222,11 @@ class AmqpAdmin(AmqpCore):
                     count += int(self._admin_channel().queue_purge(name).method.message_count)
         return count
 
-    def dead_tasks(self, queue: str, limit: int = 100) -> list[DeadTask]:
+    def _dead_tasks(self, queue: str, limit: int) -> list[DeadTask]:
         """Read without taking: ``basic.get`` without ack on a channel of its own, then close it."""
-        validate_queue_name(queue)
         found: list[DeadTask] = []
         with self._guard():
-            if limit <= 0 or self.passive(self.names.dead(queue)) is None:
+            if self.passive(self.names.dead(queue)) is None:
                 return []
             with self._admin_lock():
                 channel = self._conn.channel()
@@ -257,13 +254,12 @@ class AmqpAdmin(AmqpCore):
             dead_at=from_ms(headers.get(HDR_DEAD_AT), float(properties.timestamp or 0)),
         )
 
-    def replay_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+    def _replay_dead(self, queue: str, ids: list[str] | None) -> int:
         """Publish dead tasks back (attempts 0, enqueued now), then ack them in the dead queue."""
-        validate_queue_name(queue)
         wanted = None if ids is None else set(ids)
         replayed = 0
         with self._guard():
-            if self.passive(self.names.dead(queue)) is None or wanted == set():
+            if self.passive(self.names.dead(queue)) is None:
                 return 0
             work = self.ensure_work(queue)
             with self._admin_lock():
@@ -290,13 +286,12 @@ class AmqpAdmin(AmqpCore):
                         channel.close()
         return replayed
 
-    def purge_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+    def _purge_dead(self, queue: str, ids: list[str] | None) -> int:
         """Delete dead tasks: a queue purge for all; for ``ids``, ``basic.get`` and ack the named ones
         on a channel of its own, whose closing puts the others back."""
-        validate_queue_name(queue)
         wanted = None if ids is None else set(ids)
         with self._guard():
-            if self.passive(self.names.dead(queue)) is None or wanted == set():
+            if self.passive(self.names.dead(queue)) is None:
                 return 0
             with self._admin_lock():
                 channel = self._conn.channel()
@@ -338,7 +333,7 @@ class AmqpAdmin(AmqpCore):
             headers={HDR_ATTEMPTS: 0, HDR_ENQUEUED: to_ms(now)},
         )
 
-    def claim_once(self, key: str, ttl_s: float) -> bool:
+    def _claim_once(self, key: str, ttl: float) -> bool:
         """A message in queue ``<prefix>.claim.<key>`` (``x-max-length`` 1, ``reject-publish``).
 
         The claim is a confirmed publish with the TTL as the message's expiration: ack = won,
@@ -347,7 +342,6 @@ class AmqpAdmin(AmqpCore):
         another ``x-expires`` (an earlier claim with a much different TTL), it is deleted if empty
         and declared again.  TTLs are capped at 49 days.
         """
-        key, ttl = validate_claim(key, ttl_s)
         ttl_ms = min(max(1, math.ceil(ttl * 1000)), MAX_TTL_MS)
         name = self.names.claim(key)
         arguments = {"x-max-length": 1, "x-overflow": "reject-publish", "x-expires": claim_expiry_ms(ttl_ms)}

@@ -1,9 +1,13 @@
 """The transport contract, written as docstrings, and the helpers every transport shares.
 
-A transport stores tasks on named queues and hands them out under a lease.  Subclasses implement
-the underscored hooks (``_submit``, ``_get_tasks``) and the abstract public methods; the public
-``submit_*`` / ``get_*`` methods here validate arguments first, so a bad queue name or payload raises
-before anything is stored, on every transport alike.
+A transport stores tasks on named queues and hands them out under a lease.  :class:`Transport`
+owns every public method: each checks its arguments once (:mod:`asynctask.transports.checks`), so
+a bad argument raises the same error with the same message on every transport and before anything
+is stored or sent, then calls one protected hook (``_submit``, ``_get_tasks``, ``_ack``, ``_nack``,
+``_extend``, ``_dead``, ``_stats``, ``_queues``, ``_purge``, ``_dead_tasks``, ``_replay_dead``,
+``_purge_dead``, ``_claim_once``; ``_ack_tasks`` optionally) that a transport implements with its
+arguments already checked.  A new transport is one module implementing the hooks plus one
+``tests/transports/harness_<name>.py``.
 
 Guarantees every transport gives (the contract suite in ``tests/transports`` checks each):
 
@@ -21,134 +25,57 @@ from __future__ import annotations
 
 import abc
 import logging
-import math
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
-from asynctask.errors import TransportURLError
-from asynctask.task import (
-    DeadTask,
-    QueueStats,
-    Task,
-    encode_payload,
-    validate_delay,
-    validate_priority,
-    validate_queue_name,
+from asynctask.task import DeadTask, QueueStats, Task, encode_payload, validate_delay, validate_queue_name
+from asynctask.transports.checks import (
+    MAX_BATCH,
+    prepare_submit,
+    validate_claim,
+    validate_flag,
+    validate_ids,
+    validate_lease,
+    validate_limit,
+    validate_max_count,
+    validate_reason,
+    validate_submit_options,
+    validate_task,
+    validate_tasks,
 )
+from asynctask.transports.urls import (
+    ParsedURL,
+    mask_url,
+    option_bool,
+    option_positive_float,
+    parse_url,
+    quote_path,
+    take_options,
+)
+
+__all__ = [
+    "DEFAULT_LEASE_S",
+    "MAX_BATCH",
+    "Backoff",
+    "ParsedURL",
+    "Transport",
+    "dead_reason_for_undecodable",
+    "mask_url",
+    "option_bool",
+    "option_positive_float",
+    "parse_url",
+    "prepare_submit",
+    "quote_path",
+    "take_options",
+    "validate_claim",
+]
 
 logger = logging.getLogger(__name__)
 
 #: The lease a fetch takes when neither the call nor the URL (``lease_s=``) names one.
 DEFAULT_LEASE_S = 30.0
-#: Most tasks one ``get_tasks`` call may ask for.
-MAX_BATCH = 1000
-
-
-def mask_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (for reprs, logs and errors)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if parts.password is None:
-        return url
-    userinfo = f"{parts.username or ''}:***@"
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=userinfo + host))
-
-
-@dataclass(frozen=True)
-class ParsedURL:
-    """A transport URL split into parts; ``options`` are the query parameters."""
-
-    url: str = field(repr=False)
-    scheme: str
-    username: str | None
-    password: str | None = field(repr=False)
-    host: str | None
-    port: int | None
-    path: str
-    options: dict[str, str]
-
-    @property
-    def masked(self) -> str:
-        return mask_url(self.url)
-
-    def __repr__(self) -> str:
-        return f"ParsedURL({self.masked!r})"
-
-
-def parse_url(url: str) -> ParsedURL:
-    """Split a transport URL.  Raises :class:`TransportURLError` (password masked) when malformed."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise TransportURLError(f"invalid transport URL {mask_url(url)!r}: {exc}") from None
-    options: dict[str, str] = {}
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in options:
-            raise TransportURLError(f"invalid transport URL {mask_url(url)!r}: option {name!r} is repeated")
-        options[name] = value
-    return ParsedURL(
-        url=url,
-        scheme=parts.scheme.lower(),
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password is not None else None,
-        host=parts.hostname,
-        port=port,
-        path=unquote(parts.path),
-        options=options,
-    )
-
-
-def option_positive_float(name: str, value: str) -> float:
-    """Parse a URL option that must be a finite number > 0 (seconds)."""
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number) or number <= 0:
-        raise TransportURLError(f"option {name}={value!r}: a number of seconds > 0 is allowed")
-    return number
-
-
-def option_bool(name: str, value: str) -> bool:
-    """Parse a URL option that is a flag: 1/0, true/false, yes/no, on/off."""
-    lowered = value.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise TransportURLError(f"option {name}={value!r}: one of 1, 0, true, false, yes, no is allowed")
-
-
-def take_options(
-    parsed: ParsedURL, parsers: dict[str, Callable[[str, str], Any]]
-) -> dict[str, Any]:
-    """Parse ``parsed.options`` with one parser per allowed option name.
-
-    Raises :class:`TransportURLError` naming the unknown option and the allowed ones.
-    """
-    result: dict[str, Any] = {}
-    for name, value in parsed.options.items():
-        parser = parsers.get(name)
-        if parser is None:
-            allowed = ", ".join(sorted(parsers)) or "none"
-            raise TransportURLError(
-                f"unknown option {name!r} in transport URL {parsed.masked!r}; allowed options: {allowed}"
-            )
-        result[name] = parser(name, value)
-    return result
-
-
-def quote_path(text: str) -> str:
-    """Percent-quote ``text`` for use in a URL path."""
-    return quote(text, safe="/")
 
 
 class Transport(abc.ABC):
@@ -157,8 +84,10 @@ class Transport(abc.ABC):
     Instances are safe to use from several threads of one process unless a transport's docstring
     says otherwise; a forked child must open its own (``get_transport(url)`` again).  Server errors
     are raised as :class:`~asynctask.errors.TransportError` (``TransportUnavailableError`` when the
-    server cannot be reached); argument errors as ``QueueNameError`` / ``PayloadError`` before
-    anything is stored.
+    server cannot be reached).  Argument errors are raised before anything is stored or sent, the
+    same on every transport: ``QueueNameError`` / ``PayloadError`` for queue names, payloads,
+    priorities and delays; ``ValueError`` for the other arguments; ``TypeError`` where a
+    :class:`~asynctask.task.Task` is due and something else came.
     """
 
     #: URL schemes this class handles; the first is its canonical name.
@@ -185,12 +114,15 @@ class Transport(abc.ABC):
     def submit_task(
         self, queue: str, payload: dict[str, Any] | None = None, *, delay_s: float = 0, priority: int = 0
     ) -> str:
-        """Store one task durably and return its id.
+        """Store one task durably and return its id (a new :func:`~asynctask.task.new_task_id`).
 
-        Visible to consumers after ``delay_s`` seconds; ``priority`` 0..9, higher first.  Raises
-        ``QueueNameError`` / ``PayloadError`` (nothing stored) for bad arguments.
+        Visible to consumers after ``delay_s`` seconds (finite, >= 0); ``priority`` 0..9, higher
+        first.  Raises ``QueueNameError`` / ``PayloadError`` (nothing stored) for bad arguments.
+        A transport may override this for a one-round-trip path; it checks through
+        :func:`~asynctask.transports.checks.prepare_submit`, so it refuses exactly what this does.
         """
-        return self.submit_tasks(queue, [payload], delay_s=delay_s, priority=priority)[0]
+        body, delay = prepare_submit(queue, payload, delay_s, priority)
+        return self._submit(queue, [body], delay, priority)[0]
 
     def submit_tasks(
         self,
@@ -204,9 +136,7 @@ class Transport(abc.ABC):
 
         Every payload is validated before any is stored: one bad payload stores none.
         """
-        validate_queue_name(queue)
-        delay = validate_delay(delay_s)
-        validate_priority(priority)
+        delay = validate_submit_options(queue, delay_s, priority)
         bodies = [encode_payload(payload) for payload in payloads]
         if not bodies:
             return []
@@ -232,86 +162,165 @@ class Transport(abc.ABC):
         """Reserve up to ``max_count`` ready tasks in one round trip, highest priority then oldest.
 
         Returns as soon as at least one task is ready (it does not wait to fill the batch); waits up
-        to ``timeout_s`` when none is; returns ``[]`` when none came.
+        to ``timeout_s`` (finite, >= 0) when none is; returns ``[]`` when none came.  ``max_count``
+        is an int from 1 to :data:`MAX_BATCH`; ``lease_s`` a finite number > 0 or None.
         """
         validate_queue_name(queue)
-        if isinstance(max_count, bool) or not isinstance(max_count, int) or not 1 <= max_count <= MAX_BATCH:
-            raise ValueError(f"max_count={max_count!r}: an integer from 1 to {MAX_BATCH} is allowed")
-        timeout = validate_delay(timeout_s)
-        lease = self.lease_s if lease_s is None else float(lease_s)
-        if not math.isfinite(lease) or lease <= 0:
-            raise ValueError(f"lease_s={lease_s!r}: a number of seconds > 0 is allowed")
+        validate_max_count(max_count)
+        timeout = validate_delay(timeout_s, "timeout_s")
+        lease = self.lease_s if lease_s is None else validate_lease(lease_s)
         return self._get_tasks(queue, max_count, timeout, lease)
 
     @abc.abstractmethod
     def _get_tasks(self, queue: str, max_count: int, timeout_s: float, lease_s: float) -> list[Task]:
         """Reserve tasks (arguments already validated)."""
 
-    @abc.abstractmethod
+    # -- finishing a delivery ------------------------------------------------------------------
+
     def ack(self, task: Task) -> None:
-        """Done: remove the task for good.  A no-op when this delivery's lease was already lost."""
+        """Done: remove the task for good.  A no-op when this delivery's lease was already lost.
+
+        Raises TypeError when ``task`` is not a Task.
+        """
+        self._ack(validate_task(task))
 
     def ack_tasks(self, tasks: Sequence[Task]) -> None:
-        """Ack many tasks, in as few round trips as the server allows."""
-        for task in tasks:
-            self.ack(task)
+        """Ack many tasks (a list or tuple of Task), in as few round trips as the server allows.
+
+        Each is acked as by :meth:`ack`.  Raises TypeError (nothing acked) when ``tasks`` is not a
+        list or tuple of Task.  May be called from another thread than the one that fetched (the
+        runner's ack flusher, under the runner's lock).
+        """
+        checked = validate_tasks(tasks)
+        if checked:
+            self._ack_tasks(checked)
 
     @abc.abstractmethod
+    def _ack(self, task: Task) -> None:
+        """Ack one checked task."""
+
+    def _ack_tasks(self, tasks: Sequence[Task]) -> None:
+        """Ack checked tasks (never empty); transports that can batch override this."""
+        for task in tasks:
+            self._ack(task)
+
     def nack(self, task: Task, *, delay_s: float = 0, count_attempt: bool = True) -> None:
-        """Give the task back, ready again after ``delay_s``.
+        """Give the task back, ready again after ``delay_s`` (finite, >= 0: else PayloadError).
 
         With ``count_attempt=False`` (a task fetched but never started, e.g. at shutdown) the next
-        delivery's ``attempts`` is this one's again instead of one more.  A no-op when this
-        delivery's lease was already lost.
+        delivery's ``attempts`` is this one's again instead of one more; ``count_attempt`` must be a
+        bool (ValueError).  A no-op when this delivery's lease was already lost.
         """
+        self._nack(validate_task(task), validate_delay(delay_s), validate_flag("count_attempt", count_attempt))
 
     @abc.abstractmethod
+    def _nack(self, task: Task, delay_s: float, count_attempt: bool) -> None:
+        """Give a checked task back."""
+
     def extend(self, task: Task, lease_s: float) -> bool:
-        """Keep the lease for ``lease_s`` seconds from now; False when it was already lost."""
+        """Keep the lease for ``lease_s`` seconds (finite, > 0: else ValueError) from now.
+
+        Returns False when the lease was already lost (the task may be another worker's now).  Safe
+        to call from another thread than the one that fetched: the runner's lease keeper does.
+        """
+        return self._extend(validate_task(task), validate_lease(lease_s))
 
     @abc.abstractmethod
+    def _extend(self, task: Task, lease_s: float) -> bool:
+        """Extend a checked task's lease."""
+
     def dead(self, task: Task, reason: str) -> None:
         """Move the task to its queue's dead-letter store with ``reason``, its attempts and the time.
 
-        A no-op when this delivery's lease was already lost.
+        ``reason`` must be a str (ValueError).  A no-op when this delivery's lease was already lost.
         """
+        self._dead(validate_task(task), validate_reason(reason))
+
+    @abc.abstractmethod
+    def _dead(self, task: Task, reason: str) -> None:
+        """Dead-letter a checked task."""
 
     # -- inspecting and administering ---------------------------------------------------------
+    # Each raises QueueNameError for a bad queue name, before asking the store.
 
     def poll_queue(self, queue: str) -> int:
         """How many tasks are ready now (rex.asynctask's name)."""
         return self.stats(queue).ready
 
-    @abc.abstractmethod
     def stats(self, queue: str) -> QueueStats:
-        """Counts of ready, delayed, in-flight and dead tasks of ``queue``."""
+        """Counts of ready, delayed, in-flight and dead tasks of ``queue`` (a snapshot)."""
+        return self._stats(validate_queue_name(queue))
 
     @abc.abstractmethod
+    def _stats(self, queue: str) -> QueueStats: ...
+
     def queues(self) -> list[str]:
         """Sorted names of the queues this store knows (any that holds or held a task)."""
+        return self._queues()
 
     @abc.abstractmethod
+    def _queues(self) -> list[str]: ...
+
     def purge(self, queue: str) -> int:
         """Drop the ready and delayed tasks of ``queue`` (not in-flight, not dead); return how many."""
+        return self._purge(validate_queue_name(queue))
 
     @abc.abstractmethod
+    def _purge(self, queue: str) -> int: ...
+
     def dead_tasks(self, queue: str, limit: int = 100) -> list[DeadTask]:
-        """Up to ``limit`` dead tasks of ``queue``, oldest death first."""
+        """Up to ``limit`` dead tasks of ``queue``, oldest death first.
+
+        ``limit`` is an int >= 0 (ValueError otherwise, a bool included); 0 returns ``[]``.
+        """
+        validate_queue_name(queue)
+        if validate_limit(limit) == 0:
+            return []
+        return self._dead_tasks(queue, limit)
 
     @abc.abstractmethod
+    def _dead_tasks(self, queue: str, limit: int) -> list[DeadTask]:
+        """Up to ``limit`` (>= 1) dead tasks."""
+
     def replay_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
         """Give dead tasks (all, or those named by ``ids``) back to ``queue`` as new; return how many.
 
-        A replayed task's next delivery has ``attempts`` 1.
+        A replayed task's next delivery has ``attempts`` 1 and its old priority.  ``ids`` is None
+        or a list or tuple of str (ValueError otherwise: a bare str too); an id named twice counts
+        once; ids that name no dead task of ``queue`` are skipped.
         """
+        validate_queue_name(queue)
+        chosen = validate_ids(ids)
+        return 0 if chosen == [] else self._replay_dead(queue, chosen)
 
     @abc.abstractmethod
+    def _replay_dead(self, queue: str, ids: list[str] | None) -> int:
+        """Replay all dead tasks (None) or those of ``ids`` (distinct, never empty)."""
+
     def purge_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
-        """Delete dead tasks (all, or those named by ``ids``) for good; return how many."""
+        """Delete dead tasks (all, or those named by ``ids``) for good; return how many.
+
+        ``ids`` as for :meth:`replay_dead`.
+        """
+        validate_queue_name(queue)
+        chosen = validate_ids(ids)
+        return 0 if chosen == [] else self._purge_dead(queue, chosen)
 
     @abc.abstractmethod
+    def _purge_dead(self, queue: str, ids: list[str] | None) -> int:
+        """Delete all dead tasks (None) or those of ``ids`` (distinct, never empty)."""
+
     def claim_once(self, key: str, ttl_s: float) -> bool:
-        """True for exactly one caller per ``key`` until ``ttl_s`` seconds have passed."""
+        """True for exactly one caller per ``key`` until ``ttl_s`` seconds have passed.
+
+        ``key`` is a non-empty str of at most 200 characters, ``ttl_s`` a finite number > 0
+        (ValueError otherwise).  Callers in other processes and on other hosts count alike.
+        """
+        key, ttl = validate_claim(key, ttl_s)
+        return self._claim_once(key, ttl)
+
+    @abc.abstractmethod
+    def _claim_once(self, key: str, ttl_s: float) -> bool: ...
 
     def close(self) -> None:  # noqa: B027 - transports without resources need not override it
         """Release connections and files.  Idempotent."""
@@ -326,15 +335,6 @@ class Transport(abc.ABC):
         traceback: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def validate_claim(key: object, ttl_s: object) -> tuple[str, float]:
-    """Check ``claim_once`` arguments: a non-empty key of at most 200 characters, ttl > 0."""
-    if not isinstance(key, str) or not key or len(key) > 200:
-        raise ValueError(f"claim key {key!r}: a non-empty string of at most 200 characters is allowed")
-    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not math.isfinite(ttl_s) or ttl_s <= 0:
-        raise ValueError(f"ttl_s={ttl_s!r}: a number of seconds > 0 is allowed")
-    return key, float(ttl_s)
 
 
 def dead_reason_for_undecodable(exc: Exception) -> str:

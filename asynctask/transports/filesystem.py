@@ -222,8 +222,8 @@ class FilesystemTransport(FilesystemAdmin):
             finally:
                 os.close(fd)
             try:
-                payload = decode_payload(data.decode("utf-8"))
-            except (UnicodeDecodeError, TaskDecodeError) as exc:
+                payload = decode_payload(data)
+            except TaskDecodeError as exc:
                 self._bury(dirs, path, (task_id, deliveries, enq_us, priority), dead_reason_for_undecodable(exc))
                 continue
             tasks.append(_new_task(task_id, queue, payload, deliveries, int(enq_us) / 1e6, priority, receipt))
@@ -282,10 +282,10 @@ class FilesystemTransport(FilesystemAdmin):
         logger.debug("lease of task %s in queue %s ended; ready again", task_id, queue)
         return True
 
-    def ack(self, task: Task) -> None:
-        self.ack_tasks([task])
+    def _ack(self, task: Task) -> None:
+        self._ack_tasks([task])
 
-    def ack_tasks(self, tasks: Sequence[Task]) -> None:
+    def _ack_tasks(self, tasks: Sequence[Task]) -> None:
         synced: set[str] = set()
         with self._os_errors("ack"):
             for task in tasks:
@@ -301,7 +301,7 @@ class FilesystemTransport(FilesystemAdmin):
             for path in synced:
                 self._sync_dir(path)
 
-    def nack(self, task: Task, *, delay_s: float = 0, count_attempt: bool = True) -> None:
+    def _nack(self, task: Task, delay_s: float, count_attempt: bool) -> None:
         with self._os_errors(f"nack task {task.id}"):
             found = self._receipt(task)
             if found is None:
@@ -310,9 +310,9 @@ class FilesystemTransport(FilesystemAdmin):
             meta = (task_id, deliveries - (0 if count_attempt else 1), enq_us, priority)
             with self._locked(path) as fd:
                 if fd is not None:
-                    self._requeue(task.queue, dirs, path, fd, meta, delay_ns=int(max(delay_s, 0) * _S))
+                    self._requeue(task.queue, dirs, path, fd, meta, delay_ns=int(delay_s * _S))
 
-    def extend(self, task: Task, lease_s: float) -> bool:
+    def _extend(self, task: Task, lease_s: float) -> bool:
         with self._os_errors(f"extend the lease of task {task.id}"):
             found = self._receipt(task)
             if found is None:
@@ -324,7 +324,7 @@ class FilesystemTransport(FilesystemAdmin):
                 os.utime(fd, ns=(deadline, deadline))
                 return True
 
-    def dead(self, task: Task, reason: str) -> None:
+    def _dead(self, task: Task, reason: str) -> None:
         with self._os_errors(f"dead-letter task {task.id}"):
             found = self._receipt(task)
             if found is not None:

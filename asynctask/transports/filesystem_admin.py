@@ -13,10 +13,9 @@ import fcntl
 import hashlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 
-from asynctask.task import DeadTask, QueueStats, validate_queue_name
-from asynctask.transports.base import validate_claim
+from asynctask.task import DeadTask, QueueStats
 from asynctask.transports.filesystem_layout import (
     _DEAD_RE,
     _QUEUE_RE,
@@ -46,8 +45,7 @@ class FilesystemAdmin(FilesystemStore):
                 for name in _listdir(f"{priority_dir}/{bucket}"):
                     yield f"{priority_dir}/{bucket}", name
 
-    def stats(self, queue: str) -> QueueStats:
-        validate_queue_name(queue)
+    def _stats(self, queue: str) -> QueueStats:
         with self._os_errors(f"read the stats of queue {queue!r}"):
             with self._lock:
                 dirs = self._queue_dirs(queue)
@@ -67,12 +65,11 @@ class FilesystemAdmin(FilesystemStore):
     def _dead_names(self, dirs: _Dirs) -> list[str]:
         return sorted(name for name in _listdir(dirs.dead) if _DEAD_RE.match(name))
 
-    def queues(self) -> list[str]:
+    def _queues(self) -> list[str]:
         with self._os_errors("list queues"):
             return sorted(name for name in _listdir(f"{self.root}/queues") if _QUEUE_RE.match(name))
 
-    def purge(self, queue: str) -> int:
-        validate_queue_name(queue)
+    def _purge(self, queue: str) -> int:
         count = 0
         with self._os_errors(f"purge queue {queue!r}"):
             dirs = self._queue_dirs(queue)
@@ -87,8 +84,7 @@ class FilesystemAdmin(FilesystemStore):
                 self._sync_dir(directory)
         return count
 
-    def dead_tasks(self, queue: str, limit: int = 100) -> list[DeadTask]:
-        validate_queue_name(queue)
+    def _dead_tasks(self, queue: str, limit: int) -> list[DeadTask]:
         result: list[DeadTask] = []
         with self._os_errors(f"read the dead letters of queue {queue!r}"):
             dirs = self._queue_dirs(queue)
@@ -112,49 +108,51 @@ class FilesystemAdmin(FilesystemStore):
                 result.append(DeadTask(parts[1], queue, body, reason, int(parts[2]), int(parts[0]) / 1e9))
         return result
 
-    def replay_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
-        validate_queue_name(queue)
-        wanted = None if ids is None else set(ids)
-        count = 0
-        with self._os_errors(f"replay the dead letters of queue {queue!r}"):
-            dirs = self._queue_dirs(queue)
-            if dirs is None:
-                return 0
-            for name in self._dead_names(dirs):
-                _, task_id, _, _, priority, _ = name.split(".")
-                if wanted is not None and task_id not in wanted:
-                    continue
-                stem, order = f"{dirs.dead}/{name.removesuffix('.task')}", _next_order()
-                with contextlib.suppress(FileNotFoundError):
-                    os.utime(stem + ".task", ns=(0, 0))
-                    new_name = f"{order:019d}.{task_id}.0.{order // 1000}"
-                    if self._place(stem + ".task", dirs.ready[int(priority)], new_name):
-                        count += 1
-                        os.unlink(stem + ".reason")
-        return count
+    def _replay_dead(self, queue: str, ids: list[str] | None) -> int:
+        return self._dead_op(queue, ids, "replay", self._replay_one)
 
-    def purge_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
-        validate_queue_name(queue)
+    def _purge_dead(self, queue: str, ids: list[str] | None) -> int:
+        return self._dead_op(queue, ids, "purge", self._purge_one)
+
+    def _dead_op(self, queue: str, ids: list[str] | None, verb: str, one: Callable[[_Dirs, str], bool]) -> int:
+        """Apply ``one`` to each chosen dead task's file name; return how many it took."""
         wanted = None if ids is None else set(ids)
         count = 0
-        with self._os_errors(f"purge the dead letters of queue {queue!r}"):
+        with self._os_errors(f"{verb} the dead letters of queue {queue!r}"):
             dirs = self._queue_dirs(queue)
             if dirs is None:
                 return 0
             for name in self._dead_names(dirs):
-                if wanted is not None and name.split(".")[1] not in wanted:
-                    continue
-                stem = f"{dirs.dead}/{name.removesuffix('.task')}"
-                # The body first: a .reason left alone by a crash here is no dead task.
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(stem + ".task")
+                if (wanted is None or name.split(".")[1] in wanted) and one(dirs, name):
                     count += 1
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(stem + ".reason")
         return count
 
-    def claim_once(self, key: str, ttl_s: float) -> bool:
-        key, ttl = validate_claim(key, ttl_s)
+    def _replay_one(self, dirs: _Dirs, name: str) -> bool:
+        _, task_id, _, _, priority, _ = name.split(".")
+        stem, order = f"{dirs.dead}/{name.removesuffix('.task')}", _next_order()
+        try:
+            os.utime(stem + ".task", ns=(0, 0))
+            placed = self._place(stem + ".task", dirs.ready[int(priority)], f"{order:019d}.{task_id}.0.{order // 1000}")
+        except FileNotFoundError:  # taken by another replay or purge meanwhile
+            return False
+        if placed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stem + ".reason")
+        return placed is not None
+
+    @staticmethod
+    def _purge_one(dirs: _Dirs, name: str) -> bool:
+        stem = f"{dirs.dead}/{name.removesuffix('.task')}"
+        # The body first: a .reason left alone by a crash here is no dead task.
+        try:
+            os.unlink(stem + ".task")
+        except FileNotFoundError:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(stem + ".reason")
+        return True
+
+    def _claim_once(self, key: str, ttl: float) -> bool:
         path = f"{self.root}/claims/{hashlib.sha256(key.encode()).hexdigest()[:40]}"
         with self._os_errors("claim a key"):
             if time.monotonic() >= self._claims_swept_at + CLAIM_SWEEP_S:

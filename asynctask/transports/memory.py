@@ -22,18 +22,17 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from asynctask.errors import TaskDecodeError
-from asynctask.task import DeadTask, QueueStats, Task, decode_payload, new_task_id, validate_queue_name
+from asynctask.task import DeadTask, QueueStats, Task, decode_payload, new_task_id
 from asynctask.transports.base import (
     Transport,
     dead_reason_for_undecodable,
     option_positive_float,
     parse_url,
     take_options,
-    validate_claim,
 )
 
 Clock = Callable[[], float]
@@ -210,13 +209,13 @@ class MemoryTransport(Transport):
             )
         return tasks
 
-    def ack(self, task: Task) -> None:
+    def _ack(self, task: Task) -> None:
         with self._store.lock:
             current = self._current(task)
             if current is not None:
                 self._set_state(current[0], current[1], None)
 
-    def nack(self, task: Task, *, delay_s: float = 0, count_attempt: bool = True) -> None:
+    def _nack(self, task: Task, delay_s: float, count_attempt: bool) -> None:
         with self._store.changed:
             current = self._current(task)
             if current is None:
@@ -227,7 +226,7 @@ class MemoryTransport(Transport):
             self._make_ready(queue, record, self._clock(), delay_s)
             self._store.changed.notify_all()
 
-    def extend(self, task: Task, lease_s: float) -> bool:
+    def _extend(self, task: Task, lease_s: float) -> bool:
         with self._store.lock:
             current = self._current(task)
             if current is None:
@@ -237,14 +236,13 @@ class MemoryTransport(Transport):
             heapq.heappush(queue.in_flight, (record.lease_until, record.version, record.id))
             return True
 
-    def dead(self, task: Task, reason: str) -> None:
+    def _dead(self, task: Task, reason: str) -> None:
         with self._store.lock:
             current = self._current(task)
             if current is not None:
                 self._bury(task.queue, current[0], current[1], reason, self._clock())
 
-    def stats(self, queue: str) -> QueueStats:
-        validate_queue_name(queue)
+    def _stats(self, queue: str) -> QueueStats:
         with self._store.lock:
             state = self._store.queues.get(queue)
             if state is None:
@@ -261,12 +259,11 @@ class MemoryTransport(Transport):
                 None if oldest is None else max(now - oldest, 0.0),
             )
 
-    def queues(self) -> list[str]:
+    def _queues(self) -> list[str]:
         with self._store.lock:
             return sorted(self._store.queues)
 
-    def purge(self, queue: str) -> int:
-        validate_queue_name(queue)
+    def _purge(self, queue: str) -> int:
         with self._store.lock:
             state = self._store.queues.get(queue)
             if state is None:
@@ -278,42 +275,41 @@ class MemoryTransport(Transport):
             state.delayed.clear()
             return len(doomed)
 
-    def dead_tasks(self, queue: str, limit: int = 100) -> list[DeadTask]:
-        validate_queue_name(queue)
+    def _dead_tasks(self, queue: str, limit: int) -> list[DeadTask]:
         with self._store.lock:
             state = self._store.queues.get(queue)
             return list(itertools.islice(state.dead.values(), limit)) if state else []
 
-    def replay_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
-        validate_queue_name(queue)
+    def _replay_dead(self, queue: str, ids: list[str] | None) -> int:
+        return self._dead_op(queue, ids, self._replay_one)
+
+    def _purge_dead(self, queue: str, ids: list[str] | None) -> int:
+        return self._dead_op(queue, ids, None)
+
+    def _dead_op(self, name: str, ids: list[str] | None, replay: Callable[[_Queue, str, float], None] | None) -> int:
+        """Take the chosen dead tasks out of the dead letters, replaying each when ``replay`` is given."""
         with self._store.changed:
-            state = self._store.queues.get(queue)
+            state = self._store.queues.get(name)
             if state is None:
                 return 0
             chosen = list(state.dead) if ids is None else [i for i in ids if i in state.dead]
             now = self._clock()
             for task_id in chosen:
-                dead = state.dead.pop(task_id)
-                record = _Record(dead.id, dead.body, state.dead_priority.pop(task_id, 0), now, state="")
-                state.records[record.id] = record
-                self._make_ready(state, record, now, 0)
-            self._store.changed.notify_all()
-            return len(chosen)
-
-    def purge_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
-        validate_queue_name(queue)
-        with self._store.lock:
-            state = self._store.queues.get(queue)
-            if state is None:
-                return 0
-            chosen = list(state.dead) if ids is None else [i for i in dict.fromkeys(ids) if i in state.dead]
-            for task_id in chosen:
+                if replay is not None:
+                    replay(state, task_id, now)
                 del state.dead[task_id]
                 state.dead_priority.pop(task_id, None)
+            if replay is not None and chosen:
+                self._store.changed.notify_all()
             return len(chosen)
 
-    def claim_once(self, key: str, ttl_s: float) -> bool:
-        key, ttl = validate_claim(key, ttl_s)
+    def _replay_one(self, queue: _Queue, task_id: str, now: float) -> None:
+        dead = queue.dead[task_id]
+        record = _Record(dead.id, dead.body, queue.dead_priority.get(task_id, 0), now, state="")
+        queue.records[record.id] = record
+        self._make_ready(queue, record, now, 0)
+
+    def _claim_once(self, key: str, ttl: float) -> bool:
         with self._store.lock:
             now = self._clock()
             if self._store.claims.get(key, 0.0) > now:

@@ -168,13 +168,10 @@ class PgsqlTransport(base.Transport):
         self, queue: str, payload: dict[str, Any] | None = None, *, delay_s: float = 0, priority: int = 0
     ) -> str:
         """As :meth:`Transport.submit_task`, in one round trip (the common path, kept lean)."""
-        _task.validate_queue_name(queue)
-        delay = _task.validate_delay(delay_s)
-        _task.validate_priority(priority)
-        body = _task.encode_payload(payload)
+        body, delay = base.prepare_submit(queue, payload, delay_s, priority)
         if queue not in self._link.registered:
             return self._submit(queue, [body], delay, priority)[0]
-        task_id = os.urandom(16).hex()
+        task_id = _task.new_task_id()
         execute = f"EXECUTE asynctask_submit_one ('{task_id}', '{queue}', {priority}, {delay!r}, %s)"
         self._call("submit_one", execute, [body])
         return task_id
@@ -183,7 +180,7 @@ class PgsqlTransport(base.Transport):
         if queue not in self._link.registered:
             self._run("register", queue)
             self._link.registered.add(queue)
-        ids = [os.urandom(16).hex() for _ in bodies]
+        ids = _task.new_task_ids(len(bodies))
         if len(bodies) == 1:
             self._run("submit_one", ids[0], queue, priority, delay_s, bodies[0])
         elif delay_s == 0:  # COPY: the fastest way in; then wake waiting consumers, if any
@@ -268,11 +265,11 @@ class PgsqlTransport(base.Transport):
             return None
         return pair if min(pair) >= 0 and max(pair) < 1 << 63 else None
 
-    def ack(self, task: Task) -> None:
+    def _ack(self, task: Task) -> None:
         if (receipt := self._receipt(task)) is not None:
             self._run("ack", *receipt)
 
-    def ack_tasks(self, tasks: Sequence[Task]) -> None:
+    def _ack_tasks(self, tasks: Sequence[Task]) -> None:
         """Ack many tasks in one statement."""
         receipts = [r for r in map(self._receipt, tasks) if r is not None]
         if len(receipts) == 1:
@@ -281,53 +278,49 @@ class PgsqlTransport(base.Transport):
             rowids, tokens = (",".join(str(r[i]) for r in receipts) for i in (0, 1))
             self._run("ack_many", f"{{{rowids}}}", f"{{{tokens}}}")
 
-    def nack(self, task: Task, *, delay_s: float = 0, count_attempt: bool = True) -> None:
+    def _nack(self, task: Task, delay_s: float, count_attempt: bool) -> None:
         if (receipt := self._receipt(task)) is not None:
-            self._run("nack", *receipt, _task.validate_delay(delay_s), 0 if count_attempt else 1)
+            self._run("nack", *receipt, delay_s, 0 if count_attempt else 1)
 
-    def extend(self, task: Task, lease_s: float) -> bool:
+    def _extend(self, task: Task, lease_s: float) -> bool:
         receipt = self._receipt(task)
-        return receipt is not None and self._run("extend", *receipt, _task.validate_delay(lease_s)) == 1
+        return receipt is not None and self._run("extend", *receipt, lease_s) == 1
 
-    def dead(self, task: Task, reason: str) -> None:
+    def _dead(self, task: Task, reason: str) -> None:
         if (receipt := self._receipt(task)) is not None:
-            self._run("bury", *receipt, str(reason))
+            self._run("bury", *receipt, reason)
 
     # -- inspecting and administering --------------------------------------------------------
 
-    def stats(self, queue: str) -> QueueStats:
-        _task.validate_queue_name(queue)
+    def _stats(self, queue: str) -> QueueStats:
         ready, delayed, in_flight, dead, age = self._run("stats", queue, rows=True)[0]
         return QueueStats(ready, delayed, in_flight, dead, None if age is None else max(age, 0.0))
 
-    def queues(self) -> list[str]:
+    def _queues(self) -> list[str]:
         return [row[0] for row in self._run("queues", rows=True)]
 
-    def purge(self, queue: str) -> int:
-        _task.validate_queue_name(queue)
+    def _purge(self, queue: str) -> int:
         return int(self._run("purge", queue))
 
-    def dead_tasks(self, queue: str, limit: int = 100) -> list[DeadTask]:
-        _task.validate_queue_name(queue)
-        limit = max(0, min(int(limit), 2**31 - 1))
+    def _dead_tasks(self, queue: str, limit: int) -> list[DeadTask]:
+        limit = min(limit, 2**31 - 1)  # the LIMIT parameter is an int4
         return [DeadTask(*row) for row in self._run("dead_tasks", queue, limit, rows=True)]
 
-    def replay_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
-        _task.validate_queue_name(queue)
-        chosen = None if ids is None else [i for i in ids if isinstance(i, str) and _HEX_ID_RE.match(i)]
-        if chosen is not None and not chosen:
-            return 0
-        return int(self._run("replay", queue, chosen, rows=True)[0][0])
+    def _replay_dead(self, queue: str, ids: list[str] | None) -> int:
+        return self._dead_op("replay", queue, ids)
 
-    def purge_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
-        _task.validate_queue_name(queue)
-        chosen = None if ids is None else [i for i in ids if isinstance(i, str) and _HEX_ID_RE.match(i)]
-        if chosen is not None and not chosen:
-            return 0
-        return int(self._run("purge_dead", queue, chosen, rows=True)[0][0])
+    def _purge_dead(self, queue: str, ids: list[str] | None) -> int:
+        return self._dead_op("purge_dead", queue, ids)
 
-    def claim_once(self, key: str, ttl_s: float) -> bool:
-        key, ttl = base.validate_claim(key, ttl_s)
+    def _dead_op(self, statement: str, queue: str, ids: list[str] | None) -> int:
+        """Run ``replay`` or ``purge_dead`` on all dead tasks of ``queue`` (None) or those of ``ids``."""
+        # Only ids as new_task_id() makes them can name a row: the rest would fail the cast to uuid.
+        chosen = None if ids is None else [i for i in ids if _HEX_ID_RE.match(i)]
+        if chosen == []:
+            return 0
+        return int(self._run(statement, queue, chosen, rows=True)[0][0])
+
+    def _claim_once(self, key: str, ttl: float) -> bool:
         claimed = bool(self._run("claim", key, ttl, rows=True))
         self._claims += 1
         if self._claims % 100 == 0:  # expired claims are claimable anyway: keep the table small

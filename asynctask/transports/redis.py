@@ -50,10 +50,8 @@ Redis at host:port: reason", password masked); the next call reconnects.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -65,9 +63,8 @@ from asynctask.task import (
     QueueStats,
     Task,
     decode_payload,
-    encode_payload,
-    validate_delay,
-    validate_priority,
+    new_task_id,
+    new_task_ids,
     validate_queue_name,
 )
 from asynctask.transports.base import (
@@ -75,8 +72,8 @@ from asynctask.transports.base import (
     dead_reason_for_undecodable,
     option_positive_float,
     parse_url,
+    prepare_submit,
     take_options,
-    validate_claim,
 )
 from asynctask.transports.redis_connection import RedisConnection, load_script, pack
 
@@ -116,11 +113,6 @@ def _option_choice(*choices: str) -> Any:
         return value
 
     return parse
-
-
-_decode_json = json.JSONDecoder().decode
-# encode_payload's encoder, built once (json.dumps with options builds one per call)
-_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 class RedisTransport(Transport):
@@ -178,25 +170,16 @@ class RedisTransport(Transport):
     def submit_task(
         self, queue: str, payload: dict[str, Any] | None = None, *, delay_s: float = 0, priority: int = 0
     ) -> str:
-        """Store one task (one round trip: one EVALSHA) and return its id."""
-        base = (self._bases.get(queue) if type(queue) is str else None) or self._base(queue)
-        if delay_s != 0 or type(delay_s) is not int:
-            delay_s = validate_delay(delay_s)
-        if priority != 0 or type(priority) is not int:
-            validate_priority(priority)
-        if type(payload) is dict and all(type(key) is str for key in payload):
-            try:
-                body = _encode_json(payload).encode()
-            except (TypeError, ValueError, RecursionError):
-                body = encode_payload(payload).encode()  # raises the PayloadError
-        else:
-            body = encode_payload(payload).encode()
+        """As :meth:`Transport.submit_task` (the same checks), in one round trip: one EVALSHA."""
+        text, delay_s = prepare_submit(queue, payload, delay_s, priority)
+        body = text.encode()
+        base = self._bases.get(queue) or self._base(queue)
         if queue not in self._registered:
             self._register(queue)
         head = self._submit_heads.get(base)
         if head is None:
             head = self._submit_heads[base] = pack((b"EVALSHA", self._s["submit_one"].bsha, b"1", base))[4:]
-        task_id = os.urandom(16).hex()
+        task_id = new_task_id()
         delay = b"%d" % (delay_s * 1_000_000) if delay_s else b"0"
         self._send(
             b"*8\r\n%s$%d\r\n%s\r\n$1\r\n%d\r\n$32\r\n%s\r\n$%d\r\n%s\r\n"
@@ -208,18 +191,18 @@ class RedisTransport(Transport):
     def _submit(self, queue: str, bodies: list[str], delay_s: float, priority: int) -> list[str]:
         base = self._base(queue)
         self._register(queue)
-        hexes = os.urandom(16 * len(bodies)).hex()
+        ids = new_task_ids(len(bodies))
         delay_us = int(delay_s * 1_000_000)
         script = self._s["submit"]
         # Bodies travel joined by newlines; encode_payload never makes one, but _submit is a hook.
         chunk = 1 if any("\n" in body for body in bodies) else SUBMIT_CHUNK
         self._evals(
             [
-                (script, base, (delay_us, priority, hexes[i * 32 : (i + chunk) * 32], "\n".join(bodies[i : i + chunk])))
+                (script, base, (delay_us, priority, "".join(ids[i : i + chunk]), "\n".join(bodies[i : i + chunk])))
                 for i in range(0, len(bodies), chunk)
             ]
         )
-        return [hexes[i : i + 32] for i in range(0, len(hexes), 32)]
+        return ids
 
     # -- consuming -----------------------------------------------------------------------------
 
@@ -257,26 +240,21 @@ class RedisTransport(Transport):
             receipt = head.decode()
             _, attempts, priority, enqueued, task_id = receipt.split(":")
             try:
-                payload = _decode_json(body.decode())
-                if type(payload) is not dict:
-                    raise ValueError(payload)
-            except ValueError:
-                try:
-                    payload = decode_payload(body)
-                except TaskDecodeError as exc:
-                    buried += [receipt, dead_reason_for_undecodable(exc)]
-                    continue
+                payload = decode_payload(body)
+            except TaskDecodeError as exc:
+                buried += [receipt, dead_reason_for_undecodable(exc)]
+                continue
             tasks.append(Task(task_id, queue, payload, int(attempts), int(enqueued) / 1e6, int(priority), receipt))
         if buried:
             logger.warning("queue %s: %d undecodable task(s) moved to the dead letters", queue, len(buried) // 2)
             self._eval(self._s["dead"], base, *buried)
         return tasks
 
-    def ack(self, task: Task) -> None:
+    def _ack(self, task: Task) -> None:
         if task.receipt:
             self._eval(self._s["ack"], self._base(task.queue), task.receipt)
 
-    def ack_tasks(self, tasks: Sequence[Task]) -> None:
+    def _ack_tasks(self, tasks: Sequence[Task]) -> None:
         """Ack many tasks in one round trip (one script call per queue and 1000 tasks)."""
         by_queue: dict[str, list[str]] = {}
         for task in tasks:
@@ -290,32 +268,28 @@ class RedisTransport(Transport):
         if calls:
             self._evals(calls)
 
-    def nack(self, task: Task, *, delay_s: float = 0, count_attempt: bool = True) -> None:
-        delay = validate_delay(delay_s)
+    def _nack(self, task: Task, delay_s: float, count_attempt: bool) -> None:
         self._eval(
-            self._s["nack"], self._base(task.queue), task.receipt, int(delay * 1_000_000), 1 if count_attempt else 0
+            self._s["nack"], self._base(task.queue), task.receipt, int(delay_s * 1_000_000), 1 if count_attempt else 0
         )
 
-    def extend(self, task: Task, lease_s: float) -> bool:
-        lease = float(lease_s)
-        if not math.isfinite(lease) or lease <= 0:
-            raise ValueError(f"lease_s={lease_s!r}: a number of seconds > 0 is allowed")
-        return bool(self._eval(self._s["extend"], self._base(task.queue), task.receipt, max(int(lease * 1e6), 1)))
+    def _extend(self, task: Task, lease_s: float) -> bool:
+        return bool(self._eval(self._s["extend"], self._base(task.queue), task.receipt, max(int(lease_s * 1e6), 1)))
 
-    def dead(self, task: Task, reason: str) -> None:
-        self._eval(self._s["dead"], self._base(task.queue), task.receipt, str(reason))
+    def _dead(self, task: Task, reason: str) -> None:
+        self._eval(self._s["dead"], self._base(task.queue), task.receipt, reason)
 
     # -- inspecting and administering ----------------------------------------------------------
 
-    def stats(self, queue: str) -> QueueStats:
+    def _stats(self, queue: str) -> QueueStats:
         ready, delayed, in_flight, dead, age_us = self._eval(self._s["stats"], self._base(queue), PROMOTE_BOUND)
         return QueueStats(ready, delayed, in_flight, dead, None if age_us < 0 else age_us / 1_000_000)
 
-    def queues(self) -> list[str]:
+    def _queues(self) -> list[str]:
         names = self._execute("SMEMBERS", f"{self.key_prefix}:queues")
         return sorted(name.decode() for name in names)
 
-    def purge(self, queue: str) -> int:
+    def _purge(self, queue: str) -> int:
         base = self._base(queue)
         total = 0
         while True:
@@ -324,29 +298,26 @@ class RedisTransport(Transport):
             if count < ADMIN_CHUNK:
                 return total
 
-    def dead_tasks(self, queue: str, limit: int = 100) -> list[DeadTask]:
-        base = self._base(queue)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ValueError(f"limit={limit!r}: an integer >= 0 is allowed")
-        reply = self._eval(self._s["dead_list"], base, limit) if limit else []
+    def _dead_tasks(self, queue: str, limit: int) -> list[DeadTask]:
+        reply = self._eval(self._s["dead_list"], self._base(queue), limit)
         text = [item.decode("utf-8", "replace") for item in reply]
         return [
             DeadTask(text[i], queue, text[i + 1], text[i + 2], int(text[i + 3]), float(text[i + 4]) / 1e6)
             for i in range(0, len(text), 5)
         ]
 
-    def replay_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+    def _replay_dead(self, queue: str, ids: list[str] | None) -> int:
         return self._dead_op("replay", queue, ids)
 
-    def purge_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+    def _purge_dead(self, queue: str, ids: list[str] | None) -> int:
         return self._dead_op("purge_dead", queue, ids)
 
-    def _dead_op(self, script_name: str, queue: str, ids: Sequence[str] | None) -> int:
+    def _dead_op(self, script_name: str, queue: str, ids: list[str] | None) -> int:
         """Run a dead-letter script on the named ids, or on all dead tasks, in bounded chunks."""
         base = self._base(queue)
         script = self._s[script_name]
         if ids is not None:
-            chosen = [str(task_id) for task_id in ids]
+            chosen = ids
             return sum(
                 int(self._eval(script, base, ADMIN_CHUNK, *chosen[i : i + ADMIN_CHUNK]))
                 for i in range(0, len(chosen), ADMIN_CHUNK)
@@ -362,8 +333,7 @@ class RedisTransport(Transport):
             left -= count
         return total
 
-    def claim_once(self, key: str, ttl_s: float) -> bool:
-        key, ttl = validate_claim(key, ttl_s)
+    def _claim_once(self, key: str, ttl: float) -> bool:
         ttl_ms = max(math.ceil(ttl * 1000), 1)
         return bool(self._execute("SET", f"{self.key_prefix}:claim:{key}", 1, "NX", "PX", ttl_ms))
 

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import contract_worker
@@ -171,13 +172,13 @@ def test_ack_after_a_lost_lease_does_not_delete_the_new_delivery(harness: Harnes
 def test_extend_keeps_the_lease(harness: Harness, queue: str) -> None:
     transport = harness.transport
     transport.submit_task(queue, {"long": True})
-    task = transport.get_task(queue, lease_s=0.6)
+    task = transport.get_task(queue, lease_s=2.0)
     assert task is not None
-    time.sleep(0.3)
-    assert transport.extend(task, 5) is True
-    time.sleep(0.6)
+    time.sleep(0.2)  # the extend has 1.8 s to arrive before the first lease ends
+    assert transport.extend(task, 20) is True
+    time.sleep(2.8)  # a second past the first lease, 17 s before the extended one ends
     consumer = redelivery_consumer(harness)
-    assert consumer.get_task(queue, timeout_s=0.3) is None
+    assert consumer.get_task(queue, timeout_s=0.5) is None
     transport.ack(task)
     assert transport.stats(queue) == QueueStats()
 
@@ -265,7 +266,7 @@ def test_dead_letter_with_reason_then_replay(transport: Transport, queue: str) -
     transport.ack(again)
     assert transport.dead_tasks(queue) == []
     assert transport.stats(queue) == QueueStats()
-    assert {keep_id, other_id}  # both ids were issued
+    assert (dead[1].id, dead[2].id) == (keep_id, other_id)
 
 
 def test_replay_keeps_the_priority(transport: Transport, queue: str) -> None:
@@ -373,6 +374,140 @@ def test_bad_priority_and_delay_are_rejected(transport: Transport, queue: str) -
     for kwargs in [{"priority": 10}, {"priority": -1}, {"priority": 1.5}, {"delay_s": -1}, {"delay_s": math.inf}]:
         with pytest.raises(PayloadError):
             transport.submit_task(queue, {}, **kwargs)  # type: ignore[arg-type]
+    assert transport.stats(queue) == QueueStats()
+
+
+# -- bad arguments: refused before the store is touched, the same error on every transport ------------
+
+RULE = (
+    "2 to 100 characters, a lowercase letter first, then lowercase letters, digits and single"
+    " underscores, ending with a letter or digit"
+)
+NOT_A_LEASE = [0, -1, -0.5, math.nan, math.inf, True, "5"]
+NOT_A_DELAY = [-1, -0.001, math.nan, math.inf, True, "1"]
+NOT_A_LIMIT = [-1, True, False, 1.5, "5", None]
+NOT_IDS = ["abc", b"ab", {"x"}, frozenset(), 5, iter(["x"])]
+NOT_A_KEY = ["", None, "k" * 201, 5, b"key"]
+NOT_A_TASK = ["receipt", None, {"id": "x", "receipt": "y"}, 3]
+
+Call = Callable[[Transport, str, Task], object]
+#: (call, error class, message): the message may depend on the in-flight task the call gets.
+BadCall = tuple[Call, type[Exception], Callable[[Task], str]]
+
+
+def _bad_calls() -> list[BadCall]:
+    calls: list[BadCall] = []
+
+    def add(call: Call, error: type[Exception], message: str | Callable[[Task], str]) -> None:
+        calls.append((call, error, message if callable(message) else (lambda _task, m=message: m)))
+
+    for v in NOT_A_LEASE:
+        msg = f"lease_s={v!r}: a number of seconds > 0 is allowed"
+        add(lambda t, q, k, v=v: t.extend(k, v), ValueError, msg)
+        add(lambda t, q, k, v=v: t.get_task(q, lease_s=v), ValueError, msg)
+        add(lambda t, q, k, v=v: t.get_tasks(q, 5, lease_s=v), ValueError, msg)
+    for v in NOT_A_DELAY:
+        msg = f"invalid delay_s {v!r}: a finite number of seconds >= 0 is allowed"
+        add(lambda t, q, k, v=v: t.nack(k, delay_s=v), PayloadError, msg)
+        add(lambda t, q, k, v=v: t.submit_task(q, {}, delay_s=v), PayloadError, msg)
+        add(lambda t, q, k, v=v: t.submit_tasks(q, [{}], delay_s=v), PayloadError, msg)
+        timeout_msg = f"invalid timeout_s {v!r}: a finite number of seconds >= 0 is allowed"
+        add(lambda t, q, k, v=v: t.get_task(q, timeout_s=v), PayloadError, timeout_msg)
+    for v in [1, 0, None, "no"]:
+        msg = f"count_attempt={v!r}: True or False is allowed"
+        add(lambda t, q, k, v=v: t.nack(k, count_attempt=v), ValueError, msg)
+    for v in [0, -1, 1001, True, 1.5, None]:
+        msg = f"max_count={v!r}: an integer from 1 to 1000 is allowed"
+        add(lambda t, q, k, v=v: t.get_tasks(q, v), ValueError, msg)
+    for v in NOT_A_TASK:
+        msg = f"task={v!r:.80}: a Task (as a fetch returned it) is allowed, not {type(v).__name__}"
+        add(lambda t, q, k, v=v: t.ack(v), TypeError, msg)
+        add(lambda t, q, k, v=v: t.ack_tasks([k, v]), TypeError, msg)  # the good one is not acked either
+        add(lambda t, q, k, v=v: t.nack(v), TypeError, msg)
+        add(lambda t, q, k, v=v: t.extend(v, 30), TypeError, msg)
+        add(lambda t, q, k, v=v: t.dead(v, "reason"), TypeError, msg)
+    allowed = "a list or tuple of Task is allowed"
+    add(lambda t, q, k: t.ack_tasks(k), TypeError, lambda k: f"tasks={k!r:.80}: {allowed}, not Task")
+    add(lambda t, q, k: t.ack_tasks({k.id: k}), TypeError, lambda k: f"tasks={ {k.id: k}!r:.80}: {allowed}, not dict")
+    for v in [None, 3, b"reason"]:
+        add(lambda t, q, k, v=v: t.dead(k, v), ValueError, f"reason={v!r}: a string is allowed")
+    for v in ["A", "a__b", None]:
+        msg = f"invalid queue name {v!r}: {RULE}"
+        for method in ["stats", "poll_queue", "purge", "dead_tasks", "replay_dead", "purge_dead"]:
+            add(lambda t, q, k, v=v, method=method: getattr(t, method)(v), QueueNameError, msg)
+        add(lambda t, q, k, v=v: t.dead_tasks(v, limit=-1), QueueNameError, msg)  # the queue is checked first
+        add(lambda t, q, k, v=v: t.replay_dead(v, "abc"), QueueNameError, msg)
+    for v in NOT_A_LIMIT:
+        add(lambda t, q, k, v=v: t.dead_tasks(q, v), ValueError, f"limit={v!r}: an integer >= 0 is allowed")
+    for v in NOT_IDS:
+        msg = f"ids={v!r:.80}: None or a sequence (list, tuple) of task id strings is allowed"
+        add(lambda t, q, k, v=v: t.replay_dead(q, v), ValueError, msg)
+        add(lambda t, q, k, v=v: t.purge_dead(q, v), ValueError, msg)
+    for v in [[1], ["0" * 32, None], (b"x",)]:
+        bad = next(i for i in v if not isinstance(i, str))
+        msg = f"ids: task ids are strings, not {type(bad).__name__}: {bad!r}"
+        add(lambda t, q, k, v=v: t.replay_dead(q, v), ValueError, msg)
+        add(lambda t, q, k, v=v: t.purge_dead(q, v), ValueError, msg)
+    for v in NOT_A_KEY:
+        msg = f"claim key {v!r:.80}: a non-empty string of at most 200 characters is allowed"
+        add(lambda t, q, k, v=v: t.claim_once(v, 60), ValueError, msg)
+    for v in NOT_A_LEASE:
+        msg = f"ttl_s={v!r}: a number of seconds > 0 is allowed"
+        add(lambda t, q, k, v=v: t.claim_once(f"{q}:bad-ttl", v), ValueError, msg)
+    return calls
+
+
+def _snapshot(transport: Transport, queue: str) -> tuple[object, ...]:
+    stats = transport.stats(queue)
+    dead = sorted(d.id for d in transport.dead_tasks(queue))
+    return stats.ready, stats.delayed, stats.in_flight, stats.dead, dead, queue in transport.queues()
+
+
+def test_bad_arguments_raise_the_same_error_everywhere_and_change_nothing(transport: Transport, queue: str) -> None:
+    transport.submit_tasks(queue, [{"n": n} for n in range(3)])
+    transport.submit_task(queue, {"later": 1}, delay_s=600)
+    held, doomed = drain(transport, queue, 2)
+    transport.dead(doomed, "for the count")
+    before = _snapshot(transport, queue)
+    assert before[:4] == (1, 1, 1, 1)
+    wrong = []
+    for n, (call, error, message) in enumerate(_bad_calls()):
+        try:
+            call(transport, queue, held)
+        except Exception as exc:
+            if type(exc) is not error:
+                wrong.append(f"call {n}: {type(exc).__name__}, not {error.__name__}: {exc}")
+            elif str(exc) != message(held):
+                wrong.append(f"call {n}: {str(exc)!r}, not {message(held)!r}")
+        else:
+            wrong.append(f"call {n} ({message(held)}): nothing raised")
+    assert wrong == []
+    assert _snapshot(transport, queue) == before
+    assert transport.claim_once(f"{queue}:bad-ttl", 60) is True  # no bad call claimed it
+    assert transport.extend(held, 30) is True  # no bad call finished or gave it back
+    transport.ack(held)
+    transport.purge(queue)
+    assert transport.purge_dead(queue) == 1
+
+
+def test_limits_and_ids_at_their_edges(transport: Transport, queue: str) -> None:
+    transport.submit_tasks(queue, [{"n": n} for n in range(3)])
+    for task in drain(transport, queue, 3):
+        transport.dead(task, "for the edges")
+    ids = [d.id for d in transport.dead_tasks(queue)]
+    assert len(ids) == 3
+    assert transport.dead_tasks(queue, 0) == []
+    assert [d.id for d in transport.dead_tasks(queue, 2)] == ids[:2]
+    assert [d.id for d in transport.dead_tasks(queue, 10**12)] == ids
+    assert transport.replay_dead(queue, []) == 0 and transport.purge_dead(queue, ()) == 0
+    assert transport.replay_dead(queue, [ids[0], ids[0]]) == 1  # named twice, replayed once
+    assert transport.purge_dead(queue, (ids[1], "0" * 32, ids[1], ids[1])) == 1
+    assert [d.id for d in transport.dead_tasks(queue)] == [ids[2]]
+    replayed = drain(transport, queue, 1)
+    assert [t.id for t in replayed] == [ids[0]] and replayed[0].attempts == 1
+    transport.ack_tasks(replayed)
+    transport.ack_tasks([])
+    assert transport.purge_dead(queue, [ids[2], ids[2]]) == 1
     assert transport.stats(queue) == QueueStats()
 
 

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
 from asynctask.errors import PayloadError, QueueNameError, TaskDecodeError
-from asynctask.task import DeadTask, Task, decode_payload, encode_payload, validate_queue_name
+from asynctask.task import (
+    DeadTask,
+    Task,
+    decode_payload,
+    encode_payload,
+    new_task_id,
+    new_task_ids,
+    validate_delay,
+    validate_queue_name,
+)
 
 
 @pytest.mark.parametrize("name", ["ab", "a1", "emails", "queue_foo", "a_b_c_1", "q" * 100])
@@ -77,3 +87,22 @@ def test_dead_task_payload_is_none_when_the_body_does_not_decode() -> None:
 def test_error_docstring_is_the_default_message() -> None:
     assert str(PayloadError()).startswith("A task payload must be a JSON object")
     assert PayloadError("custom").message == "custom"
+
+
+def test_bytes_and_text_decode_alike_and_bad_utf8_is_a_decode_error() -> None:
+    assert decode_payload(b'{"a":"\xc3\xa9"}') == decode_payload('{"a":"é"}') == {"a": "é"}
+    with pytest.raises(TaskDecodeError, match="not valid JSON"):
+        decode_payload(b'{"a":"\xff"}')
+
+
+def test_task_ids_are_32_hex_digits_and_distinct() -> None:
+    ids = [new_task_id() for _ in range(100)] + new_task_ids(100)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", task_id) for task_id in ids)
+    assert len(set(ids)) == 200
+    assert new_task_ids(0) == []
+
+
+def test_validate_delay_names_the_argument() -> None:
+    assert validate_delay(0) == 0.0 and validate_delay(1.5) == 1.5
+    with pytest.raises(PayloadError, match=r"^invalid timeout_s -1: a finite number of seconds >= 0 is allowed$"):
+        validate_delay(-1, "timeout_s")
