@@ -1,8 +1,8 @@
 """Prometheus metrics and a health check for ``asynctask-workers --metrics-port N``.
 
-The supervisor owns one :class:`WorkerMetrics`.  It feeds it the messages its children send
-(:mod:`asynctask.workers.protocol`) through :meth:`WorkerMetrics.observe`, and tells it when a child
-starts, exits and is restarted; :meth:`WorkerMetrics.serve` answers HTTP on a daemon thread, on
+The supervisor owns one :class:`WorkerMetrics`, one of its listeners: :meth:`WorkerMetrics.listen`
+gets the messages its children send and the supervisor's ``ChildStarted`` / ``ChildExited``
+(:mod:`asynctask.workers.protocol`); :meth:`WorkerMetrics.serve` answers HTTP on a daemon thread, on
 127.0.0.1 unless told another address (``asynctask-workers --metrics-bind``):
 
 ``GET /metrics``
@@ -51,11 +51,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 from asynctask.errors import AsyncTaskError, ConfigurationError
 from asynctask.task import QueueStats
 from asynctask.transports.base import Transport
+from asynctask.workers import protocol as P  # noqa: N812
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,17 @@ def default_stale_after_s() -> float:
     except ValueError:
         return DEFAULT_STALE_AFTER_S
     return value if math.isfinite(value) and value > 0 else DEFAULT_STALE_AFTER_S
+
+
+class ChildView(Protocol):
+    """What :meth:`WorkerMetrics.listen` reads of the supervisor's child (its ``ChildState``)."""
+
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def worker(self) -> str: ...
 
 
 @dataclass
@@ -204,31 +216,47 @@ class WorkerMetrics:
         self.dead_lettered.labels(queue, worker).inc(count)
         self.failed.labels(queue, worker).inc(count)
 
-    def observe(self, key: str, message: Sequence[Any]) -> None:
-        """Account one protocol message from child ``key`` (unknown kinds are ignored)."""
+    def listen(self, child: ChildView, event: P.Event) -> None:
+        """The supervisor's listener: every message of its ``child`` and its events about it."""
+        key = str(child.pid)
+        if isinstance(event, P.ChildStarted):
+            self.child_started(str(event.pid), child.queue, child.worker)
+        elif isinstance(event, P.ChildExited):
+            if event.dead_lettered:
+                self.task_dead_lettered(child.queue, child.worker, event.dead_lettered)
+            self.child_exited(str(event.pid), restarted=event.restarted, recycled=event.recycled,
+                              signal_name=event.signal_name)
+        else:
+            self.observe(key, event)
+
+    def observe(self, key: str, message: P.Message) -> None:
+        """Account one protocol message from child ``key`` (kinds without metrics are ignored)."""
         with self._lock:
             child = self._children.get(key)
-            if child is None or not message:
+            if child is None:
                 return
-            kind = message[0]
             now = self.clock()
-            labels = (child.queue, child.worker)
-            if kind in ("fetched", "polled", "ready"):
-                child.last_fetch = now
-            # "fetched" says the child holds this batch and nothing else, "polled" that it holds
-            # nothing (asynctask.workers.protocol): the gauge follows, whatever "finished" said.
-            if kind in ("fetched", "polled"):
-                self._hold(child, len(message[1]) if kind == "fetched" else 0)
-                child.task_started = None
-            elif kind == "started":
-                child.task_started = now
-                child.task_timeout_s = message[3] if len(message) > 3 else None
-            elif kind == "finished":
-                entries = message[1]
-                child.task_started = None
-                self._hold(child, child.held - len(entries))
-                for _task_id, outcome, duration in entries:
-                    self._outcome(labels, outcome, duration)
+            match message:
+                # Fetched says the child holds this batch and nothing else, Polled that it holds
+                # nothing (asynctask.workers.protocol): the gauge follows, whatever Finished said.
+                case P.Fetched(entries):
+                    child.last_fetch = now
+                    self._hold(child, len(entries))
+                    child.task_started = None
+                case P.Polled():
+                    child.last_fetch = now
+                    self._hold(child, 0)
+                    child.task_started = None
+                case P.Ready():
+                    child.last_fetch = now
+                case P.Started(timeout_s=timeout_s):
+                    child.task_started = now
+                    child.task_timeout_s = timeout_s
+                case P.Finished(outcomes):
+                    child.task_started = None
+                    self._hold(child, child.held - len(outcomes))
+                    for _task_id, outcome, duration in outcomes:
+                        self._outcome((child.queue, child.worker), outcome, duration)
 
     def _hold(self, child: _Child, count: int) -> None:
         """Set what ``child`` holds (caller holds the lock) and move the in-flight gauge by the change."""

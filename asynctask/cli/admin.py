@@ -29,8 +29,8 @@ Every user error prints ONE line on stderr, ``asynctask: error: ...``, and exits
 130   interrupted (Ctrl-C)
 ====  ==========================================================================================
 
-0, 2 and 3 mean what they mean for ``asynctask-workers`` (its constants are reused); 4, its
-"shutdown forced", does not occur here.
+The constants live in :mod:`asynctask.cli.exit_codes`, shared with ``asynctask-workers``: 0, 2 and 3
+mean the same from both; 4, its "shutdown forced", does not occur here.
 """
 
 from __future__ import annotations
@@ -48,17 +48,9 @@ from asynctask.transports.base import Transport
 
 from . import admin_commands, admin_settings
 from .admin_doctor import doctor
-from .admin_output import (
-    EXIT_INTERNAL,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_UNAVAILABLE,
-    EXIT_USAGE,
-    CommandError,
-    exit_code_for,
-    one_line,
-)
+from .admin_output import CommandError, exit_code_for, one_line
 from .common import LOG_LEVELS, log_level
+from .exit_codes import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
 __all__ = ["build_parser", "exit_code_for", "main"]
 

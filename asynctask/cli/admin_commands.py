@@ -18,10 +18,6 @@ from asynctask.task import DeadTask, encode_payload, validate_queue_name
 from asynctask.transports.base import Transport
 
 from .admin_output import (
-    EXIT_FAILURE,
-    EXIT_NOT_FOUND,
-    EXIT_OK,
-    EXIT_USAGE,
     CommandError,
     Progress,
     confirm,
@@ -32,6 +28,7 @@ from .admin_output import (
     print_json,
     print_table,
 )
+from .exit_codes import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
 
 #: Payloads stored per ``submit_tasks`` call when submitting a file.
 SUBMIT_CHUNK = 500

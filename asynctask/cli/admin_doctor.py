@@ -31,8 +31,9 @@ from asynctask.transports import get_transport
 from asynctask.transports.base import mask_url
 from asynctask.workers.base import AsyncTaskWorker, registered_workers
 
-from .admin_output import EXIT_FAILURE, EXIT_OK, one_line, print_json
+from .admin_output import one_line, print_json
 from .admin_settings import AdminSettings
+from .exit_codes import EXIT_FAILURE, EXIT_OK
 
 
 @dataclass

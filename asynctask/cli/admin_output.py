@@ -1,8 +1,7 @@
 """Output helpers of the ``asynctask`` admin command: exit codes, one-line errors, tables, progress.
 
 Every user error leaves through :class:`CommandError`: ``main`` prints its message as ONE line on
-stderr (``asynctask: error: ...``) and exits with its code.  The exit codes are documented in
-:mod:`asynctask.cli.admin`.
+stderr (``asynctask: error: ...``) and exits with its code, one of :mod:`asynctask.cli.exit_codes`.
 """
 
 from __future__ import annotations
@@ -13,36 +12,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from asynctask.cli.exit_codes import EXIT_FAILURE, EXIT_TRANSPORT, EXIT_UNAVAILABLE, EXIT_USAGE
 from asynctask.errors import (
     AsyncTaskError,
     ConfigurationError,
     PayloadError,
     TransportUnavailableError,
 )
-from asynctask.workers import supervisor as _supervisor
-
-# 0, 2 and 3 are asynctask-workers' own codes (asynctask.workers.supervisor), so a number means the
-# same thing from both commands; 4 (asynctask-workers: shutdown forced) is not used here.
-
-#: The command did what was asked.
-EXIT_OK = _supervisor.EXIT_OK
-#: The command ran but found a problem: ``doctor`` found something wrong, ``--partial`` skipped bad
-#: lines, the user answered "no" at a confirmation, or the transport cannot do what was asked.
-EXIT_FAILURE = 1
-#: Bad usage or input: an unknown option, a bad queue name, bad JSON, a bad line in a file, a bad
-#: or unknown transport URL, an invalid configuration, a destructive command without ``--yes`` when
-#: stdin is not a terminal.  (argparse uses 2 for usage errors as well.)
-EXIT_USAGE = _supervisor.EXIT_USAGE
-#: The transport cannot be reached or opened.
-EXIT_UNAVAILABLE = _supervisor.EXIT_UNAVAILABLE
-#: A queue the transport does not know, or a dead task id that is not in the dead-letter store.
-EXIT_NOT_FOUND = 5
-#: The transport failed an operation for another reason than being unreachable.
-EXIT_TRANSPORT = 6
-#: An unexpected failure inside asynctask (a bug): EX_SOFTWARE.
-EXIT_INTERNAL = 70
-#: Interrupted by Ctrl-C (128 + SIGINT).
-EXIT_INTERRUPTED = 130
 
 
 class CommandError(Exception):

@@ -1,6 +1,6 @@
 """``asynctask-workers``: parse the command line, load the configuration, run the supervisor.
 
-Exit codes are :mod:`asynctask.workers.supervisor`'s ``EXIT_*`` constants: 0 clean (halted, or
+Exit codes are :mod:`asynctask.cli.exit_codes`' constants: 0 clean (halted, or
 stopped by a signal with every task finished; also "no workers configured"), 1 internal error,
 2 bad usage or configuration, 3 transport unreachable at start, 4 shutdown forced (second signal
 or end of the grace period).  Errors the user can fix print one line on stderr, no traceback.
@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from asynctask.cli.common import LOG_LEVELS, log_level
+from asynctask.cli.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from asynctask.errors import AsyncTaskError, ConfigurationError, TransportUnavailableError
 
 #: The address ``--metrics-port`` listens on unless ``--metrics-bind`` names another.
@@ -69,13 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from asynctask.config import load_settings, parse_set_option, where_looked  # noqa: PLC0415
     from asynctask.importing import add_working_directory  # noqa: PLC0415
     from asynctask.workers.child import configure_logging  # noqa: PLC0415
-    from asynctask.workers.supervisor import (  # noqa: PLC0415
-        EXIT_ERROR,
-        EXIT_OK,
-        EXIT_UNAVAILABLE,
-        EXIT_USAGE,
-        Supervisor,
-    )
+    from asynctask.workers.supervisor import Supervisor  # noqa: PLC0415
 
     args = build_parser().parse_args(argv)
     # --require names modules of the project being run, as ``python -m`` would find them (children

@@ -25,7 +25,7 @@ from asynctask.errors import TransportUnavailableError
 from asynctask.transports import get_transport, quiet_drivers
 from asynctask.transports.base import Transport
 from asynctask.workers import protocol as P  # noqa: N812
-from asynctask.workers.base import get_worker
+from asynctask.workers.base import AsyncTaskWorker, get_worker
 from asynctask.workers.runner import (
     HALT_EMPTY,
     HALTED,
@@ -108,9 +108,8 @@ def _open_transport(url: str, stop: threading.Event) -> Transport | None:
     return None
 
 
-def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.CurrentTask | None = None) -> None:
-    """Run one worker on one queue until stopped or halted; exits the process."""
-    configure_logging(spec.log_level, spec.quiet)
+def _stop_on_signals(parent_pid: int) -> threading.Event:
+    """An event set by SIGTERM, SIGINT or the supervisor's disappearance."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -122,23 +121,37 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.Cu
     if server is not None and getattr(server, "terminated_pid", None) == os.getpid():
         stop.set()  # SIGTERM came between the fork and the line above
     threading.Thread(target=_watch_parent, args=(parent_pid, stop), name="asynctask-parent", daemon=True).start()
+    return stop
 
-    def report(message: P.Message) -> None:
+
+class _Pipe:
+    """The child's end of the supervisor's pipe: a closed pipe stops the child."""
+
+    def __init__(self, conn: Connection, stop: threading.Event) -> None:
+        self.conn, self.stop = conn, stop
+
+    def report(self, message: P.Message) -> None:
         try:
-            conn.send(message)
+            self.conn.send(message)
         except OSError:
-            stop.set()
+            self.stop.set()
 
-    def inbox() -> list[P.Message]:
+    def inbox(self) -> list[P.CrashNotice]:
         """The supervisor's crash notices received so far (AMQP only; see asynctask.workers.crashes)."""
         messages = []
         try:
-            while conn.poll():
-                messages.append(conn.recv())
+            while self.conn.poll():
+                messages.append(self.conn.recv())
         except (OSError, EOFError):
-            stop.set()
+            self.stop.set()
         return messages
 
+
+def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.CurrentTask | None = None) -> None:
+    """Run one worker on one queue until stopped or halted; exits the process."""
+    configure_logging(spec.log_level, spec.quiet)
+    stop = _stop_on_signals(parent_pid)
+    pipe = _Pipe(conn, stop)
     for module in spec.require:
         importlib.import_module(module)
     worker = get_worker(spec.worker)()
@@ -156,35 +169,45 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.Cu
             worker.teardown()
             sys.exit(1)
         logger.info("worker %s started on queue %s", spec.worker, spec.queue)
-        report((P.READY, os.getpid()))
-        runner = Runner(
-            transport,
-            spec.queue,
-            worker,
-            poll_interval_s=spec.poll_interval_s,
-            halt=HALT_EMPTY if spec.halt_when_empty else None,
-            rate_max_calls=spec.rate_max_calls,
-            rate_period_s=spec.rate_period_s,
-            max_tasks=spec.max_tasks,
-            max_memory_mb=spec.max_memory_mb,
-            report=report,
-            report_outcomes=spec.report_outcomes,
-            reopen=lambda: get_transport(spec.transport_url),
-            current=current,
-            inbox=None if transport.portable_receipts else inbox,
-            stop=stop,
-        )
-        try:
-            outcome = runner.run()
-        finally:
-            worker.teardown()
-        logger.info("worker %s on queue %s %s after %d task(s) in %.1f s", spec.worker, spec.queue, outcome,
-                    runner.processed, time.monotonic() - started)
-        if outcome == HALTED:
-            report((P.HALTED,))
-        elif outcome in (MAX_TASKS, MAX_MEMORY):
-            report((P.RECYCLE, "max_tasks_per_child" if outcome == MAX_TASKS else "max_memory_mb"))
+        pipe.report(P.Ready(os.getpid()))
+        runner = _runner(spec, worker, transport, pipe, current=current, stop=stop)
+        _run(spec, runner, pipe, started)
     finally:
         (runner.transport if runner is not None else transport).close()
         conn.close()
     sys.exit(0)
+
+
+def _runner(spec: ChildSpec, worker: AsyncTaskWorker, transport: Transport, pipe: _Pipe, *,
+            current: P.CurrentTask | None, stop: threading.Event) -> Runner:
+    return Runner(
+        transport,
+        spec.queue,
+        worker,
+        poll_interval_s=spec.poll_interval_s,
+        halt=HALT_EMPTY if spec.halt_when_empty else None,
+        rate_max_calls=spec.rate_max_calls,
+        rate_period_s=spec.rate_period_s,
+        max_tasks=spec.max_tasks,
+        max_memory_mb=spec.max_memory_mb,
+        report=pipe.report,
+        report_outcomes=spec.report_outcomes,
+        reopen=lambda: get_transport(spec.transport_url),
+        current=current,
+        inbox=None if transport.portable_receipts else pipe.inbox,
+        stop=stop,
+    )
+
+
+def _run(spec: ChildSpec, runner: Runner, pipe: _Pipe, started: float) -> None:
+    """Run the loop, then ``teardown()``; say why it ended when the supervisor must know."""
+    try:
+        outcome = runner.run()
+    finally:
+        runner.worker.teardown()
+    logger.info("worker %s on queue %s %s after %d task(s) in %.1f s", spec.worker, spec.queue, outcome,
+                runner.processed, time.monotonic() - started)
+    if outcome == HALTED:
+        pipe.report(P.Halted())
+    elif outcome in (MAX_TASKS, MAX_MEMORY):
+        pipe.report(P.Recycle("max_tasks_per_child" if outcome == MAX_TASKS else "max_memory_mb"))

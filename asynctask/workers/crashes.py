@@ -22,7 +22,7 @@ the operator's doing, not the task's.
 Where receipts are portable (filesystem, Redis, PostgreSQL, memory) the supervisor does this itself
 through its own transport.  On AMQP a delivery belongs to the dead child's connection and the broker
 gives it back when that closes; the supervisor sends the children of the queue a crash notice
-(:func:`~asynctask.workers.protocol.crash_notice`, and to each new child of the queue the notices
+(:class:`~asynctask.workers.protocol.CrashNotice`, and to each new child of the queue the notices
 still open), and the child that next fetches the task acts on it: gives it back with the delay
 (and the ``attempts`` it had, undoing the broker's redelivery count), or dead-letters it.
 
@@ -89,8 +89,8 @@ class CrashRecord:
     def crashes(self) -> int:
         return len(self.causes)
 
-    def notice(self) -> P.Message:
-        return P.crash_notice(self.task_id, self.crashes, self.attempts, self.deferred, self.dead_reason)
+    def notice(self) -> P.CrashNotice:
+        return P.CrashNotice(self.task_id, self.crashes, self.attempts, self.deferred, self.dead_reason)
 
     def open(self) -> bool:
         """True while a child that fetches the task has something to do about it."""
@@ -191,7 +191,7 @@ def give_back(transport: Transport, child: ChildState, ledger: CrashLedger, how:
     tasks this call dead-lettered.
     """
     running = child.running_task()
-    entry = child.held.get(running[0]) if running is not None else None
+    entry = child.held.get(running.task_id) if running is not None else None
     changed: list[CrashRecord] = []
     acked: list[str] = []
     if entry is not None:
@@ -211,7 +211,7 @@ def give_back(transport: Transport, child: ChildState, ledger: CrashLedger, how:
             try:
                 transport.nack(P.task_from_entry(child.queue, unstarted), count_attempt=False)
             except TransportError as exc:
-                logger.error("cannot give back task %s (its lease will): %s", unstarted[0], exc)
+                logger.error("cannot give back task %s (its lease will): %s", unstarted.id, exc)
     child.held.clear()
     return GivenBack(changed, acked)
 
@@ -223,7 +223,7 @@ def _ack_finished(transport: Transport, child: ChildState, running: P.HeldEntry)
     """
     done = list(itertools.takewhile(lambda held: held is not running, child.held.values()))
     for held in done:
-        del child.held[held[0]]
+        del child.held[held.id]
     if not done or not transport.portable_receipts:
         return []
     try:
@@ -231,7 +231,7 @@ def _ack_finished(transport: Transport, child: ChildState, running: P.HeldEntry)
     except TransportError as exc:
         logger.error("cannot ack the %d task(s) the dead child finished: %s", len(done), exc)
         return []
-    return [held[0] for held in done]
+    return [held.id for held in done]
 
 
 def _timed_out(transport: Transport, child: ChildState, ledger: CrashLedger, task: Task) -> list[CrashRecord]:
@@ -296,9 +296,9 @@ class CrashKeeper:
         self.notify(siblings, given.notices)
         return given
 
-    def settled(self, message: P.Message, siblings: list[ChildState]) -> None:
-        """A child's ``settled`` message: keep the ledger and the queue's other children in step."""
-        record = self.ledger.settled(*message[1:])
+    def settled(self, message: P.Settled, siblings: list[ChildState]) -> None:
+        """A child's ``Settled`` message: keep the ledger and the queue's other children in step."""
+        record = self.ledger.settled(message.task_id, message.crashes, message.outcome)
         self.notify(siblings, [record] if record is not None else [])
 
     @staticmethod
@@ -314,7 +314,7 @@ class CrashKeeper:
                     break
 
 
-def settle_fetched(runner: Runner, notices: dict[str, P.Message], tasks: list[Task]) -> list[Task]:
+def settle_fetched(runner: Runner, notices: dict[str, P.CrashNotice], tasks: list[Task]) -> list[Task]:
     """A child's side (AMQP): act on the crash ``notices`` heard (task id -> message) for the fetched
     ``tasks``: give back with the crash delay, or dead-letter; returns the tasks to run.
 
@@ -327,22 +327,21 @@ def settle_fetched(runner: Runner, notices: dict[str, P.Message], tasks: list[Ta
         if notice is None:
             runnable.append(task)
             continue
-        _, task_id, crashes, attempts, deferred, dead_reason = notice
-        if dead_reason is not None:
-            logger.error("task %s on %s dead-lettered: %s", task_id, task.queue, dead_reason)
-            runner.call("dead", task, dead_reason)
-            del notices[task_id]
+        if notice.dead_reason is not None:
+            logger.error("task %s on %s dead-lettered: %s", task.id, task.queue, notice.dead_reason)
+            runner.dead(task, notice.dead_reason)
+            del notices[task.id]
             outcome = P.DEAD
-        elif deferred < crashes:
+        elif notice.deferred < notice.crashes:
             # the broker's redelivery raised attempts: give it back with those it had
-            runner.call("nack", dataclasses.replace(task, attempts=attempts), delay_s=crash_delay_s(crashes),
+            runner.nack(dataclasses.replace(task, attempts=notice.attempts), delay_s=crash_delay_s(notice.crashes),
                         count_attempt=False)
-            notices[task_id] = (*notice[:4], crashes, None)
+            notices[task.id] = notice._replace(deferred=notice.crashes, dead_reason=None)
             outcome = P.DEFERRED
         else:
             runnable.append(task)
-            runner.ack_before.add(task_id)
+            runner.ack_before.add(task.id)
             continue
-        runner.send((P.SETTLED, task_id, crashes, outcome))
+        runner.send(P.Settled(task.id, notice.crashes, outcome))
         runner.finish([(task, P.DEAD if outcome == P.DEAD else P.RELEASED, 0.0)])
     return runnable

@@ -2,23 +2,63 @@
 
 * ``--scheduler``: :class:`asynctask.scheduler.Scheduler`, run in a thread of the supervisor with
   ``Scheduler(entries=..., transport_url=..., worker_queues=...).run(stop_event)``;
-* ``--metrics-port``: :class:`asynctask.metrics.WorkerMetrics`, fed with every child message.
+* ``--metrics-port``: :class:`asynctask.metrics.WorkerMetrics`, a listener of every child message
+  and of the supervisor's :class:`~asynctask.workers.protocol.ChildStarted` /
+  :class:`~asynctask.workers.protocol.ChildExited`, served over HTTP.
 
-Both are built before any child starts, so their configuration errors stop the command at once.
+Both are built before any child starts (:func:`build_extras`), so their configuration errors stop
+the command at once; the supervisor starts them (:attr:`Extras.starters`) when it runs.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import Any
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from asynctask.config import Settings, scheduled_queue_name
+from asynctask.config import Settings
+from asynctask.cron import scheduled_queue_name
 from asynctask.transports import get_transport
+from asynctask.workers import protocol as P  # noqa: N812
+
+if TYPE_CHECKING:  # state imports the child, which a child process loads without these extras
+    from asynctask.workers.state import ChildState
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_metrics", "build_scheduler"]
+__all__ = ["Extras", "Listener", "build_extras", "build_metrics", "build_scheduler"]
+
+#: Called with every child message (after the supervisor's own bookkeeping) and the supervisor's events.
+Listener = Callable[["ChildState", P.Event], None]
+#: Started once the supervisor runs, with the event set when it stops.
+Starter = Callable[[threading.Event], object]
+
+
+@dataclass
+class Extras:
+    """What the supervisor adds to its listeners, and what it starts when it runs."""
+
+    listeners: list[Listener] = field(default_factory=list)
+    starters: list[Starter] = field(default_factory=list)
+
+
+def build_extras(settings: Settings, transport_url: str, queues: Iterable[str], *, scheduler: bool,
+                 metrics_port: int | None, metrics_bind: str) -> Extras:
+    """The scheduler when ``scheduler``, the metrics when ``metrics_port`` is not None."""
+    extras = Extras()
+    found = build_scheduler(settings, transport_url) if scheduler else None
+    if found is not None:
+        def start_scheduler(stop: threading.Event) -> None:
+            threading.Thread(target=found.run, args=(stop,), name="asynctask-scheduler", daemon=True).start()
+
+        extras.starters.append(start_scheduler)
+    metrics = build_metrics(queues, transport_url) if metrics_port is not None else None
+    if metrics is not None:
+        extras.listeners.append(metrics.listen)
+        extras.starters.append(lambda stop: metrics.serve(metrics_port, metrics_bind))
+    return extras
 
 
 def build_scheduler(settings: Settings, transport_url: str) -> Any:

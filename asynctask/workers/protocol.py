@@ -1,109 +1,191 @@
-"""What a worker child and its supervisor tell each other: tuples over a ``multiprocessing`` Pipe.
+"""What a worker child and its supervisor tell each other: small typed records over a ``multiprocessing`` Pipe.
 
-Each message is a tuple whose first item names its kind.  The child sends what it does; the
-supervisor sends only crash notices, and only on transports without portable receipts (AMQP), rarely
-and small, so a child that reads them late never blocks it.  Signals carry the supervisor's other
-wishes (stop) to the child.
+Each message is a :class:`~typing.NamedTuple` (cheap to build and to pickle; a child sends one per
+batch, not one per task).  The child sends what it does; the supervisor sends only crash notices,
+and only on transports without portable receipts (AMQP), rarely and small, so a child that reads
+them late never blocks it.  Signals carry the supervisor's other wishes (stop) to the child.
 
-==========================================================  ====================================================
-``("ready", pid)``                                           ``setup()`` is done, fetching starts
-``("fetched", [held_entry, ...], wall_time)``                the child now holds these tasks, and no others
-``("polled", wall_time)``                                    a fetch came back empty: the child holds nothing
-``("started", task_id, wall_time, timeout_s or None)``       ``process`` began on this task (see below)
-``("finished", [(task_id, outcome, duration_s), ...])``      the child no longer holds these tasks (see below)
-``("halted",)``                                              ``--halt-when-empty``: the queue is empty, exiting 0
-``("recycle", reason)``                                      leaving on purpose (``max_tasks_per_child``...)
-``("settled", task_id, crashes, outcome)``                   a crash notice was acted on: ``deferred`` (given
-                                                             back with the crash delay) or ``dead``
-==========================================================  ====================================================
+=============================================  =========================================================
+:class:`Ready` ``(pid)``                        ``setup()`` is done, fetching starts
+:class:`Fetched` ``(entries, at)``              the child now holds these tasks (:class:`HeldEntry`), and
+                                                no others; ``at`` is the wall time
+:class:`Polled` ``(at)``                        a fetch came back empty: the child holds nothing
+:class:`Started` ``(task_id, at, timeout_s)``   ``process`` began on this task (see below)
+:class:`Finished` ``(outcomes)``                the child no longer holds these tasks (:class:`Outcome`)
+:class:`Halted` ``()``                          ``--halt-when-empty``: the queue is empty, exiting 0
+:class:`Recycle` ``(reason)``                   leaving on purpose (``max_tasks_per_child``...)
+:class:`Settled` ``(task_id, crashes, outcome)``  a crash notice was acted on: ``deferred`` (given back
+                                                with the crash delay) or ``dead``
+=============================================  =========================================================
 
-The supervisor sends ``("crash", task_id, crashes, attempts, deferred, dead_reason)`` (:func:`crash_notice`):
+The supervisor sends :class:`CrashNotice` ``(task_id, crashes, attempts, deferred, dead_reason)``:
 ``crashes`` children died while running this task; the child that next fetches it gives it back with
 ``attempts`` (the broker's redelivery raised them) after the crash delay unless ``deferred`` already
 equals ``crashes``, or dead-letters it with ``dead_reason`` when that is not None (quarantine, or a
 timeout at ``max_attempts``).  Where receipts are portable the supervisor does all that itself.
 
-A ``held_entry`` is ``(id, attempts, receipt, enqueued_at, priority)`` (:func:`held_entry`): enough
-to give the task back through another transport instance (:func:`task_from_entry`; transports
-identify a delivery by its receipt, never by its payload).  A child fetches a batch only after it
-finished the previous one, so ``fetched`` and ``polled`` also say that every earlier task is done.
+A :class:`HeldEntry` is enough to give the task back through another transport instance
+(:func:`task_from_entry`; transports identify a delivery by its receipt, never by its payload).  A
+child fetches a batch only after it finished the previous one, so ``Fetched`` and ``Polled`` also
+say that every earlier task is done.
 
-Outcomes in ``finished``: ``acked`` (processed and acknowledged), ``retried`` (failed, nacked with a
+Outcomes in ``Finished``: ``acked`` (processed and acknowledged), ``retried`` (failed, nacked with a
 delay), ``dead`` (dead-lettered: rejected, timed out or out of attempts), ``released`` (fetched but
 never started, given back without counting an attempt), ``lost`` (the lease was lost before the
 outcome could be recorded).  ``duration_s`` is the processing time (0 for ``released``; None in the
-``acked`` entries the supervisor makes for tasks a dead child had finished and it acked).  Children
-send ``finished`` only when asked to (``report_outcomes``: the supervisor has metrics or listeners),
-as the supervisor's own bookkeeping does not need it.
+``acked`` outcomes the supervisor makes for tasks a dead child had finished and it acked).  Children
+send ``Finished`` only when asked to (``report_outcomes``: the supervisor has listeners, e.g.
+metrics), as the supervisor's own bookkeeping does not need it.
 
 The task in hand is not sent per task (a message per task would cost the supervisor a wake-up per
 task): the child writes it into a :class:`CurrentTask` in shared memory instead, and the supervisor
-passes ``started`` on to its listeners (metrics) itself once a task has run for a second.  A Runner
-used without a CurrentTask (tests, eager mode) reports ``started`` for every task.
+passes ``Started`` on to its listeners itself once a task has run for a second.  A Runner used
+without a CurrentTask (tests, eager mode) reports ``Started`` for every task.
+
+Listeners of the supervisor (:data:`Event`) get every child message, plus two records the supervisor
+makes itself: :class:`ChildStarted` and :class:`ChildExited`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from asynctask.task import Task
 
-READY = "ready"
-FETCHED = "fetched"
-POLLED = "polled"
-STARTED = "started"
-FINISHED = "finished"
-HALTED = "halted"
-RECYCLE = "recycle"
-SETTLED = "settled"
-CRASH = "crash"
-DEFERRED = "deferred"
-
+#: outcomes of a task in :class:`Finished`, and of a crash notice in :class:`Settled`
 ACKED = "acked"
 RETRIED = "retried"
 DEAD = "dead"
 RELEASED = "released"
 LOST = "lost"
+DEFERRED = "deferred"
 
-Message = tuple[Any, ...]
-HeldEntry = tuple[str, int, str, float, int]
+
+class HeldEntry(NamedTuple):
+    """A task the child holds, as :class:`Fetched` carries it (no payload)."""
+
+    id: str
+    attempts: int
+    receipt: str
+    enqueued_at: float
+    priority: int
+
+
+class Outcome(NamedTuple):
+    """How one task ended, in :class:`Finished`."""
+
+    task_id: str
+    outcome: str
+    #: processing time; None when unknown (the supervisor acked it for a dead child)
+    duration_s: float | None
+
+
+class Ready(NamedTuple):
+    pid: int
+
+
+class Fetched(NamedTuple):
+    entries: list[HeldEntry]
+    at: float
+
+
+class Polled(NamedTuple):
+    at: float
+
+
+class Started(NamedTuple):
+    task_id: str
+    at: float
+    timeout_s: float | None
+
+
+class Finished(NamedTuple):
+    outcomes: list[Outcome]
+
+
+class Halted(NamedTuple):
+    pass
+
+
+class Recycle(NamedTuple):
+    reason: str
+
+
+class Settled(NamedTuple):
+    task_id: str
+    crashes: int
+    outcome: str
+
+
+class CrashNotice(NamedTuple):
+    """The supervisor's word to the children of a queue about a task that crashed (AMQP)."""
+
+    task_id: str
+    crashes: int
+    attempts: int
+    deferred: int
+    dead_reason: str | None
+
+
+class ChildStarted(NamedTuple):
+    """To listeners: a child process was started for the slot."""
+
+    pid: int | None
+
+
+class ChildExited(NamedTuple):
+    """To listeners: the slot's child ``pid`` left (its last messages were passed on first)."""
+
+    pid: int | None
+    #: it died and will be replaced
+    restarted: bool = False
+    #: it was replaced on purpose (max tasks or memory)
+    recycled: bool = False
+    #: the signal that killed it while it held a started task
+    signal_name: str | None = None
+    #: tasks the supervisor dead-lettered for it (a timeout at max_attempts, a quarantine)
+    dead_lettered: int = 0
+
+
+#: what a child sends
+Message = Ready | Fetched | Polled | Started | Finished | Halted | Recycle | Settled
+#: what the supervisor's listeners get
+Event = Message | ChildStarted | ChildExited
 
 
 def held_entry(task: Task) -> HeldEntry:
-    """What a ``fetched`` message carries per task."""
-    return (task.id, task.attempts, task.receipt, task.enqueued_at, task.priority)
-
-
-def crash_notice(task_id: str, crashes: int, attempts: int, deferred: int, dead_reason: str | None) -> Message:
-    """The supervisor's ``crash`` message (see the module docstring)."""
-    return (CRASH, task_id, crashes, attempts, deferred, dead_reason)
+    """What a ``Fetched`` message carries per task."""
+    return HeldEntry(task.id, task.attempts, task.receipt, task.enqueued_at, task.priority)
 
 
 def task_from_entry(queue: str, entry: HeldEntry) -> Task:
     """A Task another transport instance can ack, nack or dead-letter (its payload is not carried)."""
-    task_id, attempts, receipt, enqueued_at, priority = entry
-    return Task(task_id, queue, {}, attempts, enqueued_at, priority, receipt)
+    return Task(entry.id, queue, {}, entry.attempts, entry.enqueued_at, entry.priority, entry.receipt)
+
 
 __all__ = [
     "ACKED",
-    "CRASH",
     "DEAD",
     "DEFERRED",
-    "FETCHED",
-    "FINISHED",
-    "HALTED",
     "LOST",
-    "POLLED",
-    "READY",
-    "RECYCLE",
     "RELEASED",
     "RETRIED",
-    "SETTLED",
-    "STARTED",
+    "ChildExited",
+    "ChildStarted",
+    "CrashNotice",
     "CurrentTask",
+    "Event",
+    "Fetched",
+    "Finished",
+    "Halted",
     "HeldEntry",
     "Message",
-    "crash_notice",
+    "Outcome",
+    "Polled",
+    "Ready",
+    "Recycle",
+    "Settled",
+    "Started",
     "held_entry",
     "task_from_entry",
 ]
@@ -141,8 +223,8 @@ class CurrentTask:
         self._id.value = b""
         nums[0] += 1
 
-    def read(self) -> tuple[str, float, float | None] | None:
-        """(task id, wall time it started, timeout_s or None), or None when no task is running."""
+    def read(self) -> Started | None:
+        """The task running (id, wall time it started, timeout_s or None), or None."""
         nums = self._nums
         for _ in range(100):
             before = nums[0]
@@ -150,5 +232,5 @@ class CurrentTask:
                 continue
             raw, started, timeout = self._id.value, nums[1], nums[2]
             if nums[0] == before:
-                return (raw.decode(errors="replace"), started, timeout or None) if raw else None
+                return Started(raw.decode(errors="replace"), started, timeout or None) if raw else None
         return None

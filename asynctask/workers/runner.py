@@ -33,10 +33,10 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from asynctask.errors import TransportError, TransportUnavailableError
-from asynctask.task import Task
+from asynctask.task import QueueStats, Task
 from asynctask.transports.base import MAX_BATCH, Transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import AsyncTaskWorker, Reject, Retry, TaskTimeout
@@ -48,7 +48,9 @@ __all__ = ["Clock", "RateLimiter", "Runner", "resident_mb"]
 logger = logging.getLogger(__name__)
 
 Report = Callable[[P.Message], None]
-Inbox = Callable[[], list[P.Message]]
+#: the supervisor's messages received so far (crash notices)
+Inbox = Callable[[], list[Any]]
+T = TypeVar("T")
 
 BATCH_TARGET_S = 0.25
 RECONNECT_FIRST_S = 0.5
@@ -120,8 +122,8 @@ class Runner:
         self._unavailable = False
         #: how often the transport was found unreachable (a batch checks its leases after one)
         self._outages = 0
-        #: crash notices heard (task id -> message), AMQP only
-        self._crashes: dict[str, P.Message] = {}
+        #: crash notices heard (task id -> notice), AMQP only
+        self._crashes: dict[str, P.CrashNotice] = {}
         #: ids of fetched tasks that crashed before: the acks waiting go out before each runs
         self.ack_before: set[str] = set()
         worker.bind(transport, queue, self.io_lock)
@@ -141,7 +143,7 @@ class Runner:
             for task, _, _ in entries:
                 self._held.pop(task.id, None)
         if entries and self.report_outcomes:
-            self.send((P.FINISHED, [(task.id, outcome, duration) for task, outcome, duration in entries]))
+            self.send(P.Finished([P.Outcome(task.id, outcome, duration) for task, outcome, duration in entries]))
 
     def batch_size(self) -> int:
         """Tasks to ask for next: about BATCH_TARGET_S of work, at least 1, at most max_batch."""
@@ -154,22 +156,24 @@ class Runner:
 
     # -- transport calls that survive an outage ------------------------------------------------
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call ``self.transport.<method>``; on TransportUnavailableError log once, wait with backoff
-        (0.5 s doubling to 30 s), reopen the transport when ``reopen`` was given, and try again until
-        it works or ``stop`` is set (then None).  Other TransportErrors are logged and retried alike."""
+    def _retrying(self, what: str, call: Callable[[], T]) -> T | None:
+        """``call()`` (a call of ``self.transport``, named ``what`` in logs) under the I/O lock; on
+        TransportUnavailableError log once, wait with backoff (0.5 s doubling to 30 s), reopen the
+        transport when ``reopen`` was given, and try again until it works or ``stop`` is set (then
+        None).  Other TransportErrors are logged and retried alike.  ``call`` must read
+        ``self.transport`` each time: a reopen replaces it."""
         delay = RECONNECT_FIRST_S
         while True:
             try:
                 with self.io_lock:
-                    result = getattr(self.transport, method)(*args, **kwargs)
+                    result = call()
             except TransportUnavailableError as exc:
                 self._outages += 1
                 if not self._unavailable:
-                    logger.error("transport unavailable (%s): %s; retrying with backoff", method, exc)
+                    logger.error("transport unavailable (%s): %s; retrying with backoff", what, exc)
                     self._unavailable = True
             except TransportError as exc:
-                logger.error("transport error (%s): %s; retrying in %.1f s", method, exc, delay)
+                logger.error("transport error (%s): %s; retrying in %.1f s", what, exc, delay)
             else:
                 if self._unavailable:
                     logger.warning("transport reachable again; resuming")
@@ -183,6 +187,30 @@ class Runner:
             delay = min(delay * 2, RECONNECT_MAX_S)
             if self.reopen is not None:
                 self._reopen()
+
+    def fetch(self, count: int, timeout_s: float) -> list[Task]:
+        """``get_tasks`` on the runner's queue with its lease; [] when stopped during an outage."""
+        queue, lease_s = self.queue, self.lease_s
+        found = self._retrying(
+            "get_tasks", lambda: self.transport.get_tasks(queue, count, timeout_s=timeout_s, lease_s=lease_s)
+        )
+        return found or []
+
+    def ack(self, tasks: list[Task]) -> None:
+        self._retrying("ack_tasks", lambda: self.transport.ack_tasks(tasks))
+
+    def nack(self, task: Task, *, delay_s: float = 0, count_attempt: bool = True) -> None:
+        self._retrying("nack", lambda: self.transport.nack(task, delay_s=delay_s, count_attempt=count_attempt))
+
+    def dead(self, task: Task, reason: str) -> None:
+        self._retrying("dead", lambda: self.transport.dead(task, reason))
+
+    def extend(self, task: Task) -> bool:
+        """Extend ``task``'s lease by the runner's; False when it was lost (or stopped during an outage)."""
+        return bool(self._retrying("extend", lambda: self.transport.extend(task, self.lease_s)))
+
+    def stats(self) -> QueueStats | None:
+        return self._retrying("stats", lambda: self.transport.stats(self.queue))
 
     def _reopen(self) -> None:
         assert self.reopen is not None
@@ -204,7 +232,7 @@ class Runner:
             if not self._pending_acks:
                 return
             pending, self._pending_acks = self._pending_acks, []
-            self.call("ack_tasks", [task for task, _ in pending])
+            self.ack([task for task, _ in pending])
             self.finish([(task, P.ACKED, duration) for task, duration in pending])
 
     def ack_due_in(self) -> float | None:
@@ -250,17 +278,17 @@ class Runner:
                 self.sleep(wait)
                 continue
             timeout = 0.0 if self.halt == HALT_IDLE else self.poll_interval_s
-            tasks = self.call("get_tasks", self.queue, self.batch_size(), timeout_s=timeout, lease_s=self.lease_s)
+            tasks = self.fetch(self.batch_size(), timeout)
             if not tasks:
                 if self.stop.is_set():
                     return STOPPED
-                self.send((P.POLLED, time.time()))
+                self.send(P.Polled(time.time()))
                 if self.halt is not None and self._queue_is_empty():
                     return HALTED
                 continue
             with self._held_lock:
                 self._held.update((task.id, task) for task in tasks)
-            self.send((P.FETCHED, [P.held_entry(task) for task in tasks], time.time()))
+            self.send(P.Fetched([P.held_entry(task) for task in tasks], time.time()))
             if self.inbox is not None:
                 tasks = self._settle_crashed(tasks)
             outages = self._outages
@@ -268,7 +296,7 @@ class Runner:
                 if self.stop.is_set() or not self._wait_for_rate_slot():
                     self._release(tasks[index:])
                     break
-                if self._outages != outages and not self.call("extend", task, self.lease_s):
+                if self._outages != outages and not self.extend(task):
                     self.finish([(task, P.LOST, 0.0)])  # the server gave it to another worker
                     continue
                 if self.ack_before and task.id in self.ack_before:
@@ -292,7 +320,7 @@ class Runner:
     def _queue_is_empty(self) -> bool:
         if self.halt == HALT_IDLE:
             return True
-        stats = self.call("stats", self.queue)
+        stats = self.stats()
         return stats is not None and stats.ready == 0 and stats.delayed == 0 and stats.in_flight == 0
 
     def _release(self, tasks: Sequence[Task]) -> None:
@@ -302,7 +330,7 @@ class Runner:
             with self._held_lock:
                 if task.id not in self._held:
                     continue
-            self.call("nack", task, count_attempt=False)
+            self.nack(task, count_attempt=False)
             released.append((task, P.RELEASED, 0.0))
         self.finish(released)
 
@@ -316,7 +344,7 @@ class Runner:
         if self.current is not None:
             self.current.set(task.id, time.time(), timeout)
         else:
-            self.send((P.STARTED, task.id, time.time(), timeout))
+            self.send(P.Started(task.id, time.time(), timeout))
         outcome: str | None = None
         reason = ""
         try:
@@ -353,7 +381,7 @@ class Runner:
         if outcome == P.DEAD:
             logger.error("task %s on %s dead-lettered after %d attempt(s): %s", task.id, task.queue,
                          task.attempts, reason.splitlines()[0])
-            self.call("dead", task, reason)
+            self.dead(task, reason)
         self.finish([(task, outcome, duration)])
 
     def _retry(self, task: Task, exc: Retry) -> str:
@@ -364,7 +392,7 @@ class Runner:
         delay = exc.delay_s if exc.delay_s is not None else worker.retry_delay(task.attempts)
         logger.info("task %s on %s: retry requested%s (attempt %d of %d), again in %.2f s", task.id, task.queue,
                     f": {exc.reason}" if exc.reason else "", task.attempts, worker.max_attempts, delay)
-        self.call("nack", task, delay_s=delay)
+        self.nack(task, delay_s=delay)
         return P.RETRIED
 
     def _exhausted(self, task: Task, exc: Retry) -> str:
@@ -374,9 +402,9 @@ class Runner:
     def _settle_crashed(self, tasks: list[Task]) -> list[Task]:
         """Hear the supervisor's crash notices (AMQP) and act on those naming fetched tasks."""
         for message in self.inbox() if self.inbox is not None else ():
-            if message[0] == P.CRASH:
-                self._crashes.pop(message[1], None)
-                self._crashes[message[1]] = message
+            if isinstance(message, P.CrashNotice):
+                self._crashes.pop(message.task_id, None)
+                self._crashes[message.task_id] = message
         while len(self._crashes) > 10_000:  # the supervisor's ledger bound
             del self._crashes[next(iter(self._crashes))]
         return settle_fetched(self, self._crashes, tasks) if self._crashes else tasks
@@ -386,6 +414,6 @@ class Runner:
             delay = self.worker.retry_delay(task.attempts)
             logger.warning("task %s on %s failed (attempt %d of %d), retrying in %.2f s: %s", task.id, task.queue,
                            task.attempts, self.worker.max_attempts, delay, reason.splitlines()[0])
-            self.call("nack", task, delay_s=delay)
+            self.nack(task, delay_s=delay)
             return P.RETRIED
         return P.DEAD

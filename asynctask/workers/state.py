@@ -103,8 +103,8 @@ class ChildState:
     started_ids: set[str] = field(default_factory=set)
     #: where the child writes the task in hand (shared memory); see :meth:`running_task`
     current: P.CurrentTask | None = None
-    #: (task id, wall time it started, timeout_s) from a ``started`` message (children that send them)
-    running: tuple[str, float, float | None] | None = None
+    #: the task in hand from a ``Started`` message (children that send them)
+    running: P.Started | None = None
     #: the last task id passed on to listeners as ``started``
     announced: str | None = None
     kill_cause: str | None = None
@@ -129,8 +129,8 @@ class ChildState:
     def worker(self) -> str:
         return self.spec.worker
 
-    def running_task(self) -> tuple[str, float, float | None] | None:
-        """(task id, wall time it started, timeout_s or None) of the task in hand, or None."""
+    def running_task(self) -> P.Started | None:
+        """The task in hand (id, wall time it started, timeout_s or None), or None."""
         if self.current is not None:
             found = self.current.read()
             if found is not None:
@@ -140,9 +140,9 @@ class ChildState:
     def kill_deadline(self) -> float | None:
         """Wall time after which the child is killed for running past ``timeout_s``, or None."""
         found = self.running_task()
-        if found is None or not found[2]:
+        if found is None or not found.timeout_s:
             return None
-        return found[1] + hard_timeout_s(found[2])
+        return found.at + hard_timeout_s(found.timeout_s)
 
     def attach(self, process: BaseProcess, conn: Connection) -> None:
         self.process, self.conn, self.pid = process, conn, process.pid
@@ -164,32 +164,35 @@ class ChildState:
 
     def handle(self, message: P.Message) -> None:
         """Update the bookkeeping from one child message."""
-        kind = message[0]
-        if kind == P.FETCHED:
-            # a child fetches only after finishing its previous batch: these are all it holds now
-            self.held = {entry[0]: entry for entry in message[1]}
-            self.started_ids.clear()
-            self.last_fetch_at = message[2]
-        elif kind == P.POLLED:
-            self.held.clear()
-            self.started_ids.clear()
-            self.last_fetch_at = message[1]
-        elif kind == P.STARTED:
-            self.started_ids.add(message[1])
-            self.running = (message[1], message[2], message[3])
-        elif kind == P.FINISHED:
-            for task_id, outcome, _ in message[1]:
-                self.held.pop(task_id, None)
-                self.started_ids.discard(task_id)
-                self.counts[outcome] += 1
-                if self.running is not None and self.running[0] == task_id:
-                    self.running = None
-        elif kind == P.HALTED:
-            self.halted = True
-        elif kind == P.RECYCLE:
-            self.recycling = True
-        elif kind == P.READY:
-            self.ready = True
+        match message:
+            case P.Fetched(entries, at):
+                # a child fetches only after finishing its previous batch: these are all it holds now
+                self.held = {entry.id: entry for entry in entries}
+                self.started_ids.clear()
+                self.last_fetch_at = at
+            case P.Polled(at):
+                self.held.clear()
+                self.started_ids.clear()
+                self.last_fetch_at = at
+            case P.Started():
+                self.started_ids.add(message.task_id)
+                self.running = message
+            case P.Finished(outcomes):
+                self._finished(outcomes)
+            case P.Halted():
+                self.halted = True
+            case P.Recycle():
+                self.recycling = True
+            case P.Ready():
+                self.ready = True
+
+    def _finished(self, outcomes: list[P.Outcome]) -> None:
+        for task_id, outcome, _ in outcomes:
+            self.held.pop(task_id, None)
+            self.started_ids.discard(task_id)
+            self.counts[outcome] += 1
+            if self.running is not None and self.running.task_id == task_id:
+                self.running = None
 
 
 def build_children(settings: Settings, base: ChildSpec, shared_task: Callable[[], P.CurrentTask]) -> list[ChildState]:

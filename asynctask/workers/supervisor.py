@@ -28,9 +28,11 @@
 
 Seams (:mod:`asynctask.workers.extras`): ``scheduler=True`` runs
 ``asynctask.scheduler.Scheduler(entries=..., transport_url=..., worker_queues=...).run(stop_event)``
-in a thread; ``metrics_port`` feeds an ``asynctask.metrics.WorkerMetrics`` and serves it.  Every
-child message also goes to the callables in ``listeners``; ``children`` (:class:`ChildState`) is
-the per-child bookkeeping.
+in a thread; ``metrics_port`` serves an ``asynctask.metrics.WorkerMetrics``, one of the
+``listeners``: callables given every child message (:data:`~asynctask.workers.protocol.Event`) and
+the supervisor's ``ChildStarted`` / ``ChildExited``.  Children send their task outcomes only when
+there are listeners.  ``children`` (:class:`ChildState`) is the per-child bookkeeping.  Exit codes:
+:mod:`asynctask.cli.exit_codes`.
 """
 
 from __future__ import annotations
@@ -42,28 +44,21 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from asynctask.cli.exit_codes import EXIT_FORCED, EXIT_OK
 from asynctask.config import Settings
 from asynctask.transports import get_transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.child import ChildSpec, child_main
 from asynctask.workers.crashes import CrashKeeper
-from asynctask.workers.extras import build_metrics, build_scheduler
+from asynctask.workers.extras import Listener, build_extras
 from asynctask.workers.keepers import resident_mb
 from asynctask.workers.state import ChildState, build_children, describe_exit, hard_timeout_s, import_requires
 
 logger = logging.getLogger(__name__)
-
-#: Exit codes of ``asynctask-workers`` (the CLI returns these).
-EXIT_OK = 0  #: clean: halted when empty, or stopped by a signal with every task finished
-EXIT_ERROR = 1  #: an unexpected internal error (a traceback was logged)
-EXIT_USAGE = 2  #: bad usage or configuration (one line on stderr)
-EXIT_UNAVAILABLE = 3  #: the transport could not be reached at start
-EXIT_FORCED = 4  #: shutdown forced (second signal or grace period over): children were killed
 
 #: How children start: ``forkserver`` (a clean server process, started before any thread of the
 #: supervisor, imports asynctask once and forks each child: fast restarts, no inherited threads or
@@ -77,8 +72,6 @@ ANNOUNCE_AFTER_S = 1.0
 #: how often the supervisor reads a child's resident memory (for the causes of crashes)
 RSS_SAMPLE_S = 1.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-Listener = Callable[[ChildState, P.Message], None]
 
 
 class Supervisor:
@@ -100,10 +93,7 @@ class Supervisor:
         self.transport_url = transport_url or settings.transport_url
         self.halt_when_empty = halt_when_empty
         self.scheduler = scheduler
-        self.metrics_port = metrics_port
-        self.metrics_bind = metrics_bind
         self.listeners: list[Listener] = []
-        self.metrics: Any = None  # asynctask.metrics.WorkerMetrics with --metrics-port
         self.stop_event = threading.Event()
         #: stop events so far: SIGTERM/SIGINT (one per wake-up byte) and request_stop() calls
         self._stop_events = 0
@@ -113,9 +103,9 @@ class Supervisor:
                          halt_when_empty=halt_when_empty, log_level=log_level, quiet=quiet)
         self.children = build_children(settings, base, lambda: P.CurrentTask(self._context))
         self._leaving: list[tuple[BaseProcess, Connection]] = []
-        self._scheduler = build_scheduler(settings, self.transport_url) if scheduler else None
-        if metrics_port is not None:
-            self.metrics = build_metrics([c.queue for c in self.children], self.transport_url)
+        self._extras = build_extras(settings, self.transport_url, [c.queue for c in self.children],
+                                    scheduler=scheduler, metrics_port=metrics_port, metrics_bind=metrics_bind)
+        self.listeners += self._extras.listeners
         self.transport = get_transport(self.transport_url)
         self.crashes = CrashKeeper(self.transport)
         if START_METHOD == "forkserver":
@@ -149,7 +139,8 @@ class Supervisor:
                 previous[signum] = signal.signal(signum, self._on_signal)
             previous_fd = signal.set_wakeup_fd(self._wake_fd, warn_on_full_buffer=False)
         try:
-            self._start_extras()
+            for start in self._extras.starters:
+                start(self.stop_event)
             return self._loop(read_fd)
         finally:
             self.stop_event.set()
@@ -173,13 +164,6 @@ class Supervisor:
             os.write(self._wake_fd, b"\0")
         except (OSError, AttributeError):
             pass
-
-    def _start_extras(self) -> None:
-        if self._scheduler is not None:
-            threading.Thread(target=self._scheduler.run, args=(self.stop_event,), name="asynctask-scheduler",
-                             daemon=True).start()
-        if self.metrics is not None and self.metrics_port is not None:
-            self.metrics.serve(self.metrics_port, self.metrics_bind)
 
     def _loop(self, read_fd: int) -> int:
         grace_until: float | None = None
@@ -246,7 +230,7 @@ class Supervisor:
 
     def _start(self, child: ChildState) -> None:
         parent_conn, child_conn = self._context.Pipe(duplex=True)  # duplex: crash notices go to the child
-        spec = dataclasses.replace(child.spec, report_outcomes=self.metrics is not None or bool(self.listeners))
+        spec = dataclasses.replace(child.spec, report_outcomes=bool(self.listeners))
         process = self._context.Process(
             target=child_main,
             args=(spec, child_conn, os.getpid(), child.current),
@@ -257,8 +241,7 @@ class Supervisor:
         child_conn.close()
         child.attach(process, parent_conn)
         self.crashes.child_started(child)
-        if self.metrics is not None:
-            self.metrics.child_started(str(process.pid), child.queue, child.worker)
+        self._emit(child, P.ChildStarted(process.pid))
         logger.info("started worker %s on queue %s (pid %s)", child.worker, child.queue, process.pid)
 
     def _drain(self, child: ChildState) -> None:
@@ -269,14 +252,11 @@ class Supervisor:
             while conn.poll():
                 message = conn.recv()
                 child.handle(message)
-                if self.metrics is not None:
-                    self.metrics.observe(str(child.pid), message)
-                for listener in self.listeners:
-                    listener(child, message)
-                if message[0] == P.RECYCLE and not child.done:
-                    self._replace(child, message[1])
+                self._emit(child, message)
+                if isinstance(message, P.Recycle) and not child.done:
+                    self._replace(child, message.reason)
                     return
-                if message[0] == P.SETTLED:
+                if isinstance(message, P.Settled):
                     self.crashes.settled(message, self._siblings(child))
         except (EOFError, OSError):
             # the child closed its end (it is leaving): stop watching it, its sentinel tells the rest
@@ -288,8 +268,7 @@ class Supervisor:
         process, conn = child.process, child.conn
         assert process is not None and conn is not None  # called while reading conn
         logger.info("worker %s on queue %s (pid %s) is recycled (%s)", child.worker, child.queue, process.pid, reason)
-        if self.metrics is not None:
-            self.metrics.child_exited(str(child.pid), recycled=True)
+        self._emit(child, P.ChildExited(child.pid, recycled=True))
         self._leaving.append((process, conn))
         child.process = child.conn = None
         child.detach()
@@ -319,7 +298,7 @@ class Supervisor:
             running = child.running_task()
             if running is None:
                 continue
-            task_id, started, timeout = running
+            task_id, started, timeout = running.task_id, running.at, running.timeout_s
             if task_id != child.announced and wall - started >= ANNOUNCE_AFTER_S:
                 self._announce(child, running)
             if timeout and wall >= started + hard_timeout_s(timeout):
@@ -329,17 +308,14 @@ class Supervisor:
                 child.killing = True
                 child.process.kill()
 
-    def _announce(self, child: ChildState, running: tuple[str, float, float | None]) -> None:
-        """Pass a ``started`` message on to listeners for a task the child wrote to shared memory."""
-        child.announced = running[0]
-        self._pass_on(child, (P.STARTED, *running))
+    def _announce(self, child: ChildState, running: P.Started) -> None:
+        """Pass a ``Started`` message on to listeners for a task the child wrote to shared memory."""
+        child.announced = running.task_id
+        self._emit(child, running)
 
-    def _pass_on(self, child: ChildState, message: P.Message) -> None:
-        """Give listeners and metrics a message the supervisor makes for a child."""
-        if self.metrics is not None:
-            self.metrics.observe(str(child.pid), message)
+    def _emit(self, child: ChildState, event: P.Event) -> None:
         for listener in self.listeners:
-            listener(child, message)
+            listener(child, event)
 
     def _begin_shutdown(self) -> None:
         logger.info("stopping: waiting up to %.1f s for running tasks", self.settings.shutdown_timeout_s)
@@ -364,6 +340,7 @@ class Supervisor:
                 self._reap(child)
 
     def _reap(self, child: ChildState) -> None:
+        """A child left: give back what it held, tell the listeners, restart it unless it is done."""
         process = child.process
         assert process is not None
         process.join(0.1)
@@ -371,45 +348,49 @@ class Supervisor:
         exitcode = process.exitcode
         how = describe_exit(exitcode)
         lived = time.monotonic() - child.started_at
-        running = child.running_task()
-        dead_before = child.dead_lettered
-        given = self.crashes.child_died(child, self._siblings(child), how)
-        if given.acked:  # finished by the child, acked by us: count them (duration unknown)
-            finished = (P.FINISHED, [(task_id, P.ACKED, None) for task_id in given.acked])
-            child.handle(finished)
-            self._pass_on(child, finished)
-        if running is not None and running[0] != child.announced:
-            self._announce(child, running)
-        if child.dead_lettered > dead_before and self.metrics is not None:
-            self.metrics.task_dead_lettered(child.queue, child.worker)
+        self._account_exit(child, exitcode, how)
         timed_out = child.kill_cause is not None and child.kill_cause.startswith("TaskTimeout")
         halted, recycling = child.halted, child.recycling
-        if self.metrics is not None:
-            killed_by = signal.Signals(-exitcode).name if exitcode is not None and exitcode < 0 else None
-            self.metrics.child_exited(
-                str(child.pid),
-                restarted=not (halted or child.done or recycling),
-                recycled=recycling,
-                signal_name=killed_by if running is not None else None,
-            )
         child.detach()
         if halted:
             child.done = True
             logger.info("worker %s on queue %s halted: the queue is empty", child.worker, child.queue)
-            return
-        if child.done:
+        elif child.done:
             if exitcode != 0:
                 logger.warning("worker %s on queue %s (pid %s) %s during shutdown", child.worker, child.queue,
                                process.pid, how)
-            return
-        if timed_out or recycling:
-            delay = 0.0
         else:
-            if lived >= HEALTHY_AFTER_S:
-                child.backoff_s = RESTART_FIRST_S
-            delay = child.backoff_s
-            child.backoff_s = min(child.backoff_s * 2, RESTART_MAX_S)
-        child.restarts += 1
-        child.next_start_at = time.monotonic() + delay
-        logger.warning("worker %s on queue %s (pid %s) %s; restarting in %.1f s", child.worker, child.queue,
-                       process.pid, how, delay)
+            delay = 0.0 if timed_out or recycling else self._backoff(child, lived)
+            child.restarts += 1
+            child.next_start_at = time.monotonic() + delay
+            logger.warning("worker %s on queue %s (pid %s) %s; restarting in %.1f s", child.worker, child.queue,
+                           process.pid, how, delay)
+
+    def _account_exit(self, child: ChildState, exitcode: int | None, how: str) -> None:
+        """Give back the dead child's tasks, then pass on what the supervisor did for it and its exit."""
+        running = child.running_task()
+        dead_before = child.dead_lettered
+        given = self.crashes.child_died(child, self._siblings(child), how)
+        if given.acked:  # finished by the child, acked by us: count them (duration unknown)
+            finished = P.Finished([P.Outcome(task_id, P.ACKED, None) for task_id in given.acked])
+            child.handle(finished)
+            self._emit(child, finished)
+        if running is not None and running.task_id != child.announced:
+            self._announce(child, running)
+        killed_by = signal.Signals(-exitcode).name if exitcode is not None and exitcode < 0 else None
+        self._emit(child, P.ChildExited(
+            child.pid,
+            restarted=not (child.halted or child.done or child.recycling),
+            recycled=child.recycling,
+            signal_name=killed_by if running is not None else None,
+            dead_lettered=child.dead_lettered - dead_before,
+        ))
+
+    @staticmethod
+    def _backoff(child: ChildState, lived: float) -> float:
+        """The restart delay of a child that died after ``lived`` seconds (and the next one's)."""
+        if lived >= HEALTHY_AFTER_S:
+            child.backoff_s = RESTART_FIRST_S
+        delay = child.backoff_s
+        child.backoff_s = min(child.backoff_s * 2, RESTART_MAX_S)
+        return delay

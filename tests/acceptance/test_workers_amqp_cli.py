@@ -16,7 +16,7 @@ import pytest
 from support import AMQP_HOST, AMQP_PORT, require_service
 from workers_support import Env
 
-from asynctask.workers.supervisor import EXIT_OK, EXIT_UNAVAILABLE
+from asynctask.cli.exit_codes import EXIT_OK, EXIT_UNAVAILABLE
 
 pytest.importorskip("pika")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from workers_support import Env
 
-from asynctask.workers.supervisor import EXIT_OK, EXIT_USAGE
+from asynctask.cli.exit_codes import EXIT_OK, EXIT_USAGE
 
 
 @pytest.fixture

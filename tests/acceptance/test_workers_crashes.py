@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from workers_support import CLI, SERVER_TRANSPORTS, Env, stop, transport_world, wait_for
 
-from asynctask.workers.supervisor import EXIT_OK
+from asynctask.cli.exit_codes import EXIT_OK
 
 ADMIN = str(Path(CLI).parent / "asynctask")
 

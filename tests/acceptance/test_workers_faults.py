@@ -13,7 +13,7 @@ import psutil
 import pytest
 from workers_support import Env, stop, wait_for
 
-from asynctask.workers.supervisor import EXIT_FORCED, EXIT_OK
+from asynctask.cli.exit_codes import EXIT_FORCED, EXIT_OK
 
 
 @pytest.fixture

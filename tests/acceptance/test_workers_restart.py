@@ -18,8 +18,8 @@ import pytest
 from server_restarts import restart_pgsql, restart_rabbitmq
 from workers_support import Env, RedisServer, stop, transport_world, wait_for
 
+from asynctask.cli.exit_codes import EXIT_OK
 from asynctask.transports import get_transport
-from asynctask.workers.supervisor import EXIT_OK
 
 pytestmark = pytest.mark.slow
 

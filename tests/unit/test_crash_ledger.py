@@ -63,8 +63,8 @@ def world(**entry: Any) -> tuple[MemoryTransport, Supervisor, ChildState, Clock]
 
 def fetch_and_start(store: MemoryTransport, child: ChildState, count: int = 1) -> list[Task]:
     tasks = store.get_tasks("jobs", count)
-    child.handle((P.FETCHED, [P.held_entry(t) for t in tasks], 0.0))
-    child.handle((P.STARTED, tasks[0].id, 0.0, None))
+    child.handle(P.Fetched([P.held_entry(t) for t in tasks], 0.0))
+    child.handle(P.Started(tasks[0].id, 0.0, None))
     return tasks
 
 
@@ -89,9 +89,9 @@ def test_the_tasks_a_dead_child_finished_before_the_crash_are_acked_not_run_agai
     store, supervisor, child, clock = world()
     store.submit_tasks("jobs", [{"n": n} for n in range(4)])
     done_1, done_2, running, unstarted = store.get_tasks("jobs", 4)
-    child.handle((P.FETCHED, [P.held_entry(t) for t in (done_1, done_2, running, unstarted)], 0.0))
+    child.handle(P.Fetched([P.held_entry(t) for t in (done_1, done_2, running, unstarted)], 0.0))
     store.ack(done_1)  # its ack went out; done_2's was still in the ack window
-    child.handle((P.STARTED, running.id, 0.0, None))
+    child.handle(P.Started(running.id, 0.0, None))
     given = give_back(store, child, supervisor.crashes.ledger, describe_exit(-9))
     assert given.acked == [done_1.id, done_2.id]
     assert [t.id for t in store.get_tasks("jobs", 10)] == [unstarted.id]
@@ -156,7 +156,8 @@ def test_without_portable_receipts_the_supervisor_only_records_and_notifies() ->
         assert [r.task_id for r in changed] == [task.id] and changed[0].crashes == crash
         store.nack(task, count_attempt=False)  # stands for the broker's redelivery
     notice = changed[0].notice()
-    assert notice[:5] == (P.CRASH, task.id, 2, 1, 0) and notice[5].startswith("quarantined: 2 worker children")
+    assert (notice.task_id, notice.crashes, notice.attempts, notice.deferred) == (task.id, 2, 1, 0)
+    assert notice.dead_reason is not None and notice.dead_reason.startswith("quarantined: 2 worker children")
     assert store.dead_tasks("jobs") == [] and ledger.open_records("jobs") == changed
 
 
@@ -186,7 +187,7 @@ def test_the_runner_acts_on_crash_notices_instead_of_running_the_task(dead_reaso
     store = Unportable(f"memory://{uuid.uuid4().hex}")
     store.nacked = []
     crashed, _healthy = store.submit_tasks("jobs", [{"n": 1}, {"n": 2}])
-    notices = [P.crash_notice(crashed, 1, 1, 0, dead_reason)]
+    notices = [P.CrashNotice(crashed, 1, 1, 0, dead_reason)]
     messages: list[P.Message] = []
     RAN.clear()
     runner = Runner(store, "jobs", CrashyOk(), halt=HALT_IDLE, report=messages.append,
@@ -194,10 +195,10 @@ def test_the_runner_acts_on_crash_notices_instead_of_running_the_task(dead_reaso
     runner._avg_task_s = 0.0  # both in one batch
     runner.run()
     assert RAN == [2]
-    settled = [m for m in messages if m[0] == P.SETTLED]
+    settled = [m for m in messages if isinstance(m, P.Settled)]
     if dead_reason is None:
-        assert settled == [(P.SETTLED, crashed, 1, P.DEFERRED)]
+        assert settled == [P.Settled(crashed, 1, P.DEFERRED)]
         assert store.nacked == [(1, crash_delay_s(1), False)] and store.stats("jobs").delayed == 1
     else:
-        assert settled == [(P.SETTLED, crashed, 1, P.DEAD)]
+        assert settled == [P.Settled(crashed, 1, P.DEAD)]
         assert [d.reason for d in store.dead_tasks("jobs")] == [dead_reason]

@@ -7,6 +7,7 @@ import json
 import urllib.error
 import urllib.request
 import uuid
+from dataclasses import dataclass
 
 import pytest
 
@@ -15,6 +16,7 @@ pytest.importorskip("prometheus_client")
 from asynctask.errors import ConfigurationError
 from asynctask.metrics import WorkerMetrics
 from asynctask.transports import get_transport
+from asynctask.workers import protocol as P  # noqa: N812
 
 
 class Clock:
@@ -23,6 +25,19 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@dataclass
+class Child:
+    """What the supervisor's ChildState shows a listener."""
+
+    pid: int
+    queue: str
+    worker: str
+
+
+def held(*ids: str) -> list[P.HeldEntry]:
+    return [P.HeldEntry(task_id, 1, "receipt", 0.0, 0) for task_id in ids]
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -41,14 +56,15 @@ def test_counts_depth_and_health() -> None:
     producer = get_transport(url)
     clock = Clock()
     metrics = WorkerMetrics(["emails"], lambda: get_transport(url), stale_after_s=60, depth_cache_s=0, clock=clock)
-    metrics.child_started("101", "emails", "send_email")
-    metrics.observe("101", ("ready", 101))
-    metrics.observe("101", ("fetched", [{"id": "a"}, {"id": "b"}, {"id": "c"}], 0.0))
-    metrics.observe("101", ("started", "a", 0.0, None))
-    metrics.observe("101", ("finished", [("a", "acked", 0.02)]))
-    metrics.observe("101", ("finished", [("b", "retried", 0.5), ("c", "dead", 0.1)]))
-    metrics.observe("101", ("fetched", [{"id": "d"}], 0.0))
-    metrics.observe("101", ("started", "d", 0.0, None))
+    child = Child(101, "emails", "send_email")
+    metrics.listen(child, P.ChildStarted(101))
+    metrics.listen(child, P.Ready(101))
+    metrics.listen(child, P.Fetched(held("a", "b", "c"), 0.0))
+    metrics.listen(child, P.Started("a", 0.0, None))
+    metrics.listen(child, P.Finished([P.Outcome("a", "acked", 0.02)]))
+    metrics.listen(child, P.Finished([P.Outcome("b", "retried", 0.5), P.Outcome("c", "dead", 0.1)]))
+    metrics.listen(child, P.Fetched(held("d"), 0.0))
+    metrics.listen(child, P.Started("d", 0.0, None))
     text = metrics.render().decode()
     labels = {"queue": "emails", "worker": "send_email"}
     assert sample(text, "asynctask_tasks_processed_total", **labels) == 1
@@ -74,19 +90,20 @@ def test_counts_depth_and_health() -> None:
     assert metrics.health()[0]
 
     # "fetched" means "holds this batch and no other", "polled" "holds nothing" (without "finished")
-    metrics.observe("101", ("fetched", [{"id": "e"}, {"id": "f"}], 0.0))
+    metrics.listen(child, P.Fetched(held("e", "f"), 0.0))
     assert sample(metrics.render().decode(), "asynctask_tasks_in_flight", **labels) == 2
-    metrics.observe("101", ("polled", 0.0))
+    metrics.listen(child, P.Polled(0.0))
     assert sample(metrics.render().decode(), "asynctask_tasks_in_flight", **labels) == 0
-    metrics.observe("101", ("fetched", [{"id": "g"}], 0.0))
-    metrics.observe("101", ("started", "g", 0.0, None))
+    metrics.listen(child, P.Fetched(held("g"), 0.0))
+    metrics.listen(child, P.Started("g", 0.0, None))
 
-    metrics.child_exited("101", restarted=True, signal_name="SIGSEGV")
+    metrics.listen(child, P.ChildExited(101, restarted=True, signal_name="SIGSEGV", dead_lettered=1))
     text = metrics.render().decode()
     assert sample(text, "asynctask_child_restarts_total", **labels) == 1
     assert sample(text, "asynctask_tasks_killed_total", **labels, signal="SIGSEGV") == 1
     assert sample(text, "asynctask_tasks_in_flight", **labels) == 0
     assert sample(text, "asynctask_children", **labels) == 0
+    assert sample(text, "asynctask_tasks_dead_lettered_total", **labels) == 2  # one by the child, one by us
     metrics.close()
 
 
@@ -95,7 +112,7 @@ def test_serve_over_http() -> None:
     clock = Clock()
     metrics = WorkerMetrics(["jobs"], lambda: get_transport(url), stale_after_s=5, depth_cache_s=0, clock=clock)
     metrics.child_started("7", "jobs", "job")
-    metrics.observe("7", ("finished", [("x", "acked", 0.001)]))
+    metrics.observe("7", P.Finished([P.Outcome("x", "acked", 0.001)]))
     server = metrics.serve(0, "127.0.0.1")
     port = server.server_address[1]
     try:

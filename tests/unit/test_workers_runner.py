@@ -110,10 +110,10 @@ def test_success_acks_and_reports_fetched_started_finished(store: MemoryTranspor
     runner, messages = run(store, "unit_ok")
     assert runner.processed == 5 and [("ok", n) for n in range(5)] == SEEN
     assert store.stats("jobs").in_flight == 0 and store.stats("jobs").ready == 0
-    kinds = [m[0] for m in messages]
-    assert kinds[0] == P.FETCHED and kinds.count(P.STARTED) == 5
-    finished = [entry for m in messages if m[0] == P.FINISHED for entry in m[1]]
-    assert sorted(outcome for _, outcome, _ in finished) == [P.ACKED] * 5
+    kinds = [type(m) for m in messages]
+    assert kinds[0] is P.Fetched and kinds.count(P.Started) == 5
+    finished = [entry for m in messages if isinstance(m, P.Finished) for entry in m.outcomes]
+    assert sorted(entry.outcome for entry in finished) == [P.ACKED] * 5
 
 
 def test_exception_retries_then_dead_letters_with_traceback(store: MemoryTransport) -> None:
@@ -124,7 +124,7 @@ def test_exception_retries_then_dead_letters_with_traceback(store: MemoryTranspo
     dead = store.dead_tasks("jobs")
     assert len(dead) == 1 and dead[0].attempts == 3
     assert dead[0].reason.startswith("KeyError: 'attempt 3'") and "Traceback (most recent call last)" in dead[0].reason
-    outcomes = [o for m in messages if m[0] == P.FINISHED for _, o, _ in m[1]]
+    outcomes = [entry.outcome for m in messages if isinstance(m, P.Finished) for entry in m.outcomes]
     assert outcomes.count(P.RETRIED) == 4 and outcomes.count(P.DEAD) == 1 and outcomes.count(P.ACKED) == 1
 
 
@@ -150,7 +150,7 @@ def test_retry_counts_toward_max_attempts_then_dead_letters(store: MemoryTranspo
 def test_batch_size_grows_for_fast_tasks_and_is_bounded(store: MemoryTransport) -> None:
     store.submit_tasks("jobs", [{"n": n} for n in range(300)])
     _, messages = run(store, "unit_ok", max_batch=50)
-    sizes = [len(m[1]) for m in messages if m[0] == P.FETCHED]
+    sizes = [len(m.entries) for m in messages if isinstance(m, P.Fetched)]
     assert sizes[0] == 1 and max(sizes) == 50 and sum(sizes) == 300
 
 
@@ -234,7 +234,7 @@ def test_rate_limit_counts_tasks_processed_not_polls(store: MemoryTransport) -> 
                            sleep=fake_sleep)
     assert runner.processed == 5
     assert sum(sleeps) == pytest.approx(2.0)  # tasks 3 and 5 each waited for the window
-    assert max(len(m[1]) for m in messages if m[0] == P.FETCHED) <= 2
+    assert max(len(m.entries) for m in messages if isinstance(m, P.Fetched)) <= 2
 
 
 class Flaky(MemoryTransport):
@@ -342,5 +342,6 @@ def test_after_an_outage_mid_batch_tasks_whose_lease_is_lost_are_not_run() -> No
     runner._avg_task_s = 0.0
     assert runner.run() == HALTED
     assert SEEN == [("start", 0)]  # 1 and 2 are another consumer's now: not run here as well
-    lost = [task_id for m in messages if m[0] == P.FINISHED for task_id, outcome, _ in m[1] if outcome == P.LOST]
+    lost = [entry.task_id for m in messages if isinstance(m, P.Finished) for entry in m.outcomes
+            if entry.outcome == P.LOST]
     assert sorted(lost) == sorted(t.id for t in store.stolen if t.payload["n"] != 0)

@@ -40,24 +40,25 @@ def test_child_state_follows_the_protocol() -> None:
     supervisor = Supervisor(settings_for(f"memory://{uuid.uuid4().hex}", jobs="sup_ok"))
     child = supervisor.children[0]
     assert (child.queue, child.worker, child.max_attempts) == ("jobs", "sup_ok", 2)
-    child.handle((P.FETCHED, [("t1", 1, "r1", 0.0, 0), ("t2", 1, "r2", 0.0, 0)], 123.0))
+    child.handle(P.Fetched([P.HeldEntry("t1", 1, "r1", 0.0, 0), P.HeldEntry("t2", 1, "r2", 0.0, 0)], 123.0))
     assert set(child.held) == {"t1", "t2"} and child.last_fetch_at == 123.0
-    child.handle((P.STARTED, "t1", 124.0, 10.0))
-    assert child.running_task() == ("t1", 124.0, 10.0)
+    child.handle(P.Started("t1", 124.0, 10.0))
+    assert child.running_task() == P.Started("t1", 124.0, 10.0)
     assert child.kill_deadline() == 135.0
-    child.handle((P.FINISHED, [("t1", P.ACKED, 0.1), ("t2", P.RELEASED, 0.0)]))
+    child.handle(P.Finished([P.Outcome("t1", P.ACKED, 0.1), P.Outcome("t2", P.RELEASED, 0.0)]))
     assert child.held == {} and child.running_task() is None and child.kill_deadline() is None
     assert child.current is not None
     child.current.set("t9", time.time(), None)
-    assert child.running_task() is not None and child.running_task()[0] == "t9"  # type: ignore[index]
+    running = child.running_task()
+    assert running is not None and running.task_id == "t9"
     child.current.clear()
     assert child.counts == {P.ACKED: 1, P.RELEASED: 1}
-    child.handle((P.FETCHED, [("t3", 1, "r3", 0.0, 0)], 124.0))
-    child.handle((P.FETCHED, [("t4", 1, "r4", 0.0, 0)], 125.0))
+    child.handle(P.Fetched([P.HeldEntry("t3", 1, "r3", 0.0, 0)], 124.0))
+    child.handle(P.Fetched([P.HeldEntry("t4", 1, "r4", 0.0, 0)], 125.0))
     assert set(child.held) == {"t4"}  # a new batch means the previous one is done
-    child.handle((P.POLLED, 126.0))
+    child.handle(P.Polled(126.0))
     assert child.held == {} and child.last_fetch_at == 126.0
-    child.handle((P.HALTED,))
+    child.handle(P.Halted())
     assert child.halted
     supervisor.transport.close()
 
