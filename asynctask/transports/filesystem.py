@@ -62,22 +62,25 @@ from collections.abc import Sequence
 from typing import Any
 
 from asynctask.errors import TaskDecodeError
-from asynctask.task import MAX_PRIORITY, Task, decode_payload, new_task_id
-from asynctask.transports.base import Backoff, dead_reason_for_undecodable
-from asynctask.transports.filesystem_admin import FilesystemAdmin
+from asynctask.task import MAX_PRIORITY, DeadTask, QueueStats, Task, decode_payload, new_task_id
+from asynctask.transports.base import Backoff, Transport, dead_reason_for_undecodable
+from asynctask.transports.filesystem_admin import FileAdmin
 from asynctask.transports.filesystem_layout import (
-    _DELAYED_RE,
-    _READY_RE,
-    _RECEIPT_RE,
-    _S,
     BUCKET_SHIFT,
-    _bad_name,
-    _counter,
-    _Dirs,
-    _listdir,
-    _new_task,
-    _next_order,
+    DELAYED_RE,
+    NS,
+    READY_RE,
+    RECEIPT_RE,
+    Dirs,
+    FileStore,
+    bad_name,
+    counter,
+    listdir,
+    new_task,
+    next_order,
     option_mode,
+    parse_filesys_url,
+    stray_meta,
 )
 
 __all__ = ["BUCKET_SHIFT", "FilesystemTransport", "option_mode"]
@@ -88,13 +91,23 @@ PRIORITIES = range(MAX_PRIORITY, -1, -1)
 PROMOTE_BATCH = 1000
 
 
-class FilesystemTransport(FilesystemAdmin):
-    """Queues as files under one directory; safe across threads and processes of one host."""
+class FilesystemTransport(Transport):
+    """Queues as files under one directory; safe across threads and processes of one host.
+
+    It holds a :class:`FileStore` (paths and atomic moves) and a :class:`FileAdmin` (inspection
+    and administration over that store); the fetch (``_take`` and the maintenance it runs) lives
+    here.
+    """
 
     schemes = ("filesys", "file")
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
+        root, options = parse_filesys_url(url)
+        self.lease_s = options.get("lease_s", self.lease_s)
+        self.store = FileStore(root, fsync=options.get("fsync", False), file_mode=options.get("mode", 0o600))
+        self.admin = FileAdmin(self.store, self._maintain)
+        self.root, self.fsync, self.file_mode = root, self.store.fsync, self.store.file_mode
         self._names: dict[tuple[str, int], list[str]] = {}  # sorted names of the current bucket, reversed
         self._current: dict[tuple[str, int], str] = {}  # the bucket being taken from
         self._buckets: dict[tuple[str, int], list[str]] = {}  # later buckets, reversed
@@ -104,27 +117,27 @@ class FilesystemTransport(FilesystemAdmin):
 
     def _submit(self, queue: str, bodies: list[str], delay_s: float, priority: int) -> list[str]:
         ids: list[str] = []
-        with self._os_errors(f"submit to queue {queue!r}"):
-            dirs = self._queue_dirs(queue, create=True)  # one stat: the queue may have been removed by hand
+        with self.store.os_errors(f"submit to queue {queue!r}"):
+            dirs = self.store.queue_dirs(queue, create=True)  # one stat: the queue may have been removed by hand
             assert dirs is not None
-            due = time.time_ns() + int(delay_s * _S) if delay_s > 0 else 0
+            due = time.time_ns() + int(delay_s * NS) if delay_s > 0 else 0
             touched = {dirs.delayed} if due else set()
             for body in bodies:
-                task_id, order = new_task_id(), _next_order()
-                src = self._write_new(body.encode("utf-8"))
+                task_id, order = new_task_id(), next_order()
+                src = self.store.write_new(body.encode("utf-8"))
                 if due:
                     try:
                         os.rename(src, f"{dirs.delayed}/{due:019d}.{task_id}.0.{order // 1000}.{priority}")
                     except FileNotFoundError:  # the queue was removed under us: make it again
-                        self._queue_dirs(queue, create=True)
+                        self.store.queue_dirs(queue, create=True)
                         os.rename(src, f"{dirs.delayed}/{due:019d}.{task_id}.0.{order // 1000}.{priority}")
-                elif bucket := self._place(src, dirs.ready[priority], f"{order:019d}.{task_id}.0.{order // 1000}"):
+                elif bucket := self.store.place(src, dirs.ready[priority], f"{order:019d}.{task_id}.0.{order // 1000}"):
                     touched.add(bucket)
                 ids.append(task_id)
             for path in touched:
-                self._sync_dir(path)
+                self.store.sync_dir(path)
             if due:
-                self._delayed_cache.pop(queue, None)
+                self.store.delayed_cache.pop(queue, None)
         return ids
 
     # -- consuming --------------------------------------------------------------------------
@@ -132,20 +145,20 @@ class FilesystemTransport(FilesystemAdmin):
     def _get_tasks(self, queue: str, max_count: int, timeout_s: float, lease_s: float) -> list[Task]:
         backoff: Backoff | None = None
         while True:
-            with self._lock, self._os_errors(f"fetch from queue {queue!r}"):
-                dirs = self._queue_dirs(queue)
-                tasks = self._take(queue, dirs, max_count, int(lease_s * _S)) if dirs else []
+            with self.store.lock, self.store.os_errors(f"fetch from queue {queue!r}"):
+                dirs = self.store.queue_dirs(queue)
+                tasks = self._take(queue, dirs, max_count, int(lease_s * NS)) if dirs else []
             if tasks or timeout_s <= 0:
                 return tasks
             backoff = backoff or Backoff(timeout_s)
             if not backoff.wait():
                 return []
 
-    def _take(self, queue: str, dirs: _Dirs, max_count: int, lease_ns: int) -> list[Task]:
+    def _take(self, queue: str, dirs: Dirs, max_count: int, lease_ns: int) -> list[Task]:
         try:
             self._maintain(queue, dirs)
         except FileNotFoundError:  # the queue's directories were removed by hand: look again next time
-            self._dirs.pop(queue, None)
+            self.store.queue_cache.pop(queue, None)
             return []
         now = time.time_ns()
         tasks: list[Task] = []
@@ -156,7 +169,7 @@ class FilesystemTransport(FilesystemAdmin):
                 self._claim(queue, dirs, key, tasks, max_count, f"{now + lease_ns:019d}.{now:019d}.")
         return tasks
 
-    def _refill(self, key: tuple[str, int], dirs: _Dirs, listed: set[str]) -> bool:
+    def _refill(self, key: tuple[str, int], dirs: Dirs, listed: set[str]) -> bool:
         """Load the next names to claim for (queue, priority); False when none are to be seen.
 
         The current bucket is listed again (once per fetch) until it is empty, then removed, and the
@@ -168,8 +181,8 @@ class FilesystemTransport(FilesystemAdmin):
                 if bucket not in listed:
                     listed.add(bucket)
                     if os.path.isfile(bucket):  # not a bucket: a stray file
-                        self._bury(dirs, bucket, (new_task_id(), 0, str(time.time_ns() // 1000), 0), _bad_name(bucket))
-                    elif names := sorted(_listdir(bucket), reverse=True):
+                        self.store.bury(dirs, bucket, stray_meta(), bad_name(bucket))
+                    elif names := sorted(listdir(bucket), reverse=True):
                         self._names[key] = names
                         return True
                     elif bucket[-12:].isdigit() and int(bucket[-12:]) < (time.time_ns() >> BUCKET_SHIFT) - 1:
@@ -182,34 +195,34 @@ class FilesystemTransport(FilesystemAdmin):
                 if priority_dir in listed:
                     return False
                 listed.add(priority_dir)
-                buckets = self._buckets[key] = sorted(_listdir(priority_dir), reverse=True)
+                buckets = self._buckets[key] = sorted(listdir(priority_dir), reverse=True)
                 if not buckets:
                     return False
             self._current[key] = f"{dirs.ready[key[1]]}/{buckets.pop()}"
 
-    def _claim(self, queue: str, dirs: _Dirs, key: tuple[str, int], tasks: list[Task], *args: Any) -> None:
+    def _claim(self, queue: str, dirs: Dirs, key: tuple[str, int], tasks: list[Task], *args: Any) -> None:
         """Claim names of the current bucket of ``key`` into ``tasks`` until it holds ``max_count``.
 
         The hot loop: one rename, one read per task.  args = (max_count, receipt prefix).
         """
         max_count, prefix = args
         priority, bucket, names, inflight = key[1], self._current[key], self._names[key], dirs.inflight
-        suffix = f".{priority}.{self._pid:x}"
+        suffix = f".{priority}.{self.store.pid:x}"
         while names and len(tasks) < max_count:
             name = names.pop()
-            match = _READY_RE.match(name)
+            match = READY_RE.match(name)
             if match is None:
                 task_id, deliveries, enq_us = new_task_id(), 1, str(time.time_ns() // 1000)
             else:
                 task_id, deliveries, enq_us = match[1], int(match[2]) + 1, match[3]
-            receipt = f"{prefix}{task_id}.{deliveries}.{enq_us}{suffix}{next(_counter) & 0xFFFFFFFF:08x}"
+            receipt = f"{prefix}{task_id}.{deliveries}.{enq_us}{suffix}{next(counter) & 0xFFFFFFFF:08x}"
             path = f"{inflight}/{receipt}"
             try:
                 os.rename(f"{bucket}/{name}", path)
             except FileNotFoundError:
                 continue  # another consumer won it
             if match is None:
-                self._bury(dirs, path, (task_id, deliveries, enq_us, priority), _bad_name(name))
+                self.store.bury(dirs, path, (task_id, deliveries, enq_us, priority), bad_name(name))
                 continue
             try:
                 fd = os.open(path, os.O_RDONLY)
@@ -224,47 +237,47 @@ class FilesystemTransport(FilesystemAdmin):
             try:
                 payload = decode_payload(data)
             except TaskDecodeError as exc:
-                self._bury(dirs, path, (task_id, deliveries, enq_us, priority), dead_reason_for_undecodable(exc))
+                self.store.bury(dirs, path, (task_id, deliveries, enq_us, priority), dead_reason_for_undecodable(exc))
                 continue
-            tasks.append(_new_task(task_id, queue, payload, deliveries, int(enq_us) / 1e6, priority, receipt))
+            tasks.append(new_task(task_id, queue, payload, deliveries, int(enq_us) / 1e6, priority, receipt))
 
-    def _maintain(self, queue: str, dirs: _Dirs) -> None:
+    def _maintain(self, queue: str, dirs: Dirs) -> None:
         """Promote due delayed tasks and reclaim expired leases, at most PROMOTE_BATCH of each."""
         now = time.time_ns()
         stamp = f"{now:019d}"
         mtime = os.stat(dirs.delayed).st_mtime_ns
-        cached = self._delayed_cache.get(queue)
+        cached = self.store.delayed_cache.get(queue)
         if (
             cached is None
             or cached[0] != mtime
-            or now / _S - cached[1] >= 1.0
+            or now / NS - cached[1] >= 1.0
             or (cached[2] and cached[2][-1][:19] <= stamp)
         ):
-            names = sorted(_listdir(dirs.delayed), reverse=True)
-            cached = self._delayed_cache[queue] = (mtime, now / _S, names)
-            for name in [name for name in names if not _DELAYED_RE.match(name)]:
+            names = sorted(listdir(dirs.delayed), reverse=True)
+            cached = self.store.delayed_cache[queue] = (mtime, now / NS, names)
+            for name in [name for name in names if not DELAYED_RE.match(name)]:
                 names.remove(name)
-                self._bury(dirs, f"{dirs.delayed}/{name}", (new_task_id(), 0, str(now // 1000), 0), _bad_name(name))
+                self.store.bury(dirs, f"{dirs.delayed}/{name}", stray_meta(), bad_name(name))
         names = cached[2]
         for _ in range(PROMOTE_BATCH):
             if not names or names[-1][:19] > stamp:
                 break
             name = names.pop()
-            if match := _DELAYED_RE.match(name):
-                ready_name = f"{_next_order():019d}.{match[1]}.{match[2]}.{match[3]}"
-                self._place(f"{dirs.delayed}/{name}", dirs.ready[int(match[4])], ready_name)
-        full = now / _S - self._full_scan_at.get(queue, 0.0) >= 1.0  # also finds shortened extends
+            if match := DELAYED_RE.match(name):
+                ready_name = f"{next_order():019d}.{match[1]}.{match[2]}.{match[3]}"
+                self.store.place(f"{dirs.delayed}/{name}", dirs.ready[int(match[4])], ready_name)
+        full = now / NS - self._full_scan_at.get(queue, 0.0) >= 1.0  # also finds shortened extends
         if full:
-            self._full_scan_at[queue] = now / _S
+            self._full_scan_at[queue] = now / NS
         reclaimed = 0
-        for name in _listdir(dirs.inflight):
+        for name in listdir(dirs.inflight):
             if reclaimed < PROMOTE_BATCH and (full or name[:19] <= stamp) and self._reclaim(queue, dirs, name, now):
                 reclaimed += 1
 
-    def _reclaim(self, queue: str, dirs: _Dirs, name: str, now: int) -> bool:
+    def _reclaim(self, queue: str, dirs: Dirs, name: str, now: int) -> bool:
         path = f"{dirs.inflight}/{name}"
-        if not _RECEIPT_RE.match(name):
-            return self._bury(dirs, path, (new_task_id(), 0, str(now // 1000), 0), _bad_name(name))
+        if not RECEIPT_RE.match(name):
+            return self.store.bury(dirs, path, stray_meta(), bad_name(name))
         deadline, claimed, task_id, deliveries, enq_us, priority, _ = name.split(".")
         try:
             mtime = os.stat(path).st_mtime_ns
@@ -272,13 +285,13 @@ class FilesystemTransport(FilesystemAdmin):
             return False
         if (mtime if mtime >= int(claimed) else int(deadline)) > now:
             return False
-        with self._locked(path) as fd:
+        with self.store.locked(path) as fd:
             if fd is None:
                 return False
             mtime = os.fstat(fd).st_mtime_ns
             if (mtime if mtime >= int(claimed) else int(deadline)) > time.time_ns():
                 return False  # extended meanwhile
-            self._requeue(queue, dirs, path, fd, (task_id, int(deliveries), enq_us, int(priority)))
+            self.store.requeue(queue, dirs, path, fd, (task_id, int(deliveries), enq_us, int(priority)))
         logger.debug("lease of task %s in queue %s ended; ready again", task_id, queue)
         return True
 
@@ -287,50 +300,74 @@ class FilesystemTransport(FilesystemAdmin):
 
     def _ack_tasks(self, tasks: Sequence[Task]) -> None:
         synced: set[str] = set()
-        with self._os_errors("ack"):
+        with self.store.os_errors("ack"):
             for task in tasks:
-                receipt, dirs = task.receipt, self._dirs.get(task.queue)
+                receipt, dirs = task.receipt, self.store.queue_cache.get(task.queue)
                 # a name without "/" can only be an entry of inflight/: the full check is for strangers
                 if dirs is None or not isinstance(receipt, str) or "/" in receipt or receipt.count(".") != 6:
-                    if (found := self._receipt(task)) is None:
+                    if (found := self.store.delivery(task)) is None:
                         continue
                     dirs = found[0]
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f"{dirs.inflight}/{receipt}")
                     synced.add(dirs.inflight)
             for path in synced:
-                self._sync_dir(path)
+                self.store.sync_dir(path)
 
     def _nack(self, task: Task, delay_s: float, count_attempt: bool) -> None:
-        with self._os_errors(f"nack task {task.id}"):
-            found = self._receipt(task)
+        with self.store.os_errors(f"nack task {task.id}"):
+            found = self.store.delivery(task)
             if found is None:
                 return
             dirs, path, (task_id, deliveries, enq_us, priority) = found
             meta = (task_id, deliveries - (0 if count_attempt else 1), enq_us, priority)
-            with self._locked(path) as fd:
+            with self.store.locked(path) as fd:
                 if fd is not None:
-                    self._requeue(task.queue, dirs, path, fd, meta, delay_ns=int(delay_s * _S))
+                    self.store.requeue(task.queue, dirs, path, fd, meta, delay_ns=int(delay_s * NS))
 
     def _extend(self, task: Task, lease_s: float) -> bool:
-        with self._os_errors(f"extend the lease of task {task.id}"):
-            found = self._receipt(task)
+        with self.store.os_errors(f"extend the lease of task {task.id}"):
+            found = self.store.delivery(task)
             if found is None:
                 return False
-            with self._locked(found[1]) as fd:
+            with self.store.locked(found[1]) as fd:
                 if fd is None:
                     return False
-                deadline = time.time_ns() + int(lease_s * _S)
+                deadline = time.time_ns() + int(lease_s * NS)
                 os.utime(fd, ns=(deadline, deadline))
                 return True
 
     def _dead(self, task: Task, reason: str) -> None:
-        with self._os_errors(f"dead-letter task {task.id}"):
-            found = self._receipt(task)
+        with self.store.os_errors(f"dead-letter task {task.id}"):
+            found = self.store.delivery(task)
             if found is not None:
-                self._bury(found[0], found[1], found[2], reason)
+                self.store.bury(found[0], found[1], found[2], reason)
+
+    # -- inspecting and administering: the FileAdmin's ------------------------------------------
+
+    def _stats(self, queue: str) -> QueueStats:
+        return self.admin.stats(queue)
+
+    def _queues(self) -> list[str]:
+        return self.admin.queues()
+
+    def _purge(self, queue: str) -> int:
+        return self.admin.purge(queue)
+
+    def _dead_tasks(self, queue: str, limit: int) -> list[DeadTask]:
+        return self.admin.dead_tasks(queue, limit)
+
+    def _replay_dead(self, queue: str, ids: list[str] | None) -> int:
+        return self.admin.replay_dead(queue, ids)
+
+    def _purge_dead(self, queue: str, ids: list[str] | None) -> int:
+        return self.admin.purge_dead(queue, ids)
+
+    def _claim_once(self, key: str, ttl_s: float) -> bool:
+        return self.admin.claim_once(key, ttl_s)
 
     def close(self) -> None:
-        with self._lock:
-            for cache in (self._names, self._current, self._buckets, self._delayed_cache):
+        """Forget the cached listings (the next call lists again).  Idempotent."""
+        with self.store.lock:
+            for cache in (self._names, self._current, self._buckets, self.store.delayed_cache):
                 cache.clear()

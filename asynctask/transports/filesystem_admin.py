@@ -1,13 +1,12 @@
 """Inspecting and administering the filesystem transport: stats, queues, purge, dead letters, claims.
 
-:class:`FilesystemAdmin` sits between :class:`~asynctask.transports.filesystem_layout.FilesystemStore`
-and :class:`~asynctask.transports.filesystem.FilesystemTransport` (layout and crash safety: see
-``filesystem.py``).
+:class:`FileAdmin` works on a :class:`~asynctask.transports.filesystem_layout.FileStore`; the
+:class:`~asynctask.transports.filesystem.FilesystemTransport` holds one of each and calls it from
+its admin hooks (layout and crash safety: see ``filesystem.py``).
 """
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import fcntl
 import hashlib
@@ -17,81 +16,86 @@ from collections.abc import Callable, Iterator
 
 from asynctask.task import DeadTask, QueueStats
 from asynctask.transports.filesystem_layout import (
-    _DEAD_RE,
-    _QUEUE_RE,
-    _READY_RE,
-    _S,
-    FilesystemStore,
-    _Dirs,
-    _listdir,
-    _next_order,
+    DEAD_RE,
+    NS,
+    QUEUE_RE,
+    READY_RE,
+    Dirs,
+    FileStore,
+    listdir,
+    next_order,
 )
 
 CLAIM_SWEEP_S = 3600.0
 
 
-class FilesystemAdmin(FilesystemStore):
-    """The inspecting and administering methods of the filesystem transport."""
+class FileAdmin:
+    """The inspecting and administering side of the filesystem transport, over its :class:`FileStore`.
 
-    _claims_swept_at = 0.0  # time.monotonic() of this instance's last sweep of claims/
+    ``maintain(queue, dirs)`` is the fetch's maintenance (promote due delayed tasks, reclaim
+    expired leases), run under the store's lock before counting, so that stats count as a fetch
+    would find things.  Arguments arrive checked (the transport's public methods check them).
+    """
 
-    @abc.abstractmethod
-    def _maintain(self, queue: str, dirs: _Dirs) -> None:
-        """Promote due delayed tasks and reclaim expired leases (the fetch's, in ``filesystem.py``)."""
+    def __init__(self, store: FileStore, maintain: Callable[[str, Dirs], None]) -> None:
+        self.store = store
+        self.maintain = maintain
+        self._claims_swept_at = 0.0  # time.monotonic() of this instance's last sweep of claims/
 
-    def _ready_files(self, dirs: _Dirs) -> Iterator[tuple[str, str]]:
+    def _ready_files(self, dirs: Dirs) -> Iterator[tuple[str, str]]:
         for priority_dir in dirs.ready:
-            for bucket in _listdir(priority_dir):
-                for name in _listdir(f"{priority_dir}/{bucket}"):
+            for bucket in listdir(priority_dir):
+                for name in listdir(f"{priority_dir}/{bucket}"):
                     yield f"{priority_dir}/{bucket}", name
 
-    def _stats(self, queue: str) -> QueueStats:
-        with self._os_errors(f"read the stats of queue {queue!r}"):
-            with self._lock:
-                dirs = self._queue_dirs(queue)
+    def stats(self, queue: str) -> QueueStats:
+        with self.store.os_errors(f"read the stats of queue {queue!r}"):
+            with self.store.lock:
+                dirs = self.store.queue_dirs(queue)
                 if dirs is None:
                     return QueueStats()
-                self._maintain(queue, dirs)
+                self.maintain(queue, dirs)
             ready = [name for _, name in self._ready_files(dirs)]
-            enqueued = [int(match[3]) for match in map(_READY_RE.match, ready) if match]
+            enqueued = [int(match[3]) for match in map(READY_RE.match, ready) if match]
             return QueueStats(
                 len(ready),
-                len(_listdir(dirs.delayed)),
-                len(_listdir(dirs.inflight)),
+                len(listdir(dirs.delayed)),
+                len(listdir(dirs.inflight)),
                 len(self._dead_names(dirs)),
                 max(time.time() - min(enqueued) / 1e6, 0.0) if enqueued else None,
             )
 
-    def _dead_names(self, dirs: _Dirs) -> list[str]:
-        return sorted(name for name in _listdir(dirs.dead) if _DEAD_RE.match(name))
+    def _dead_names(self, dirs: Dirs) -> list[str]:
+        return sorted(name for name in listdir(dirs.dead) if DEAD_RE.match(name))
 
-    def _queues(self) -> list[str]:
-        with self._os_errors("list queues"):
-            return sorted(name for name in _listdir(f"{self.root}/queues") if _QUEUE_RE.match(name))
+    def queues(self) -> list[str]:
+        with self.store.os_errors("list queues"):
+            return sorted(name for name in listdir(f"{self.store.root}/queues") if QUEUE_RE.match(name))
 
-    def _purge(self, queue: str) -> int:
+    def purge(self, queue: str) -> int:
         count = 0
-        with self._os_errors(f"purge queue {queue!r}"):
-            dirs = self._queue_dirs(queue)
+        with self.store.os_errors(f"purge queue {queue!r}"):
+            dirs = self.store.queue_dirs(queue)
             if dirs is None:
                 return 0
-            files = [*self._ready_files(dirs), *((dirs.delayed, name) for name in _listdir(dirs.delayed))]
+            files = [*self._ready_files(dirs), *((dirs.delayed, name) for name in listdir(dirs.delayed))]
             for directory, name in files:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f"{directory}/{name}")
                     count += 1
             for directory in {directory for directory, _ in files}:
-                self._sync_dir(directory)
+                self.store.sync_dir(directory)
         return count
 
-    def _dead_tasks(self, queue: str, limit: int) -> list[DeadTask]:
+    def dead_tasks(self, queue: str, limit: int) -> list[DeadTask]:
         result: list[DeadTask] = []
-        with self._os_errors(f"read the dead letters of queue {queue!r}"):
-            dirs = self._queue_dirs(queue)
+        with self.store.os_errors(f"read the dead letters of queue {queue!r}"):
+            dirs = self.store.queue_dirs(queue)
             if dirs is None:
                 return []
             names = self._dead_names(dirs)
-            self._sweep(dirs.dead, lambda n: n.endswith(".reason") and n.removesuffix(".reason") + ".task" not in names)
+            # a .reason without its .task: left by a process that died while dead-lettering
+            self.store.sweep(dirs.dead, lambda n: n.endswith(".reason") and n[:-7] + ".task" not in names)
             for name in names[:limit]:
                 stem = f"{dirs.dead}/{name.removesuffix('.task')}"
                 try:
@@ -108,18 +112,18 @@ class FilesystemAdmin(FilesystemStore):
                 result.append(DeadTask(parts[1], queue, body, reason, int(parts[2]), int(parts[0]) / 1e9))
         return result
 
-    def _replay_dead(self, queue: str, ids: list[str] | None) -> int:
+    def replay_dead(self, queue: str, ids: list[str] | None) -> int:
         return self._dead_op(queue, ids, "replay", self._replay_one)
 
-    def _purge_dead(self, queue: str, ids: list[str] | None) -> int:
+    def purge_dead(self, queue: str, ids: list[str] | None) -> int:
         return self._dead_op(queue, ids, "purge", self._purge_one)
 
-    def _dead_op(self, queue: str, ids: list[str] | None, verb: str, one: Callable[[_Dirs, str], bool]) -> int:
+    def _dead_op(self, queue: str, ids: list[str] | None, verb: str, one: Callable[[Dirs, str], bool]) -> int:
         """Apply ``one`` to each chosen dead task's file name; return how many it took."""
         wanted = None if ids is None else set(ids)
         count = 0
-        with self._os_errors(f"{verb} the dead letters of queue {queue!r}"):
-            dirs = self._queue_dirs(queue)
+        with self.store.os_errors(f"{verb} the dead letters of queue {queue!r}"):
+            dirs = self.store.queue_dirs(queue)
             if dirs is None:
                 return 0
             for name in self._dead_names(dirs):
@@ -127,12 +131,13 @@ class FilesystemAdmin(FilesystemStore):
                     count += 1
         return count
 
-    def _replay_one(self, dirs: _Dirs, name: str) -> bool:
+    def _replay_one(self, dirs: Dirs, name: str) -> bool:
         _, task_id, _, _, priority, _ = name.split(".")
-        stem, order = f"{dirs.dead}/{name.removesuffix('.task')}", _next_order()
+        stem, order = f"{dirs.dead}/{name.removesuffix('.task')}", next_order()
+        ready_name = f"{order:019d}.{task_id}.0.{order // 1000}"
         try:
             os.utime(stem + ".task", ns=(0, 0))
-            placed = self._place(stem + ".task", dirs.ready[int(priority)], f"{order:019d}.{task_id}.0.{order // 1000}")
+            placed = self.store.place(stem + ".task", dirs.ready[int(priority)], ready_name)
         except FileNotFoundError:  # taken by another replay or purge meanwhile
             return False
         if placed:
@@ -141,7 +146,7 @@ class FilesystemAdmin(FilesystemStore):
         return placed is not None
 
     @staticmethod
-    def _purge_one(dirs: _Dirs, name: str) -> bool:
+    def _purge_one(dirs: Dirs, name: str) -> bool:
         stem = f"{dirs.dead}/{name.removesuffix('.task')}"
         # The body first: a .reason left alone by a crash here is no dead task.
         try:
@@ -152,13 +157,13 @@ class FilesystemAdmin(FilesystemStore):
             os.unlink(stem + ".reason")
         return True
 
-    def _claim_once(self, key: str, ttl: float) -> bool:
-        path = f"{self.root}/claims/{hashlib.sha256(key.encode()).hexdigest()[:40]}"
-        with self._os_errors("claim a key"):
+    def claim_once(self, key: str, ttl: float) -> bool:
+        path = f"{self.store.root}/claims/{hashlib.sha256(key.encode()).hexdigest()[:40]}"
+        with self.store.os_errors("claim a key"):
             if time.monotonic() >= self._claims_swept_at + CLAIM_SWEEP_S:
                 self._sweep_claims()
             while True:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, self.file_mode)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, self.store.file_mode)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX)
                     stat = os.fstat(fd)
@@ -167,8 +172,8 @@ class FilesystemAdmin(FilesystemStore):
                     now = time.time_ns()
                     if stat.st_mtime_ns > now:
                         return False
-                    os.utime(fd, ns=(now + int(ttl * _S), now + int(ttl * _S)))
-                    if self.fsync:
+                    os.utime(fd, ns=(now + int(ttl * NS), now + int(ttl * NS)))
+                    if self.store.fsync:
                         os.fsync(fd)
                     return True
                 finally:
@@ -177,8 +182,8 @@ class FilesystemAdmin(FilesystemStore):
     def _sweep_claims(self) -> None:
         """Remove claim files that expired over CLAIM_SWEEP_S ago (under their lock, see claim_once)."""
         self._claims_swept_at = time.monotonic()
-        limit = time.time_ns() - int(CLAIM_SWEEP_S * _S)
-        for name in _listdir(f"{self.root}/claims"):
-            with contextlib.suppress(OSError), self._locked(f"{self.root}/claims/{name}") as fd:
+        limit = time.time_ns() - int(CLAIM_SWEEP_S * NS)
+        for name in listdir(f"{self.store.root}/claims"):
+            with contextlib.suppress(OSError), self.store.locked(f"{self.store.root}/claims/{name}") as fd:
                 if fd is not None and os.fstat(fd).st_mtime_ns < limit:
-                    os.unlink(f"{self.root}/claims/{name}")
+                    os.unlink(f"{self.store.root}/claims/{name}")

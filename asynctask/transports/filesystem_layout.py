@@ -1,10 +1,10 @@
 """Names, paths and atomic file moves of the filesystem transport (the layout is in ``filesystem.py``).
 
-:class:`FilesystemStore` opens the store under its root (URL, options, directories) and holds the
+:class:`FileStore` opens the store under its root (:func:`parse_filesys_url` reads the URL) and holds the
 steps every state change is made of: write a fresh file in ``tmp/`` and rename it into place, lock
 an in-flight file, move a delivery back to ready or delayed, move it to the dead letters.  Beside it
 are the file-name rules (fixed-width fields, the regexes that check them) and the shared helpers.
-The underscored names here are shared by the ``filesystem*`` modules only.
+:class:`FileStore` is a part of the transport, not a transport: ``filesystem.py`` holds one.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from asynctask.errors import TransportError, TransportURLError
-from asynctask.task import MAX_PRIORITY, Task, validate_queue_name
+from asynctask.task import MAX_PRIORITY, Task, new_task_id, validate_queue_name
 from asynctask.transports.base import (
-    Transport,
     dead_reason_for_undecodable,
     option_bool,
     option_positive_float,
@@ -35,20 +34,20 @@ from asynctask.transports.base import (
 
 TMP_MAX_AGE_S = 600.0
 BUCKET_SHIFT = 30
-_S = 1_000_000_000
+NS = 1_000_000_000
 _ID = r"[0-9A-Za-z_-]{1,64}"
-_RECEIPT_RE = re.compile(rf"\d{{19}}\.\d{{19}}\.{_ID}\.\d{{1,9}}\.\d{{1,19}}\.\d\.[0-9a-f]{{1,32}}\Z", re.ASCII)
-_READY_RE = re.compile(rf"\d{{19}}\.({_ID})\.(\d{{1,9}})\.(\d{{1,19}})\Z", re.ASCII)
-_DELAYED_RE = re.compile(rf"\d{{19}}\.({_ID})\.(\d{{1,9}})\.(\d{{1,19}})\.(\d)\Z", re.ASCII)
-_DEAD_RE = re.compile(rf"\d{{19}}\.{_ID}\.\d{{1,9}}\.\d{{1,19}}\.\d\.task\Z", re.ASCII)
-_QUEUE_RE = re.compile(r"[a-z](?:_?[a-z0-9]){1,99}\Z")
+RECEIPT_RE = re.compile(rf"\d{{19}}\.\d{{19}}\.{_ID}\.\d{{1,9}}\.\d{{1,19}}\.\d\.[0-9a-f]{{1,32}}\Z", re.ASCII)
+READY_RE = re.compile(rf"\d{{19}}\.({_ID})\.(\d{{1,9}})\.(\d{{1,19}})\Z", re.ASCII)
+DELAYED_RE = re.compile(rf"\d{{19}}\.({_ID})\.(\d{{1,9}})\.(\d{{1,19}})\.(\d)\Z", re.ASCII)
+DEAD_RE = re.compile(rf"\d{{19}}\.{_ID}\.\d{{1,9}}\.\d{{1,19}}\.\d\.task\Z", re.ASCII)
+QUEUE_RE = re.compile(r"[a-z](?:_?[a-z0-9]){1,99}\Z")
 Meta = tuple[str, int, str, int]  # id, deliveries, enqueued_us, priority
-_counter = itertools.count()
+counter = itertools.count()
 _order_lock = threading.Lock()
 _last_order = 0
 
 
-def _next_order() -> int:
+def next_order() -> int:
     """A wall-clock nanosecond key, strictly increasing within this process."""
     global _last_order
     with _order_lock:
@@ -70,18 +69,23 @@ def option_mode(name: str, value: str) -> int:
     return mode
 
 
-def _listdir(path: str) -> list[str]:
+def listdir(path: str) -> list[str]:
     try:
         return [name for name in os.listdir(path) if not name.startswith(".")]
     except (FileNotFoundError, NotADirectoryError):
         return []
 
 
-def _bad_name(name: str) -> str:
+def bad_name(name: str) -> str:
     return dead_reason_for_undecodable(ValueError(f"file name {name!r} is not a task file name"))
 
 
-def _new_task(*fields: Any) -> Task:
+def stray_meta() -> Meta:
+    """The meta a file that is no task gets on its way to the dead letters: a new id, now."""
+    return new_task_id(), 0, str(time.time_ns() // 1000), 0
+
+
+def new_task(*fields: Any) -> Task:
     """Task(*fields), built without the frozen dataclass's per-field __setattr__ (the hot path)."""
     task: Task = object.__new__(Task)
     task.__dict__.update(zip(_TASK_FIELDS, fields, strict=True))
@@ -90,10 +94,10 @@ def _new_task(*fields: Any) -> Task:
 
 _TASK_FIELDS = [field.name for field in dataclasses.fields(Task)]
 if hasattr(Task, "__slots__") or getattr(Task, "__post_init__", None):  # pragma: no cover - keep it honest
-    _new_task = Task
+    new_task = Task
 
 
-class _Dirs:
+class Dirs:
     """The directory paths of one queue."""
 
     def __init__(self, base: str) -> None:
@@ -102,46 +106,58 @@ class _Dirs:
         self.delayed, self.inflight, self.dead = f"{base}/delayed", f"{base}/inflight", f"{base}/dead"
 
 
-class FilesystemStore(Transport):
-    """The store under one root directory: its paths and the atomic file moves (see ``filesystem.py``)."""
+def parse_filesys_url(url: str) -> tuple[str, dict[str, Any]]:
+    """The absolute root directory a ``filesys:`` / ``file:`` URL names, and its options.
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        parsed = parse_url(url)
-        options = take_options(parsed, {"lease_s": option_positive_float, "fsync": option_bool, "mode": option_mode})
-        forms = "use filesys:/abs/dir, filesys:relative/dir or file:///abs/dir"
-        if urlsplit(url).netloc:
-            raise TransportURLError(f"transport URL {parsed.masked!r} has a host part: {forms}")
-        if not parsed.path:
-            raise TransportURLError(f"transport URL {parsed.masked!r} names no directory: {forms}")
-        if parsed.scheme == "file" and not parsed.path.startswith("/"):
-            raise TransportURLError(f"transport URL {parsed.masked!r}: file: takes an absolute path: {forms}")
-        self.lease_s = options.get("lease_s", self.lease_s)
-        self.fsync: bool = options.get("fsync", False)
-        self.file_mode: int = options.get("mode", 0o600)
-        self.dir_mode = self.file_mode | ((self.file_mode & 0o444) >> 2)
-        self.root = os.path.abspath(parsed.path)
-        self._tmp = f"{self.root}/tmp"
-        self._pid = os.getpid()  # a forked child opens its own transport (see Transport)
-        self._lock = threading.Lock()
-        self._dirs: dict[str, _Dirs] = {}
-        self._delayed_cache: dict[str, tuple[int, float, list[str]]] = {}  # the fetch's; dropped by writers
-        with self._os_errors("open the store"):
+    Raises :class:`TransportURLError` for a host part, no path, a relative ``file:`` path or an
+    unknown or bad option.
+    """
+    parsed = parse_url(url)
+    options = take_options(parsed, {"lease_s": option_positive_float, "fsync": option_bool, "mode": option_mode})
+    forms = "use filesys:/abs/dir, filesys:relative/dir or file:///abs/dir"
+    if urlsplit(url).netloc:
+        raise TransportURLError(f"transport URL {parsed.masked!r} has a host part: {forms}")
+    if not parsed.path:
+        raise TransportURLError(f"transport URL {parsed.masked!r} names no directory: {forms}")
+    if parsed.scheme == "file" and not parsed.path.startswith("/"):
+        raise TransportURLError(f"transport URL {parsed.masked!r}: file: takes an absolute path: {forms}")
+    return os.path.abspath(parsed.path), options
+
+
+class FileStore:
+    """The store under one root directory: its paths and the atomic file moves (see ``filesystem.py``).
+
+    Opening it creates the root's directories and sweeps stale ``tmp/`` files.  ``lock`` guards
+    the caches (``queue_cache``, ``delayed_cache``) between threads of one process; the files
+    themselves need no lock but the ``flock`` of :meth:`locked`.
+    """
+
+    def __init__(self, root: str, *, fsync: bool = False, file_mode: int = 0o600) -> None:
+        self.fsync = fsync
+        self.file_mode = file_mode
+        self.dir_mode = file_mode | ((file_mode & 0o444) >> 2)
+        self.root = root
+        self.tmp = f"{root}/tmp"
+        self.pid = os.getpid()  # a forked child opens its own transport (see Transport)
+        self.lock = threading.Lock()
+        self.queue_cache: dict[str, Dirs] = {}
+        self.delayed_cache: dict[str, tuple[int, float, list[str]]] = {}  # the fetch's; dropped by writers
+        with self.os_errors("open the store"):
             for sub in ("", "/tmp", "/claims", "/queues"):
-                if not os.path.isdir(f"{self.root}{sub}"):
-                    self._makedir(f"{self.root}{sub}")
-            self._sweep(self._tmp, lambda name: True)
+                if not os.path.isdir(f"{root}{sub}"):
+                    self.makedir(f"{root}{sub}")
+            self.sweep(self.tmp, lambda name: True)
 
     # -- names, paths and atomic moves -------------------------------------------------------
 
     @contextlib.contextmanager
-    def _os_errors(self, action: str) -> Iterator[None]:
+    def os_errors(self, action: str) -> Iterator[None]:
         try:
             yield
         except OSError as exc:
             raise TransportError(f"filesystem transport at {self.root}: cannot {action}: {exc}") from None
 
-    def _makedir(self, path: str) -> None:
+    def makedir(self, path: str) -> None:
         """Create ``path`` (and missing parents under the root) with the directory mode."""
         try:
             os.mkdir(path, self.dir_mode)
@@ -150,30 +166,30 @@ class FilesystemStore(Transport):
         except FileNotFoundError:
             parent = os.path.dirname(path)
             if parent.startswith(self.root + "/"):
-                self._makedir(parent)
+                self.makedir(parent)
             else:
                 os.makedirs(parent, exist_ok=True)
             with contextlib.suppress(FileExistsError):
                 os.mkdir(path, self.dir_mode)
         with contextlib.suppress(FileNotFoundError):  # the umask may have taken bits; a bucket may go at once
             os.chmod(path, self.dir_mode)
-        self._sync_dir(os.path.dirname(path))
+        self.sync_dir(os.path.dirname(path))
 
-    def _queue_dirs(self, queue: str, create: bool = False) -> _Dirs | None:
+    def queue_dirs(self, queue: str, create: bool = False) -> Dirs | None:
         """The queue's paths; None when it does not exist (and ``create`` is false)."""
-        dirs = self._dirs.get(queue)
+        dirs = self.queue_cache.get(queue)
         if dirs is not None and not create:
             return dirs
-        dirs = dirs or _Dirs(f"{self.root}/queues/{queue}")
+        dirs = dirs or Dirs(f"{self.root}/queues/{queue}")
         if not os.path.isdir(dirs.dead):
             if not create:
                 return None
             for path in [*dirs.ready, dirs.delayed, dirs.inflight, dirs.dead]:
-                self._makedir(path)
-        self._dirs[queue] = dirs
+                self.makedir(path)
+        self.queue_cache[queue] = dirs
         return dirs
 
-    def _sync_dir(self, path: str) -> None:
+    def sync_dir(self, path: str) -> None:
         if self.fsync:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -181,9 +197,9 @@ class FilesystemStore(Transport):
             finally:
                 os.close(fd)
 
-    def _write_new(self, data: bytes) -> str:
+    def write_new(self, data: bytes) -> str:
         """Write ``data`` to a fresh file in tmp/ and return its path (to be renamed into place)."""
-        path = f"{self._tmp}/{self._pid}.{next(_counter)}.{random.getrandbits(32):08x}"
+        path = f"{self.tmp}/{self.pid}.{next(counter)}.{random.getrandbits(32):08x}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.file_mode)
         try:
             if self.file_mode != 0o600:
@@ -197,7 +213,7 @@ class FilesystemStore(Transport):
             os.close(fd)
         return path
 
-    def _place(self, src: str, priority_dir: str, name: str) -> str | None:
+    def place(self, src: str, priority_dir: str, name: str) -> str | None:
         """rename ``src`` into its bucket of ``priority_dir``; the bucket, or None when src is gone."""
         bucket = f"{priority_dir}/{int(name[:19]) >> BUCKET_SHIFT:012d}"
         for _ in range(10):
@@ -207,19 +223,19 @@ class FilesystemStore(Transport):
             except FileNotFoundError:
                 if not os.path.exists(src):
                     return None
-                self._makedir(bucket)  # new, or removed as empty by a consumer meanwhile
+                self.makedir(bucket)  # new, or removed as empty by a consumer meanwhile
         raise FileNotFoundError(f"bucket {bucket} keeps disappearing")
 
-    def _sweep(self, directory: str, wanted: Callable[[str], bool]) -> None:
+    def sweep(self, directory: str, wanted: Callable[[str], bool]) -> None:
         """Remove files in ``directory`` older than TMP_MAX_AGE_S for which ``wanted(name)`` holds."""
         limit = time.time() - TMP_MAX_AGE_S
-        for name in _listdir(directory):
+        for name in listdir(directory):
             with contextlib.suppress(OSError):
                 if wanted(name) and os.stat(f"{directory}/{name}").st_mtime < limit:
                     os.unlink(f"{directory}/{name}")
 
     @contextlib.contextmanager
-    def _locked(self, path: str) -> Iterator[int | None]:
+    def locked(self, path: str) -> Iterator[int | None]:
         """flock an in-flight file; yield its fd, or None when the name is gone (delivery not current)."""
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -232,40 +248,40 @@ class FilesystemStore(Transport):
         finally:
             os.close(fd)
 
-    def _receipt(self, task: Task) -> tuple[_Dirs, str, Meta] | None:
+    def delivery(self, task: Task) -> tuple[Dirs, str, Meta] | None:
         """The queue dirs, in-flight path and meta a task's receipt names (None: not ours / malformed)."""
-        dirs = self._dirs.get(task.queue)
+        dirs = self.queue_cache.get(task.queue)
         if dirs is None:
             validate_queue_name(task.queue)
-        if not isinstance(task.receipt, str) or not _RECEIPT_RE.match(task.receipt):
+        if not isinstance(task.receipt, str) or not RECEIPT_RE.match(task.receipt):
             return None
-        dirs = dirs or self._queue_dirs(task.queue)
+        dirs = dirs or self.queue_dirs(task.queue)
         if dirs is None:
             return None
         _, _, task_id, deliveries, enq_us, priority, _ = task.receipt.split(".")
         return dirs, f"{dirs.inflight}/{task.receipt}", (task_id, int(deliveries), enq_us, int(priority))
 
-    def _requeue(self, queue: str, dirs: _Dirs, src: str, fd: int, meta: Meta, *, delay_ns: int = 0) -> None:
+    def requeue(self, queue: str, dirs: Dirs, src: str, fd: int, meta: Meta, *, delay_ns: int = 0) -> None:
         """Move a locked in-flight file back to ready (or delayed)."""
         task_id, deliveries, enq_us, priority = meta
         os.utime(fd, ns=(0, 0))
         if delay_ns > 0:
             due = time.time_ns() + delay_ns
             os.rename(src, f"{dirs.delayed}/{due:019d}.{task_id}.{deliveries}.{enq_us}.{priority}")
-            self._delayed_cache.pop(queue, None)
-            self._sync_dir(dirs.delayed)
-        elif bucket := self._place(src, dirs.ready[priority], f"{_next_order():019d}.{task_id}.{deliveries}.{enq_us}"):
-            self._sync_dir(bucket)
+            self.delayed_cache.pop(queue, None)
+            self.sync_dir(dirs.delayed)
+        elif bucket := self.place(src, dirs.ready[priority], f"{next_order():019d}.{task_id}.{deliveries}.{enq_us}"):
+            self.sync_dir(bucket)
 
-    def _bury(self, dirs: _Dirs, src: str, meta: Meta, reason: str) -> bool:
+    def bury(self, dirs: Dirs, src: str, meta: Meta, reason: str) -> bool:
         """Reason first, then the body: a crash between leaves the task where it was."""
         task_id, deliveries, enq_us, priority = meta
         stem = f"{dirs.dead}/{time.time_ns():019d}.{task_id}.{deliveries}.{enq_us}.{priority}"
-        os.rename(self._write_new(reason.encode("utf-8", "replace")), stem + ".reason")
+        os.rename(self.write_new(reason.encode("utf-8", "replace")), stem + ".reason")
         try:
             os.rename(src, stem + ".task")
         except FileNotFoundError:
             os.unlink(stem + ".reason")
             return False
-        self._sync_dir(dirs.dead)
+        self.sync_dir(dirs.dead)
         return True

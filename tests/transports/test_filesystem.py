@@ -213,7 +213,7 @@ def test_fsync_option_syncs_files_and_directories(tmp_path: Path, monkeypatch: p
 
 def _drain_counting(tmp_path: Path, backlog: int, monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
     counts = Counter[str]()
-    real_listdir = fs._listdir
+    real_listdir = fs.listdir
 
     def counting_listdir(path: str) -> list[str]:
         names = real_listdir(path)
@@ -221,7 +221,7 @@ def _drain_counting(tmp_path: Path, backlog: int, monkeypatch: pytest.MonkeyPatc
         counts["entries"] += len(names)
         return names
 
-    monkeypatch.setattr(fs, "_listdir", counting_listdir)
+    monkeypatch.setattr(fs, "listdir", counting_listdir)
     with FilesystemTransport(f"filesys:{tmp_path}/b{backlog}") as transport:
         counts.clear()
         for start in range(0, backlog, 1000):
