@@ -21,7 +21,7 @@ Settings (rex.asynctask's names):
 ``asynctask_workers``                       ``queue: worker`` or ``queue: {worker, processes,
                                             rate_max_calls, rate_period, max_crashes}`` or
                                             ``queue: null``
-``asynctask_scheduled_workers``             cron entries (checked here for shape; the scheduler runs them)
+``asynctask_scheduled_workers``             cron entries (:mod:`asynctask.cron` checks them)
 ``asynctask_require``                       modules to import so their workers register
 ``asynctask_workers_poll_interval``         ms a worker blocks on an empty queue per fetch (500)
 ``asynctask_workers_check_child_interval``  ms between the supervisor's child checks (1000)
@@ -37,7 +37,6 @@ Every validation error is a :class:`ConfigurationError` whose one-line message n
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,15 +44,13 @@ from typing import Any
 import yaml
 
 from asynctask import config_values as values
-from asynctask.config_values import SCHEDULE_FIELDS, WorkerEntry, did_you_mean
+from asynctask.config_values import WorkerEntry, did_you_mean
+from asynctask.cron import COMMAND_WORKER
 from asynctask.errors import ConfigurationError, UnknownWorkerError
-from asynctask.task import validate_queue_name
 from asynctask.transports import default_home
 from asynctask.transports.base import mask_url
 
 __all__ = [
-    "COMMAND_WORKER",
-    "SCHEDULE_FIELDS",
     "SETTING_NAMES",
     "Settings",
     "WorkerEntry",
@@ -62,12 +59,8 @@ __all__ = [
     "default_config_files",
     "load_settings",
     "parse_set_option",
-    "scheduled_queue_name",
     "where_looked",
 ]
-
-#: The worker name that runs ``command`` entries (registered by :mod:`asynctask.scheduler`).
-COMMAND_WORKER = "command"
 
 _DEFAULTS: dict[str, Any] = {
     "asynctask_transport": None,
@@ -87,23 +80,13 @@ _MERGED = ("asynctask_workers", "asynctask_scheduled_workers", "asynctask_requir
 SET_SOURCE = "--set"
 
 
-def scheduled_queue_name(worker: str) -> str:
-    """The queue a scheduled worker that no queue is configured for runs on: ``scheduled_<worker>``.
-
-    The worker name is folded into the queue-name rule (lowercase; other characters become single
-    underscores), so any registered name gives a valid queue.
-    """
-    folded = re.sub(r"[^a-z0-9]+", "_", worker.lower()).strip("_")
-    return validate_queue_name(f"scheduled_{folded or 'worker'}"[:100].rstrip("_"))
-
-
 @dataclass(frozen=True)
 class Settings:
     """The validated, merged configuration.  Build it with :func:`load_settings`."""
 
     transport: str | None = None
     workers: tuple[WorkerEntry, ...] = ()
-    #: entries as written (dicts), checked for shape only; the scheduler validates the rest
+    #: entries as written (dicts), checked for shape only; :mod:`asynctask.cron` validates the rest
     scheduled_workers: tuple[dict[str, Any], ...] = ()
     #: for each scheduled entry, where it was written ("FILE: asynctask_scheduled_workers entry #N")
     scheduled_sources: tuple[str, ...] = ()
@@ -133,7 +116,7 @@ class Settings:
 
     def scheduled_only_workers(self) -> list[str]:
         """Workers named by scheduled entries but configured on no queue (each runs on its
-        :func:`scheduled_queue_name` queue), in entry order without repeats."""
+        :func:`~asynctask.cron.scheduled_queue_name` queue), in entry order without repeats."""
         configured = self.worker_queues
         found: list[str] = []
         for entry in self.scheduled_workers:

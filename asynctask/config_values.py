@@ -14,14 +14,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from asynctask.cron import check_entry_shape
 from asynctask.errors import ConfigurationError, QueueNameError, ScheduleError
 from asynctask.task import validate_queue_name
 
-__all__ = ["SCHEDULE_FIELDS", "WORKER_KEYS", "WorkerEntry", "did_you_mean", "scalar", "scheduled", "str_list",
-           "workers"]
+__all__ = ["WORKER_KEYS", "WorkerEntry", "did_you_mean", "scalar", "scheduled", "str_list", "workers"]
 
-#: APScheduler cron fields (plus ``crontab``); a scheduled entry needs at least one.
-SCHEDULE_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second", "crontab")
 #: The keys of one ``asynctask_workers`` entry written as a mapping.
 WORKER_KEYS = ("worker", "processes", "rate_max_calls", "rate_period", "max_crashes")
 
@@ -138,7 +136,8 @@ def scheduled(
     value: Any, source: str, offset: int, errors: list[ConfigurationError]
 ) -> list[tuple[str, dict[str, Any]]]:
     """``asynctask_scheduled_workers``: (where, entry) pairs, numbered from ``offset + 1``; bad
-    entries go to ``errors``.  Only the shape is checked here; the scheduler checks the fields."""
+    entries go to ``errors``.  Only the shape is checked here (:func:`asynctask.cron.check_entry_shape`);
+    :func:`asynctask.cron.validate_entries` checks the fields."""
     key = "asynctask_scheduled_workers"
     if value is None:
         return []
@@ -148,23 +147,9 @@ def scheduled(
     for index, entry in enumerate(value, start=offset + 1):
         where = f"{source}: {key} entry #{index}"
         try:
-            _check_scheduled(entry, where)
+            check_entry_shape(entry, where)
         except ConfigurationError as exc:
             errors.append(exc)
         else:
             entries.append((where, dict(entry)))
     return entries
-
-
-def _check_scheduled(entry: Any, where: str) -> None:
-    if not isinstance(entry, dict):
-        raise ScheduleError(f"{where}: a mapping is allowed, not {entry!r}")
-    if any(not isinstance(name, str) for name in entry):
-        raise ScheduleError(f"{where}: keys must be strings")
-    has_worker, has_command = entry.get("worker") is not None, entry.get("command") is not None
-    if has_worker == has_command:
-        raise ScheduleError(f"{where}: exactly one of 'worker' or 'command' is allowed (found {sorted(entry)})")
-    if has_worker and (not isinstance(entry["worker"], str) or not entry["worker"]):
-        raise ScheduleError(f"{where}: worker: a registered worker name is allowed, not {entry['worker']!r}")
-    if not any(entry.get(name) is not None for name in SCHEDULE_FIELDS):
-        raise ScheduleError(f"{where}: at least one schedule field is required: {', '.join(SCHEDULE_FIELDS)}")

@@ -1,9 +1,13 @@
 """Cron entries of ``asynctask_scheduled_workers``: validation, queues and fire-time arithmetic.
 
-:func:`validate_entries` turns the entries as written into :class:`ScheduleEntry` objects (an
-APScheduler 3 ``CronTrigger`` each) or raises one-line :class:`ScheduleError` messages naming
-``source[index]``, the entry's worker or command, the field and what is allowed.  The entry format
-and the scheduling rules are described in :mod:`asynctask.scheduler`, which uses this module.
+The one home of what a scheduled entry may be.  :func:`check_entry_shape` is the check
+:mod:`asynctask.config` runs on each entry as it reads a file (a mapping with exactly one of
+``worker`` / ``command`` and a schedule field); :func:`validate_entries` turns the entries as written
+into :class:`ScheduleEntry` objects (an APScheduler 3 ``CronTrigger`` each) or raises one-line
+:class:`ScheduleError` messages naming ``source[index]``, the entry's worker or command, the field
+and what is allowed.  APScheduler is imported only then, so that loading the configuration (and
+every worker child) does without it.  The entry format and the scheduling rules are described in
+:mod:`asynctask.scheduler`, which uses this module.
 """
 
 from __future__ import annotations
@@ -11,18 +15,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shlex
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from apscheduler.triggers.cron import CronTrigger
-
-from asynctask.config import scheduled_queue_name
 from asynctask.errors import AsyncTaskError, QueueNameError, ScheduleError
 from asynctask.task import encode_payload, validate_queue_name
+
+if TYPE_CHECKING:  # imported when an entry is validated: loading config must not load APScheduler
+    from apscheduler.triggers.cron import CronTrigger
 
 __all__ = [
     "ALLOWED_KEYS",
@@ -30,10 +35,12 @@ __all__ = [
     "CRON_FIELDS",
     "DEFAULT_SOURCE",
     "MISFIRE_MODES",
+    "SCHEDULE_FIELDS",
     "ScheduleEntry",
+    "check_entry_shape",
     "latest_before",
     "next_after",
-    "scheduled_queue_name",  # re-exported from asynctask.config
+    "scheduled_queue_name",
     "scheduled_queues",
     "validate_entries",
 ]
@@ -41,6 +48,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
+#: The fields that schedule an entry: the cron fields or ``crontab``; an entry needs at least one.
+SCHEDULE_FIELDS = (*CRON_FIELDS, "crontab")
 MISFIRE_MODES = ("skip", "once")
 OPTIONAL_KEYS = ("payload", "queue", "start_date", "end_date", "timezone", "misfire")
 ALLOWED_KEYS = ("worker", "command", *CRON_FIELDS, "crontab", *OPTIONAL_KEYS)
@@ -50,6 +59,16 @@ DEFAULT_SOURCE = "asynctask_scheduled_workers"
 COMMAND_WORKER = "command"
 _LOOKBACK_S = (60, 3600, 86400, 32 * 86400, 367 * 86400)
 _DOW = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def scheduled_queue_name(worker: str) -> str:
+    """The queue a scheduled worker that no queue is configured for runs on: ``scheduled_<worker>``.
+
+    The worker name is folded into the queue-name rule (lowercase; other characters become single
+    underscores), so any registered name gives a valid queue.
+    """
+    folded = re.sub(r"[^a-z0-9]+", "_", worker.lower()).strip("_")
+    return validate_queue_name(f"scheduled_{folded or 'worker'}"[:100].rstrip("_"))
 
 
 @dataclass(frozen=True)
@@ -80,6 +99,23 @@ class ScheduleEntry:
 
 
 # -- validation ------------------------------------------------------------------------------------
+
+
+def check_entry_shape(entry: Any, where: str) -> None:
+    """The shape of one entry as a configuration file holds it: a mapping with string keys, exactly
+    one of ``worker`` (a non-empty string) or ``command``, and at least one :data:`SCHEDULE_FIELDS`.
+    Raises :class:`ScheduleError` naming ``where``; :func:`validate_entries` checks the rest."""
+    if not isinstance(entry, dict):
+        raise ScheduleError(f"{where}: a mapping is allowed, not {entry!r}")
+    if any(not isinstance(name, str) for name in entry):
+        raise ScheduleError(f"{where}: keys must be strings")
+    has_worker, has_command = entry.get("worker") is not None, entry.get("command") is not None
+    if has_worker == has_command:
+        raise ScheduleError(f"{where}: exactly one of 'worker' or 'command' is allowed (found {sorted(entry)})")
+    if has_worker and (not isinstance(entry["worker"], str) or not entry["worker"]):
+        raise ScheduleError(f"{where}: worker: a registered worker name is allowed, not {entry['worker']!r}")
+    if not any(entry.get(name) is not None for name in SCHEDULE_FIELDS):
+        raise ScheduleError(f"{where}: at least one schedule field is required: {', '.join(SCHEDULE_FIELDS)}")
 
 
 def _fail(where: str, key: str, problem: str) -> ScheduleError:
@@ -134,18 +170,17 @@ def _entry_label(entry: Mapping[str, Any]) -> str:
     return "no worker or command"
 
 
-def _validate_entry(index: int, entry: object, source: str, known_workers: Collection[str] | None) -> ScheduleEntry:
-    if not isinstance(entry, Mapping):
-        raise ScheduleError(f"{source}[{index}]: each entry must be a mapping, not {type(entry).__name__}")
-    entry = {key: value for key, value in entry.items() if value is not None}  # null is absent
-    where = f"{source}[{index}] ({_entry_label(entry)})"
-    unknown = sorted(str(k) for k in entry if k not in ALLOWED_KEYS)
-    if unknown:
-        raise _fail(where, unknown[0], f"unknown key; allowed: {', '.join(ALLOWED_KEYS)}")
+def _cron_trigger(**fields: Any) -> CronTrigger:
+    from apscheduler.triggers.cron import CronTrigger  # noqa: PLC0415 - only where entries are validated
+
+    return CronTrigger(**fields)
+
+
+def _entry_worker(entry: Mapping[str, Any], where: str, known_workers: Collection[str] | None,
+                  canonical: dict[str, Any]) -> tuple[str, tuple[str, ...] | None]:
+    """(worker, argv of a command entry or None)."""
     if ("worker" in entry) == ("command" in entry):
         raise _fail(where, "worker/command", "exactly one of 'worker' (a registered worker) or 'command' is allowed")
-    canonical: dict[str, Any] = {}
-    command: tuple[str, ...] | None = None
     if "worker" in entry:
         worker = entry["worker"]
         if not isinstance(worker, str) or not worker:
@@ -154,24 +189,30 @@ def _validate_entry(index: int, entry: object, source: str, known_workers: Colle
             known = ", ".join(sorted(known_workers))
             raise _fail(where, "worker", f"unknown worker {worker!r}; registered workers: {known}")
         canonical["worker"] = worker
-    else:
-        worker, raw = COMMAND_WORKER, entry["command"]
-        try:
-            argv = shlex.split(raw) if isinstance(raw, str) else raw
-        except ValueError as exc:
-            raise _fail(where, "command", f"cannot split {raw!r}: {exc}") from None
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a for a in argv):
-            raise _fail(where, "command", "a non-empty command line (string) or list of non-empty strings is allowed")
-        command = tuple(argv)
-        canonical["command"] = argv
-    tz_name = entry.get("timezone", "UTC")
+        return worker, None
+    raw = entry["command"]
+    try:
+        argv = shlex.split(raw) if isinstance(raw, str) else raw
+    except ValueError as exc:
+        raise _fail(where, "command", f"cannot split {raw!r}: {exc}") from None
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a for a in argv):
+        raise _fail(where, "command", "a non-empty command line (string) or list of non-empty strings is allowed")
+    canonical["command"] = argv
+    return COMMAND_WORKER, tuple(argv)
+
+
+def _entry_timezone(tz_name: object, where: str) -> ZoneInfo | timezone:
     try:
         if not isinstance(tz_name, str):
             raise ValueError(tz_name)
-        tz: ZoneInfo | timezone = UTC if tz_name == "UTC" else ZoneInfo(tz_name)
+        return UTC if tz_name == "UTC" else ZoneInfo(tz_name)
     except (ValueError, ZoneInfoNotFoundError):
         allowed = "an IANA name such as 'UTC' or 'Europe/Paris' is allowed"
         raise _fail(where, "timezone", f"unknown time zone {tz_name!r}; {allowed}") from None
+
+
+def _entry_fields(entry: Mapping[str, Any], where: str, canonical: dict[str, Any]) -> dict[str, Any]:
+    """The cron fields of the entry (a ``crontab`` translated), each checked."""
     fields = {k: entry[k] for k in CRON_FIELDS if k in entry}
     if "crontab" in entry:
         if fields:
@@ -194,11 +235,16 @@ def _validate_entry(index: int, entry: object, source: str, known_workers: Colle
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise _fail(where, key, f"{value!r}: an integer or a cron expression string is allowed")
         try:
-            CronTrigger(**{key: value}, timezone=UTC)
+            _cron_trigger(**{key: value}, timezone=UTC)
         except ValueError as exc:
             raise _fail(where, key, f"{value!r}: {exc}") from None
         if "crontab" not in entry:
             canonical[key] = str(value)
+    return fields
+
+
+def _entry_dates(entry: Mapping[str, Any], where: str, tz: ZoneInfo | timezone,
+                 canonical: dict[str, Any]) -> dict[str, datetime]:
     dates: dict[str, datetime] = {}
     for key in ("start_date", "end_date"):
         if entry.get(key) is not None:
@@ -210,9 +256,11 @@ def _validate_entry(index: int, entry: object, source: str, known_workers: Colle
             canonical[key] = dates[key].isoformat()
     if len(dates) == 2 and dates["end_date"] < dates["start_date"]:
         raise _fail(where, "end_date", f"{entry['end_date']!r} is before start_date {entry['start_date']!r}")
-    misfire = entry.get("misfire", "skip")
-    if misfire not in MISFIRE_MODES:
-        raise _fail(where, "misfire", f"{misfire!r}: one of {', '.join(MISFIRE_MODES)} is allowed")
+    return dates
+
+
+def _entry_payload(entry: Mapping[str, Any], where: str, command: tuple[str, ...] | None) -> dict[str, Any]:
+    """What each fire submits (a command entry's argv under ``command``)."""
     payload = entry.get("payload") or {}
     try:
         encode_payload(payload)
@@ -222,6 +270,27 @@ def _validate_entry(index: int, entry: object, source: str, known_workers: Colle
         if "command" in payload:
             raise _fail(where, "payload", "a command entry's payload may not hold a 'command' key")
         payload = {"command": list(command), **payload}
+    return dict(payload)
+
+
+def _validate_entry(index: int, entry: object, source: str, known_workers: Collection[str] | None) -> ScheduleEntry:
+    if not isinstance(entry, Mapping):
+        raise ScheduleError(f"{source}[{index}]: each entry must be a mapping, not {type(entry).__name__}")
+    entry = {key: value for key, value in entry.items() if value is not None}  # null is absent
+    where = f"{source}[{index}] ({_entry_label(entry)})"
+    unknown = sorted(str(k) for k in entry if k not in ALLOWED_KEYS)
+    if unknown:
+        raise _fail(where, unknown[0], f"unknown key; allowed: {', '.join(ALLOWED_KEYS)}")
+    canonical: dict[str, Any] = {}
+    worker, command = _entry_worker(entry, where, known_workers, canonical)
+    tz_name = entry.get("timezone", "UTC")
+    tz = _entry_timezone(tz_name, where)
+    fields = _entry_fields(entry, where, canonical)
+    dates = _entry_dates(entry, where, tz, canonical)
+    misfire = entry.get("misfire", "skip")
+    if misfire not in MISFIRE_MODES:
+        raise _fail(where, "misfire", f"{misfire!r}: one of {', '.join(MISFIRE_MODES)} is allowed")
+    payload = _entry_payload(entry, where, command)
     queue = entry.get("queue")
     try:
         validate_queue_name(queue if queue is not None else scheduled_queue_name(worker))
@@ -229,19 +298,9 @@ def _validate_entry(index: int, entry: object, source: str, known_workers: Colle
         raise _fail(where, "queue" if queue is not None else "worker", exc.message) from None
     canonical.update(payload=entry.get("payload") or {}, queue=queue, timezone=tz_name, misfire=misfire)
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    trigger = CronTrigger(**fields, start_date=dates.get("start_date"), end_date=dates.get("end_date"), timezone=tz)
-    return ScheduleEntry(
-        index,
-        hashlib.sha256(text.encode()).hexdigest()[:16],
-        worker,
-        command,
-        payload,
-        queue,
-        trigger,
-        tz_name,
-        misfire,
-        text,
-    )
+    trigger = _cron_trigger(**fields, start_date=dates.get("start_date"), end_date=dates.get("end_date"), timezone=tz)
+    schedule_id = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return ScheduleEntry(index, schedule_id, worker, command, payload, queue, trigger, tz_name, misfire, text)
 
 
 def validate_entries(

@@ -1,6 +1,6 @@
 """The cron scheduler: ``asynctask_scheduled_workers`` entries -> task submissions, once per fire.
 
-Entries (as in rex.asynctask), each a mapping with:
+Entries (as in rex.asynctask; validated by :mod:`asynctask.cron`), each a mapping with:
 
 * exactly one of ``worker`` (a registered worker name) or ``command`` (a command line, a string
   split with :func:`shlex.split` or a list of strings, run with no shell by the built-in
@@ -15,8 +15,8 @@ Entries (as in rex.asynctask), each a mapping with:
   ``misfire`` (``skip``, the default, or ``once``).
 
 Where a fire goes: the entry's ``queue``, else the queue the worker is configured on (the
-``worker_queues`` mapping), else ``scheduled_<worker>`` (:func:`scheduled_queue_name`), which every
-supervisor consumes (see :func:`scheduled_queues`).
+``worker_queues`` mapping), else ``scheduled_<worker>`` (:func:`~asynctask.cron.scheduled_queue_name`),
+which every supervisor consumes (see :func:`~asynctask.cron.scheduled_queues`).
 
 Several nodes may run the scheduler at once.  Each fire is claimed with
 ``transport.claim_once("schedule:<schedule id>:<fire time, UTC ISO>", ttl)`` and only the winner
@@ -46,34 +46,13 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from asynctask.cron import (
-    COMMAND_WORKER,
-    CRON_FIELDS,
-    DEFAULT_SOURCE,
-    ScheduleEntry,
-    latest_before,
-    next_after,
-    scheduled_queue_name,
-    scheduled_queues,
-    validate_entries,
-)
+from asynctask.cron import DEFAULT_SOURCE, ScheduleEntry, latest_before, next_after, validate_entries
 from asynctask.errors import AsyncTaskError, TransportError
 from asynctask.transports import get_transport
 from asynctask.transports.base import Transport, mask_url
-from asynctask.workers import command as _command_worker  # noqa: F401 - registers the command worker
 from asynctask.workers.base import registered_workers
 
-__all__ = [
-    "COMMAND_WORKER",
-    "CRON_FIELDS",
-    "MISFIRE_GRACE_S",
-    "Fire",
-    "ScheduleEntry",
-    "Scheduler",
-    "scheduled_queue_name",
-    "scheduled_queues",
-    "validate_entries",
-]
+__all__ = ["MISFIRE_GRACE_S", "Fire", "Scheduler"]
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from asynctask.config import Settings, check_worker_names, scheduled_queue_name
+from asynctask.config import Settings, check_worker_names
+from asynctask.cron import scheduled_queue_name
 from asynctask.errors import AsyncTaskError, ConfigurationError
 from asynctask.importing import import_modules
 from asynctask.transports import get_transport

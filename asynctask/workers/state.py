@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from asynctask.config import COMMAND_WORKER, Settings, check_worker_names
+from asynctask.config import Settings, check_worker_names
 from asynctask.cron import scheduled_queues, validate_entries
-from asynctask.errors import ConfigurationError
 from asynctask.importing import import_modules
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import get_worker, registered_workers
@@ -28,6 +27,9 @@ from asynctask.workers.child import ChildSpec
 __all__ = ["ChildState", "build_children", "describe_exit", "hard_timeout_s", "import_requires", "scheduled_children"]
 
 logger = logging.getLogger(__name__)
+
+#: The module of the built-in ``command`` worker, imported where scheduled entries are configured.
+COMMAND_MODULE = "asynctask.workers.command"
 
 
 def hard_timeout_s(timeout_s: float) -> float:
@@ -53,20 +55,19 @@ def import_requires(settings: Settings) -> tuple[str, ...]:
 
     Scheduled entries are validated in full here (cron fields, dates, time zone), with or without
     ``--scheduler``, so a bad entry stops every node at start instead of only the scheduling ones.
-    Returns the modules a child must import (``asynctask.scheduler`` added when there are scheduled
-    entries: it registers the built-in ``command`` worker, which ``worker: command`` may also name).
-    Raises ConfigurationError with one line naming the problem.
+    Returns the modules a child must import (:mod:`asynctask.workers.command` added when there are
+    scheduled entries: it registers the built-in ``command`` worker, which ``worker: command`` may
+    also name; a child never loads APScheduler).  Raises ConfigurationError with one line naming the
+    problem.
     """
     modules = list(settings.require)
     if settings.scheduled_workers:
-        modules.append("asynctask.scheduler")
+        modules.append(COMMAND_MODULE)
     import_modules(modules)
     known = registered_workers()
     check_worker_names(settings, known)
     for entry, where in zip(settings.scheduled_workers, settings.scheduled_sources, strict=True):
         validate_entries([entry], where, known_workers=known)
-    if modules[len(settings.require):] and COMMAND_WORKER not in known:
-        raise ConfigurationError(f"asynctask_scheduled_workers: command entries need the {COMMAND_WORKER!r} worker")
     return tuple(modules)
 
 

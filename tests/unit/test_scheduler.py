@@ -13,15 +13,9 @@ from typing import Any
 import pytest
 
 import asynctask.scheduler as scheduler_module
+from asynctask.cron import scheduled_queue_name, scheduled_queues, validate_entries
 from asynctask.errors import ScheduleError, TransportError
-from asynctask.scheduler import (
-    MISFIRE_GRACE_S,
-    Fire,
-    Scheduler,
-    scheduled_queue_name,
-    scheduled_queues,
-    validate_entries,
-)
+from asynctask.scheduler import MISFIRE_GRACE_S, Fire, Scheduler
 from asynctask.transports import get_transport
 from asynctask.workers.base import AsyncTaskWorker
 from asynctask.workers.command import CommandFailed, CommandWorker

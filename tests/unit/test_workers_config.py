@@ -13,9 +13,9 @@ from asynctask.config import (
     configured_transport,
     load_settings,
     parse_set_option,
-    scheduled_queue_name,
     where_looked,
 )
+from asynctask.cron import scheduled_queue_name
 from asynctask.errors import ConfigurationError, QueueNameError, ScheduleError, UnknownWorkerError
 
 
@@ -233,3 +233,28 @@ def test_configured_transport_checks_the_whole_file(tmp_path: Path, monkeypatch:
     write(tmp_path, "asynctask.yaml", "asynctask_transprot: memory://x\n")
     with pytest.raises(ConfigurationError, match="did you mean 'asynctask_transport'"):
         configured_transport(environ={})
+
+
+def test_a_worker_child_does_without_apscheduler_even_with_command_entries() -> None:
+    """A child imports asynctask.workers.child and what import_requires names: the command worker
+    registers from asynctask.workers, and neither loads APScheduler (only the scheduler needs it)."""
+    import subprocess
+    import sys
+
+    from asynctask.workers.state import import_requires
+
+    settings = load_settings([], [("asynctask_scheduled_workers", [{"command": "true", "minute": 0}])], environ={})
+    modules = import_requires(settings)
+    code = (
+        "import importlib, sys\n"
+        "import asynctask.workers.child\n"
+        "for name in sys.argv[1:]: importlib.import_module(name)\n"
+        "from asynctask.workers.base import registered_workers\n"
+        "assert 'command' in registered_workers(), registered_workers()\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('apscheduler', 'asynctask.scheduler')))\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert "asynctask.workers.command" in modules
