@@ -5,10 +5,10 @@ transport's hook; a transport that overrides a public method for speed (one roun
 ``submit_task``) calls the same function.  Every check raises before anything is stored or sent,
 with a message naming the argument, the bad value and what is allowed:
 
-* queue name, payload, priority, ``delay_s``: :class:`QueueNameError` / :class:`PayloadError`
-  (the rules of :mod:`asynctask.task`);
-* ``lease_s``, ``timeout_s``-like counts, ``limit``, ``ids``, ``reason``, ``count_attempt``, claim
-  key and ttl: :class:`ValueError` ("``<name>=<value>``: ... is allowed");
+* queue name, payload, priority, ``delay_s`` and ``timeout_s``: :class:`QueueNameError` /
+  :class:`PayloadError` (the rules of :mod:`asynctask.task`);
+* ``lease_s``, ``max_count``, ``limit``, ``ids``, ``reason``, ``count_attempt``, claim key and
+  ``ttl_s``: :class:`ValueError` ("``<name>=<value>``: ... is allowed");
 * something that is not a :class:`~asynctask.task.Task` where a task is due: :class:`TypeError`.
 """
 

@@ -395,12 +395,14 @@ Call = Callable[[Transport, str, Task], object]
 BadCall = tuple[Call, type[Exception], Callable[[Task], str]]
 
 
-def _bad_calls() -> list[BadCall]:
-    calls: list[BadCall] = []
+BAD_CALLS: list[BadCall] = []
 
-    def add(call: Call, error: type[Exception], message: str | Callable[[Task], str]) -> None:
-        calls.append((call, error, message if callable(message) else (lambda _task, m=message: m)))
 
+def add(call: Call, error: type[Exception], message: str | Callable[[Task], str]) -> None:
+    BAD_CALLS.append((call, error, message if callable(message) else (lambda _task, m=message: m)))
+
+
+def _add_bad_consuming_calls() -> None:
     for v in NOT_A_LEASE:
         msg = f"lease_s={v!r}: a number of seconds > 0 is allowed"
         add(lambda t, q, k, v=v: t.extend(k, v), ValueError, msg)
@@ -419,6 +421,9 @@ def _bad_calls() -> list[BadCall]:
     for v in [0, -1, 1001, True, 1.5, None]:
         msg = f"max_count={v!r}: an integer from 1 to 1000 is allowed"
         add(lambda t, q, k, v=v: t.get_tasks(q, v), ValueError, msg)
+
+
+def _add_bad_task_calls() -> None:
     for v in NOT_A_TASK:
         msg = f"task={v!r:.80}: a Task (as a fetch returned it) is allowed, not {type(v).__name__}"
         add(lambda t, q, k, v=v: t.ack(v), TypeError, msg)
@@ -431,6 +436,9 @@ def _bad_calls() -> list[BadCall]:
     add(lambda t, q, k: t.ack_tasks({k.id: k}), TypeError, lambda k: f"tasks={ {k.id: k}!r:.80}: {allowed}, not dict")
     for v in [None, 3, b"reason"]:
         add(lambda t, q, k, v=v: t.dead(k, v), ValueError, f"reason={v!r}: a string is allowed")
+
+
+def _add_bad_admin_calls() -> None:
     for v in ["A", "a__b", None]:
         msg = f"invalid queue name {v!r}: {RULE}"
         for method in ["stats", "poll_queue", "purge", "dead_tasks", "replay_dead", "purge_dead"]:
@@ -448,13 +456,19 @@ def _bad_calls() -> list[BadCall]:
         msg = f"ids: task ids are strings, not {type(bad).__name__}: {bad!r}"
         add(lambda t, q, k, v=v: t.replay_dead(q, v), ValueError, msg)
         add(lambda t, q, k, v=v: t.purge_dead(q, v), ValueError, msg)
+
+
+def _add_bad_claim_calls() -> None:
     for v in NOT_A_KEY:
         msg = f"claim key {v!r:.80}: a non-empty string of at most 200 characters is allowed"
         add(lambda t, q, k, v=v: t.claim_once(v, 60), ValueError, msg)
     for v in NOT_A_LEASE:
         msg = f"ttl_s={v!r}: a number of seconds > 0 is allowed"
         add(lambda t, q, k, v=v: t.claim_once(f"{q}:bad-ttl", v), ValueError, msg)
-    return calls
+
+
+for _adding in (_add_bad_consuming_calls, _add_bad_task_calls, _add_bad_admin_calls, _add_bad_claim_calls):
+    _adding()
 
 
 def _snapshot(transport: Transport, queue: str) -> tuple[object, ...]:
@@ -471,7 +485,7 @@ def test_bad_arguments_raise_the_same_error_everywhere_and_change_nothing(transp
     before = _snapshot(transport, queue)
     assert before[:4] == (1, 1, 1, 1)
     wrong = []
-    for n, (call, error, message) in enumerate(_bad_calls()):
+    for n, (call, error, message) in enumerate(BAD_CALLS):
         try:
             call(transport, queue, held)
         except Exception as exc:
