@@ -25,6 +25,17 @@ local function body_key(id)
   return base .. 'b:' .. id
 end
 
+-- The ids a dead-letter script (replay, purge_dead) works on: ARGV[2..] when named, else up to
+-- ARGV[1] of the oldest dead tasks.
+local function chosen_dead_ids()
+  if #ARGV > 1 then
+    local ids = {}
+    for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
+    return ids
+  end
+  return redis.call('ZRANGE', dead_key, 0, tonumber(ARGV[1]) - 1)
+end
+
 local function ready_key(priority)
   return base .. 'ready:' .. priority
 end

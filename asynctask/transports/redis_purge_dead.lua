@@ -1,11 +1,6 @@
 -- purge_dead: ARGV = limit, id...  Deletes the named dead tasks (or, with no id, up to `limit` of
 -- the oldest) for good, bodies included.  Returns how many.
-local ids = {}
-if #ARGV > 1 then
-  for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
-else
-  ids = redis.call('ZRANGE', dead_key, 0, tonumber(ARGV[1]) - 1)
-end
+local ids = chosen_dead_ids()
 local count = 0
 for i = 1, #ids do
   local id = ids[i]

@@ -1,12 +1,7 @@
 -- replay: ARGV = limit, id...  Gives the named dead tasks (or, with no id, up to `limit` of the
 -- oldest) back to their ready lists as new (attempts 0, enqueued now).  Returns how many.
 local now = string.format('%.0f', now_us())
-local ids = {}
-if #ARGV > 1 then
-  for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
-else
-  ids = redis.call('ZRANGE', dead_key, 0, tonumber(ARGV[1]) - 1)
-end
+local ids = chosen_dead_ids()
 local entries = {}
 for i = 1, #ids do
   local id = ids[i]
