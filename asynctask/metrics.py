@@ -42,7 +42,6 @@ most once per ``depth_cache_s`` so frequent scrapes do not load the server.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -50,10 +49,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Protocol
 
 from asynctask.errors import AsyncTaskError, ConfigurationError
+from asynctask.metrics_http import serve_http
 from asynctask.task import QueueStats
 from asynctask.transports.base import Transport
 from asynctask.workers import protocol as P  # noqa: N812
@@ -336,43 +336,8 @@ class WorkerMetrics:
     def serve(self, port: int, bind: str | None = None) -> ThreadingHTTPServer:
         """Answer ``/metrics`` and ``/healthz`` on ``bind`` (default :attr:`bind`, which is 127.0.0.1:
         this machine only) and ``port`` (0: any free one) on a daemon thread; returns the server
-        (``shutdown()``)."""
-        metrics = self
-        host = self.bind if bind is None else bind
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._send(200, metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
-                elif path in ("/healthz", "/health"):
-                    healthy, details = metrics.health()
-                    self._send(200 if healthy else 503, json.dumps(details).encode(), "application/json")
-                else:
-                    self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")
-
-            def _send(self, status: int, body: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                logger.debug("metrics http: " + format, *args)
-
-        try:
-            server = ThreadingHTTPServer((host, port), Handler)
-        except OSError as exc:
-            raise ConfigurationError(
-                f"--metrics-port {port}: cannot listen on {host}:{port}: {exc.strerror or exc}"
-                " (--metrics-bind takes a local address: 127.0.0.1, 0.0.0.0 or one of this machine's)"
-            ) from None
-        server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, name="asynctask-metrics", daemon=True)
-        thread.start()
-        logger.info("metrics on http://%s:%d/metrics, health on /healthz", host, server.server_address[1])
-        return server
+        (``shutdown()``; :mod:`asynctask.metrics_http`)."""
+        return serve_http(self, self.bind if bind is None else bind, port)
 
     def close(self) -> None:
         """Close the depth transport (the HTTP server is the caller's: ``shutdown()``)."""

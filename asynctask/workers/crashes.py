@@ -43,7 +43,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from asynctask.errors import TransportError
 from asynctask.task import Task
@@ -54,10 +54,15 @@ if TYPE_CHECKING:  # state imports the child, which imports the runner, which im
     from asynctask.workers.runner import Runner
     from asynctask.workers.state import ChildState
 
-__all__ = ["CRASH_DELAY_S", "CrashKeeper", "CrashLedger", "CrashRecord", "GivenBack", "crash_delay_s", "give_back",
-           "settle_fetched"]
+__all__ = ["CRASH_DELAY_S", "CrashKeeper", "CrashLedger", "CrashNotices", "CrashRecord", "GivenBack", "Inbox",
+           "crash_delay_s", "give_back", "settle_fetched"]
 
 logger = logging.getLogger(__name__)
+
+#: A child's read of the supervisor's messages received so far (crash notices)
+Inbox = Callable[[], list[Any]]
+#: How many tasks a ledger, and a child's notices, remember at most
+MAX_RECORDS = 10_000
 
 #: The delay before a crashed task is ready again after its first crash; doubles per crash.
 CRASH_DELAY_S = 1.0
@@ -101,7 +106,7 @@ class CrashLedger:
     """Task id -> :class:`CrashRecord`, forgotten ``forget_after_s`` after the last crash and
     bounded to ``max_records`` (the oldest go first)."""
 
-    def __init__(self, *, forget_after_s: float = 3600.0, max_records: int = 10_000,
+    def __init__(self, *, forget_after_s: float = 3600.0, max_records: int = MAX_RECORDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.forget_after_s, self.max_records, self.clock = forget_after_s, max_records, clock
         self._records: collections.OrderedDict[str, CrashRecord] = collections.OrderedDict()
@@ -312,6 +317,25 @@ class CrashKeeper:
                     child.conn.send(record.notice())
                 except OSError:  # it is leaving; its replacement hears of the open records at start
                     break
+
+
+class CrashNotices:
+    """The child's side (AMQP): the crash notices it heard from its supervisor, by task id (the
+    latest per task, at most :data:`MAX_RECORDS`)."""
+
+    def __init__(self, inbox: Inbox) -> None:
+        self.inbox = inbox
+        self.notices: dict[str, P.CrashNotice] = {}
+
+    def settle(self, runner: Runner, tasks: list[Task]) -> list[Task]:
+        """Hear the notices that came, then act on those naming fetched ``tasks`` (:func:`settle_fetched`)."""
+        for message in self.inbox():
+            if isinstance(message, P.CrashNotice):
+                self.notices.pop(message.task_id, None)
+                self.notices[message.task_id] = message
+        while len(self.notices) > MAX_RECORDS:
+            del self.notices[next(iter(self.notices))]
+        return settle_fetched(runner, self.notices, tasks) if self.notices else tasks
 
 
 def settle_fetched(runner: Runner, notices: dict[str, P.CrashNotice], tasks: list[Task]) -> list[Task]:

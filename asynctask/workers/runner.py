@@ -14,7 +14,7 @@
 * An exception nacks with the worker's backoff while attempts remain, else dead-letters with the
   exception type, message and traceback.  ``Retry`` nacks the same way with its own delay and counts
   toward ``max_attempts`` (dead-lettered as "retries exhausted" when they are spent); ``Reject``
-  dead-letters at once.
+  dead-letters at once (:mod:`asynctask.workers.failures`).
 * ``timeout_s``: SIGALRM interrupts Python code (main thread only) with :class:`TaskTimeout`, a failed
   attempt; the supervisor kills a child stuck in C code (it learns the start time from ``started``).
 * A background thread extends the lease of every held task every third of the lease.
@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -39,8 +38,9 @@ from asynctask.errors import TransportError, TransportUnavailableError
 from asynctask.task import QueueStats, Task
 from asynctask.transports.base import MAX_BATCH, Transport
 from asynctask.workers import protocol as P  # noqa: N812
-from asynctask.workers.base import AsyncTaskWorker, Reject, Retry, TaskTimeout
-from asynctask.workers.crashes import settle_fetched
+from asynctask.workers.base import AsyncTaskWorker, TaskTimeout
+from asynctask.workers.crashes import CrashNotices, Inbox
+from asynctask.workers.failures import failure
 from asynctask.workers.keepers import AckFlusher, Clock, LeaseKeeper, RateLimiter, resident_mb, soft_timeout
 
 __all__ = ["Clock", "RateLimiter", "Runner", "resident_mb"]
@@ -48,8 +48,6 @@ __all__ = ["Clock", "RateLimiter", "Runner", "resident_mb"]
 logger = logging.getLogger(__name__)
 
 Report = Callable[[P.Message], None]
-#: the supervisor's messages received so far (crash notices)
-Inbox = Callable[[], list[Any]]
 T = TypeVar("T")
 
 BATCH_TARGET_S = 0.25
@@ -102,7 +100,8 @@ class Runner:
         self.max_memory_mb = max_memory_mb
         self.report: Report = report or (lambda message: None)
         self.current = current
-        self.inbox = inbox
+        #: crash notices heard (AMQP only)
+        self._notices = CrashNotices(inbox) if inbox is not None else None
         self.report_outcomes = report_outcomes
         self.reopen = reopen
         self.stop = stop or threading.Event()
@@ -122,8 +121,6 @@ class Runner:
         self._unavailable = False
         #: how often the transport was found unreachable (a batch checks its leases after one)
         self._outages = 0
-        #: crash notices heard (task id -> notice), AMQP only
-        self._crashes: dict[str, P.CrashNotice] = {}
         #: ids of fetched tasks that crashed before: the acks waiting go out before each runs
         self.ack_before: set[str] = set()
         worker.bind(transport, queue, self.io_lock)
@@ -289,8 +286,8 @@ class Runner:
             with self._held_lock:
                 self._held.update((task.id, task) for task in tasks)
             self.send(P.Fetched([P.held_entry(task) for task in tasks], time.time()))
-            if self.inbox is not None:
-                tasks = self._settle_crashed(tasks)
+            if self._notices is not None:
+                tasks = self._notices.settle(self, tasks)
             outages = self._outages
             for index, task in enumerate(tasks):
                 if self.stop.is_set() or not self._wait_for_rate_slot():
@@ -345,24 +342,15 @@ class Runner:
             self.current.set(task.id, time.time(), timeout)
         else:
             self.send(P.Started(task.id, time.time(), timeout))
-        outcome: str | None = None
-        reason = ""
+        failed: tuple[float | None, str] | None = None
         try:
             if timeout:
                 with soft_timeout(timeout):
                     worker.process(task.payload)
             else:
                 worker.process(task.payload)
-        except Retry as exc:
-            outcome = self._retry(task, exc)
-            reason = "" if outcome == P.RETRIED else self._exhausted(task, exc)
-        except Reject as exc:
-            reason = f"rejected: {exc.reason}"
-            outcome = P.DEAD
-        except TaskTimeout:
-            reason = f"TaskTimeout: the task ran longer than timeout_s={timeout}"
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+        except (TaskTimeout, Exception) as exc:
+            failed = failure(worker, task, exc)
         finally:
             worker.task = None
             if self.current is not None:
@@ -373,47 +361,15 @@ class Runner:
         if self.limiter is not None:
             self.limiter.record()
         self._avg_task_s = duration if self._avg_task_s is None else 0.8 * self._avg_task_s + 0.2 * duration
-        if outcome is None and not reason:
+        if failed is None:
             self._queue_ack(task, duration, ended)
             return
-        if outcome is None:
-            outcome = self._fail(task, reason)
-        if outcome == P.DEAD:
-            logger.error("task %s on %s dead-lettered after %d attempt(s): %s", task.id, task.queue,
-                         task.attempts, reason.splitlines()[0])
-            self.dead(task, reason)
-        self.finish([(task, outcome, duration)])
-
-    def _retry(self, task: Task, exc: Retry) -> str:
-        """``raise Retry``: nack with its delay while attempts remain (``dead`` when spent)."""
-        worker = self.worker
-        if task.attempts >= worker.max_attempts:
-            return P.DEAD
-        delay = exc.delay_s if exc.delay_s is not None else worker.retry_delay(task.attempts)
-        logger.info("task %s on %s: retry requested%s (attempt %d of %d), again in %.2f s", task.id, task.queue,
-                    f": {exc.reason}" if exc.reason else "", task.attempts, worker.max_attempts, delay)
-        self.nack(task, delay_s=delay)
-        return P.RETRIED
-
-    def _exhausted(self, task: Task, exc: Retry) -> str:
-        return (f"retries exhausted: Retry raised on attempt {task.attempts} of max_attempts="
-                f"{self.worker.max_attempts}" + (f": {exc.reason}" if exc.reason else ""))
-
-    def _settle_crashed(self, tasks: list[Task]) -> list[Task]:
-        """Hear the supervisor's crash notices (AMQP) and act on those naming fetched tasks."""
-        for message in self.inbox() if self.inbox is not None else ():
-            if isinstance(message, P.CrashNotice):
-                self._crashes.pop(message.task_id, None)
-                self._crashes[message.task_id] = message
-        while len(self._crashes) > 10_000:  # the supervisor's ledger bound
-            del self._crashes[next(iter(self._crashes))]
-        return settle_fetched(self, self._crashes, tasks) if self._crashes else tasks
-
-    def _fail(self, task: Task, reason: str) -> str:
-        if task.attempts < self.worker.max_attempts:
-            delay = self.worker.retry_delay(task.attempts)
-            logger.warning("task %s on %s failed (attempt %d of %d), retrying in %.2f s: %s", task.id, task.queue,
-                           task.attempts, self.worker.max_attempts, delay, reason.splitlines()[0])
+        delay, reason = failed
+        if delay is not None:
             self.nack(task, delay_s=delay)
-            return P.RETRIED
-        return P.DEAD
+            self.finish([(task, P.RETRIED, duration)])
+            return
+        logger.error("task %s on %s dead-lettered after %d attempt(s): %s", task.id, task.queue, task.attempts,
+                     reason.splitlines()[0])
+        self.dead(task, reason)
+        self.finish([(task, P.DEAD, duration)])
