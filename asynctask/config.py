@@ -57,8 +57,10 @@ __all__ = [
     "check_worker_names",
     "configured_transport",
     "default_config_files",
+    "embedded_default_url",
     "load_settings",
     "parse_set_option",
+    "transport_choice",
     "where_looked",
 ]
 
@@ -104,7 +106,7 @@ class Settings:
     @property
     def transport_url(self) -> str:
         """The URL to use: the configured one (environment included), else the embedded default."""
-        return self.transport or "filesys:" + str(default_home())
+        return self.transport or embedded_default_url()
 
     @property
     def worker_queues(self) -> dict[str, str]:
@@ -191,6 +193,23 @@ def configured_transport(environ: Mapping[str, str] | None = None) -> tuple[str,
     if settings.transport is None:
         return None
     return settings.transport, settings.origins.get("asynctask_transport", files[-1])
+
+
+def embedded_default_url() -> str:
+    """The URL used when nothing names one: the filesystem store under ``$ASYNCTASK_HOME`` (else
+    ``~/.local/share/asynctask``; :func:`asynctask.transports.default_home`)."""
+    return "filesys:" + str(default_home())
+
+
+def transport_choice(environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """``(url, source)`` of the transport to use when no URL is given (``get_transport()``):
+    ``$ASYNCTASK_TRANSPORT``, else ``asynctask_transport`` of the default configuration files
+    (:func:`configured_transport`, which checks the whole file), else :func:`embedded_default_url`.
+    ``source`` names where the URL came from, for a log line."""
+    env = os.environ if environ is None else environ
+    if env.get("ASYNCTASK_TRANSPORT"):
+        return env["ASYNCTASK_TRANSPORT"], "ASYNCTASK_TRANSPORT"
+    return configured_transport(env) or (embedded_default_url(), "the embedded default")
 
 
 def parse_set_option(text: str) -> tuple[str, Any]:

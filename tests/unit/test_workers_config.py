@@ -11,8 +11,10 @@ from asynctask.config import (
     WorkerEntry,
     check_worker_names,
     configured_transport,
+    embedded_default_url,
     load_settings,
     parse_set_option,
+    transport_choice,
     where_looked,
 )
 from asynctask.cron import scheduled_queue_name
@@ -258,3 +260,16 @@ def test_a_worker_child_does_without_apscheduler_even_with_command_entries() -> 
                             check=False)
     assert result.returncode == 0, result.stderr
     assert "asynctask.workers.command" in modules
+
+
+def test_transport_choice_environment_then_file_then_embedded_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ASYNCTASK_HOME", str(tmp_path / "home"))
+    assert embedded_default_url() == f"filesys:{tmp_path / 'home'}"
+    assert transport_choice({}) == (embedded_default_url(), "the embedded default")
+    write(tmp_path, "asynctask.yaml", "asynctask_transport: memory://fromfile\n")
+    assert transport_choice({}) == ("memory://fromfile", "asynctask.yaml")
+    assert transport_choice({"ASYNCTASK_TRANSPORT": "memory://env"}) == ("memory://env", "ASYNCTASK_TRANSPORT")
+    assert load_settings(environ={}).transport_url == "memory://fromfile"
