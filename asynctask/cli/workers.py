@@ -67,10 +67,8 @@ def _fail(message: str, code: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script.  Returns the exit code."""
     # imported here so that --help answers fast
-    from asynctask.config import load_settings, parse_set_option, where_looked  # noqa: PLC0415
     from asynctask.importing import add_working_directory  # noqa: PLC0415
     from asynctask.workers.child import configure_logging  # noqa: PLC0415
-    from asynctask.workers.supervisor import Supervisor  # noqa: PLC0415
 
     args = build_parser().parse_args(argv)
     # --require names modules of the project being run, as ``python -m`` would find them (children
@@ -78,31 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_working_directory()
     level = getattr(logging, args.log_level.upper())
     configure_logging(level, args.quiet)  # the children's too: pika and psycopg2 silent below debug
-    log = logging.getLogger("asynctask.workers")
     try:
-        overrides = [parse_set_option(text) for text in args.settings]
-        settings = load_settings(args.config, overrides, require=args.require)
-        if args.transport:
-            settings = replace(settings, transport=args.transport)
-        if not settings.workers and not settings.scheduled_only_workers():
-            if not args.quiet:
-                print(f"No workers configured; terminating.\n{where_looked(settings)}", file=sys.stderr)
-            return EXIT_OK
-        supervisor = Supervisor(
-            settings,
-            halt_when_empty=args.halt_when_empty,
-            scheduler=args.scheduler,
-            metrics_port=args.metrics_port,
-            metrics_bind=args.metrics_bind,
-            log_level=level,
-            quiet=args.quiet,
-        )
-        try:
-            supervisor.probe()
-        except TransportUnavailableError as exc:
-            supervisor.transport.close()
-            return _fail(f"transport unavailable: {exc}", EXIT_UNAVAILABLE)
-        return supervisor.run()
+        return _run(args, level)
     except TransportUnavailableError as exc:
         return _fail(f"transport unavailable: {exc}", EXIT_UNAVAILABLE)
     except ConfigurationError as exc:
@@ -112,8 +87,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     except Exception:
-        log.exception("internal error")
+        logging.getLogger("asynctask.workers").exception("internal error")
         return EXIT_ERROR
+
+
+def _run(args: argparse.Namespace, level: int) -> int:
+    """Load the configuration and run the supervisor; errors are :func:`main`'s to report."""
+    from asynctask.config import load_settings, parse_set_option, where_looked  # noqa: PLC0415
+    from asynctask.workers.supervisor import Supervisor  # noqa: PLC0415
+
+    overrides = [parse_set_option(text) for text in args.settings]
+    settings = load_settings(args.config, overrides, require=args.require)
+    if args.transport:
+        settings = replace(settings, transport=args.transport)
+    if not settings.workers and not settings.scheduled_only_workers():
+        if not args.quiet:
+            print(f"No workers configured; terminating.\n{where_looked(settings)}", file=sys.stderr)
+        return EXIT_OK
+    supervisor = Supervisor(
+        settings,
+        halt_when_empty=args.halt_when_empty,
+        scheduler=args.scheduler,
+        metrics_port=args.metrics_port,
+        metrics_bind=args.metrics_bind,
+        log_level=level,
+        quiet=args.quiet,
+    )
+    try:
+        supervisor.probe()
+    except TransportUnavailableError as exc:
+        supervisor.transport.close()
+        return _fail(f"transport unavailable: {exc}", EXIT_UNAVAILABLE)
+    return supervisor.run()
 
 
 if __name__ == "__main__":

@@ -288,24 +288,28 @@ class Runner:
             self.send(P.Fetched([P.held_entry(task) for task in tasks], time.time()))
             if self._notices is not None:
                 tasks = self._notices.settle(self, tasks)
-            outages = self._outages
-            for index, task in enumerate(tasks):
-                if self.stop.is_set() or not self._wait_for_rate_slot():
-                    self._release(tasks[index:])
-                    break
-                if self._outages != outages and not self.extend(task):
-                    self.finish([(task, P.LOST, 0.0)])  # the server gave it to another worker
-                    continue
-                if self.ack_before and task.id in self.ack_before:
-                    self.ack_before.discard(task.id)
-                    self.flush_acks()
-                self._process(task)
-                if self._pending_acks and self.clock() - self._pending_since >= self._ack_window_s:
-                    self.flush_acks()
-            self.flush_acks()
+            self._run_batch(tasks)
             if self.max_memory_mb is not None and (resident_mb() or 0.0) > self.max_memory_mb:
                 logger.info("resident memory above max_memory_mb=%s: leaving to be replaced", self.max_memory_mb)
                 return MAX_MEMORY
+
+    def _run_batch(self, tasks: list[Task]) -> None:
+        """Process a fetched batch in order (the rest given back when stopped), then ack what waits."""
+        outages = self._outages
+        for index, task in enumerate(tasks):
+            if self.stop.is_set() or not self._wait_for_rate_slot():
+                self._release(tasks[index:])
+                break
+            if self._outages != outages and not self.extend(task):
+                self.finish([(task, P.LOST, 0.0)])  # the server gave it to another worker
+                continue
+            if self.ack_before and task.id in self.ack_before:
+                self.ack_before.discard(task.id)
+                self.flush_acks()
+            self._process(task)
+            if self._pending_acks and self.clock() - self._pending_since >= self._ack_window_s:
+                self.flush_acks()
+        self.flush_acks()
 
     def _wait_for_rate_slot(self) -> bool:
         while self.limiter is not None and (wait := self.limiter.wait_s()) > 0:

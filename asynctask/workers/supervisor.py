@@ -197,24 +197,28 @@ class Supervisor:
                 else:
                     logger.info("all queues are empty; exiting")
                 return EXIT_OK
-            waits: list[Any] = [read_fd]
-            for child in self.children:
-                if child.process is not None:
-                    waits += [child.process.sentinel] if child.conn is None else [child.conn, child.process.sentinel]
-            waits += [process.sentinel for process, _ in self._leaving]
-            deadline = self._next_deadline(now, grace_until)
-            ready = multiprocessing.connection.wait(waits, timeout=max(deadline - time.monotonic(), 0.0))
-            if read_fd in ready:
-                try:
-                    woken_by = os.read(read_fd, 512)
-                except BlockingIOError:
-                    woken_by = b""
-                self._stop_events += sum(1 for byte in woken_by if byte in STOP_SIGNALS)
-            for child in self.children:
-                if child.process is not None:
-                    self._drain(child)
-                    if child.process.exitcode is not None:
-                        self._reap(child)
+            self._wait(read_fd, self._next_deadline(now, grace_until))
+
+    def _wait(self, read_fd: int, deadline: float) -> None:
+        """Until a child speaks or leaves, a signal comes, or ``deadline``; then count the signals,
+        read the children's messages and reap those that left."""
+        waits: list[Any] = [read_fd]
+        for child in self.children:
+            if child.process is not None:
+                waits += [child.process.sentinel] if child.conn is None else [child.conn, child.process.sentinel]
+        waits += [process.sentinel for process, _ in self._leaving]
+        ready = multiprocessing.connection.wait(waits, timeout=max(deadline - time.monotonic(), 0.0))
+        if read_fd in ready:
+            try:
+                woken_by = os.read(read_fd, 512)
+            except BlockingIOError:
+                woken_by = b""
+            self._stop_events += sum(1 for byte in woken_by if byte in STOP_SIGNALS)
+        for child in self.children:
+            if child.process is not None:
+                self._drain(child)
+                if child.process.exitcode is not None:
+                    self._reap(child)
 
     def _next_deadline(self, now: float, grace_until: float | None) -> float:
         deadline = now + self.settings.check_child_interval_ms / 1000
