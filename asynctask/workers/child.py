@@ -136,9 +136,9 @@ class _Pipe:
         except OSError:
             self.stop.set()
 
-    def inbox(self) -> list[P.CrashNotice]:
+    def inbox(self) -> list[object]:
         """The supervisor's crash notices received so far (AMQP only; see asynctask.workers.crashes)."""
-        messages = []
+        messages: list[object] = []
         try:
             while self.conn.poll():
                 messages.append(self.conn.recv())

@@ -41,9 +41,9 @@ import itertools
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from asynctask.errors import TransportError
 from asynctask.task import Task
@@ -60,7 +60,7 @@ __all__ = ["CRASH_DELAY_S", "CrashKeeper", "CrashLedger", "CrashNotices", "Crash
 logger = logging.getLogger(__name__)
 
 #: A child's read of the supervisor's messages received so far (crash notices)
-Inbox = Callable[[], list[Any]]
+Inbox = Callable[[], Sequence[object]]
 #: How many tasks a ledger, and a child's notices, remember at most
 MAX_RECORDS = 10_000
 

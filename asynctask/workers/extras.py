@@ -16,14 +16,16 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from asynctask.config import Settings
 from asynctask.cron import scheduled_queue_name
 from asynctask.transports import get_transport
 from asynctask.workers import protocol as P  # noqa: N812
 
-if TYPE_CHECKING:  # state imports the child, which a child process loads without these extras
+if TYPE_CHECKING:  # imported when asked for (a child process loads none of them)
+    from asynctask.metrics import WorkerMetrics
+    from asynctask.scheduler import Scheduler
     from asynctask.workers.state import ChildState
 
 logger = logging.getLogger(__name__)
@@ -55,13 +57,13 @@ def build_extras(settings: Settings, transport_url: str, queues: Iterable[str], 
 
         extras.starters.append(start_scheduler)
     metrics = build_metrics(queues, transport_url) if metrics_port is not None else None
-    if metrics is not None:
+    if metrics is not None and metrics_port is not None:
         extras.listeners.append(metrics.listen)
         extras.starters.append(lambda stop: metrics.serve(metrics_port, metrics_bind))
     return extras
 
 
-def build_scheduler(settings: Settings, transport_url: str) -> Any:
+def build_scheduler(settings: Settings, transport_url: str) -> Scheduler | None:
     """The scheduler for ``settings.scheduled_workers``, or None when the module is missing."""
     try:
         from asynctask.scheduler import Scheduler  # noqa: PLC0415 - optional, imported when asked for
@@ -74,7 +76,7 @@ def build_scheduler(settings: Settings, transport_url: str) -> Any:
                      worker_queues=worker_queues)
 
 
-def build_metrics(queues: Iterable[str], transport_url: str) -> Any:
+def build_metrics(queues: Iterable[str], transport_url: str) -> WorkerMetrics | None:
     """Metrics for these queues (depths read through a transport of their own), or None."""
     try:
         from asynctask.metrics import WorkerMetrics  # noqa: PLC0415 - optional, imported when asked for
