@@ -5,18 +5,18 @@ batch, not one per task).  The child sends what it does; the supervisor sends on
 and only on transports without portable receipts (AMQP), rarely and small, so a child that reads
 them late never blocks it.  Signals carry the supervisor's other wishes (stop) to the child.
 
-=============================================  =========================================================
-:class:`Ready` ``(pid)``                        ``setup()`` is done, fetching starts
-:class:`Fetched` ``(entries, at)``              the child now holds these tasks (:class:`HeldEntry`), and
-                                                no others; ``at`` is the wall time
-:class:`Polled` ``(at)``                        a fetch came back empty: the child holds nothing
-:class:`Started` ``(task_id, at, timeout_s)``   ``process`` began on this task (see below)
-:class:`Finished` ``(outcomes)``                the child no longer holds these tasks (:class:`Outcome`)
-:class:`Halted` ``()``                          ``--halt-when-empty``: the queue is empty, exiting 0
-:class:`Recycle` ``(reason)``                   leaving on purpose (``max_tasks_per_child``...)
-:class:`Settled` ``(task_id, crashes, outcome)``  a crash notice was acted on: ``deferred`` (given back
-                                                with the crash delay) or ``dead``
-=============================================  =========================================================
+================================================  ====================================================================
+:class:`Ready` ``(pid)``                          ``setup()`` is done, fetching starts
+:class:`Fetched` ``(entries, at)``                the child now holds these tasks (:class:`HeldEntry`), and no others;
+                                                  ``at`` is the wall time
+:class:`Polled` ``(at)``                          a fetch came back empty: the child holds nothing
+:class:`Started` ``(task_id, at, timeout_s)``     ``process`` began on this task (see below)
+:class:`Finished` ``(outcomes)``                  the child no longer holds these tasks (:class:`Outcome`)
+:class:`Halted` ``()``                            ``--halt-when-empty``: the queue is empty, exiting 0
+:class:`Recycle` ``(reason)``                     leaving on purpose (``max_tasks_per_child``...)
+:class:`Settled` ``(task_id, crashes, outcome)``  a crash notice was acted on: ``deferred`` (given back with the crash
+                                                  delay) or ``dead``
+================================================  ====================================================================
 
 The supervisor sends :class:`CrashNotice` ``(task_id, crashes, attempts, deferred, dead_reason)``:
 ``crashes`` children died while running this task; the child that next fetches it gives it back with
