@@ -239,9 +239,9 @@ class WorkerMetrics:
             match message:
                 # Fetched says the child holds this batch and nothing else, Polled that it holds
                 # nothing (asynctask.workers.protocol): the gauge follows, whatever Finished said.
-                case P.Fetched(entries):
+                case P.Fetched(rows):
                     child.last_fetch = now
-                    self._hold(child, len(entries))
+                    self._hold(child, len(rows))
                     child.task_started = None
                 case P.Polled():
                     child.last_fetch = now
@@ -252,10 +252,10 @@ class WorkerMetrics:
                 case P.Started(timeout_s=timeout_s):
                     child.task_started = now
                     child.task_timeout_s = timeout_s
-                case P.Finished(outcomes):
+                case P.Finished(rows):
                     child.task_started = None
-                    self._hold(child, child.held - len(outcomes))
-                    for _task_id, outcome, duration in outcomes:
+                    self._hold(child, child.held - len(rows))
+                    for _task_id, outcome, duration in rows:
                         self._outcome((child.queue, child.worker), outcome, duration)
 
     def _hold(self, child: _Child, count: int) -> None:

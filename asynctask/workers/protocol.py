@@ -1,17 +1,20 @@
 """What a worker child and its supervisor tell each other: small typed records over a ``multiprocessing`` Pipe.
 
 Each message is a :class:`~typing.NamedTuple` (cheap to build and to pickle; a child sends one per
-batch, not one per task).  The child sends what it does; the supervisor sends only crash notices,
-and only on transports without portable receipts (AMQP), rarely and small, so a child that reads
-them late never blocks it.  Signals carry the supervisor's other wishes (stop) to the child.
+batch, not one per task).  The per-task parts of a batch travel as plain tuples (``rows``: a
+NamedTuple per task would cost the child several times more to pickle) and are typed on arrival by
+:attr:`Fetched.entries` and :attr:`Finished.outcomes`.  The child sends what it does; the
+supervisor sends only crash notices, and only on transports without portable receipts (AMQP),
+rarely and small, so a child that reads them late never blocks it.  Signals carry the supervisor's
+other wishes (stop) to the child.
 
 ================================================  ====================================================================
 :class:`Ready` ``(pid)``                          ``setup()`` is done, fetching starts
-:class:`Fetched` ``(entries, at)``                the child now holds these tasks (:class:`HeldEntry`), and no others;
-                                                  ``at`` is the wall time
+:class:`Fetched` ``(rows, at)``                   the child now holds these tasks (:attr:`Fetched.entries`), and no
+                                                  others; ``at`` is the wall time
 :class:`Polled` ``(at)``                          a fetch came back empty: the child holds nothing
 :class:`Started` ``(task_id, at, timeout_s)``     ``process`` began on this task (see below)
-:class:`Finished` ``(outcomes)``                  the child no longer holds these tasks (:class:`Outcome`)
+:class:`Finished` ``(rows)``                      the child no longer holds these tasks (:attr:`Finished.outcomes`)
 :class:`Halted` ``()``                            ``--halt-when-empty``: the queue is empty, exiting 0
 :class:`Recycle` ``(reason)``                     leaving on purpose (``max_tasks_per_child``...)
 :class:`Settled` ``(task_id, crashes, outcome)``  a crash notice was acted on: ``deferred`` (given back with the crash
@@ -84,9 +87,19 @@ class Ready(NamedTuple):
     pid: int
 
 
+#: a :class:`HeldEntry` as it travels (the fields in that order)
+HeldRow = tuple[str, int, str, float, int]
+#: an :class:`Outcome` as it travels (the fields in that order)
+OutcomeRow = tuple[str, str, float | None]
+
+
 class Fetched(NamedTuple):
-    entries: list[HeldEntry]
+    rows: list[HeldRow]
     at: float
+
+    @property
+    def entries(self) -> list[HeldEntry]:
+        return [HeldEntry._make(row) for row in self.rows]
 
 
 class Polled(NamedTuple):
@@ -100,7 +113,11 @@ class Started(NamedTuple):
 
 
 class Finished(NamedTuple):
-    outcomes: list[Outcome]
+    rows: list[OutcomeRow]
+
+    @property
+    def outcomes(self) -> list[Outcome]:
+        return [Outcome._make(row) for row in self.rows]
 
 
 class Halted(NamedTuple):
@@ -153,9 +170,9 @@ Message = Ready | Fetched | Polled | Started | Finished | Halted | Recycle | Set
 Event = Message | ChildStarted | ChildExited
 
 
-def held_entry(task: Task) -> HeldEntry:
-    """What a ``Fetched`` message carries per task."""
-    return HeldEntry(task.id, task.attempts, task.receipt, task.enqueued_at, task.priority)
+def held_entry(task: Task) -> HeldRow:
+    """What a ``Fetched`` message carries per task (a :class:`HeldEntry` once received)."""
+    return (task.id, task.attempts, task.receipt, task.enqueued_at, task.priority)
 
 
 def task_from_entry(queue: str, entry: HeldEntry) -> Task:
@@ -179,8 +196,10 @@ __all__ = [
     "Finished",
     "Halted",
     "HeldEntry",
+    "HeldRow",
     "Message",
     "Outcome",
+    "OutcomeRow",
     "Polled",
     "Ready",
     "Recycle",

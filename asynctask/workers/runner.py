@@ -140,7 +140,7 @@ class Runner:
             for task, _, _ in entries:
                 self._held.pop(task.id, None)
         if entries and self.report_outcomes:
-            self.send(P.Finished([P.Outcome(task.id, outcome, duration) for task, outcome, duration in entries]))
+            self.send(P.Finished([(task.id, outcome, duration) for task, outcome, duration in entries]))
 
     def batch_size(self) -> int:
         """Tasks to ask for next: about BATCH_TARGET_S of work, at least 1, at most max_batch."""

@@ -166,11 +166,11 @@ class ChildState:
     def handle(self, message: P.Message) -> None:
         """Update the bookkeeping from one child message."""
         match message:
-            case P.Fetched(entries, at):
+            case P.Fetched():
                 # a child fetches only after finishing its previous batch: these are all it holds now
-                self.held = {entry.id: entry for entry in entries}
+                self.held = {entry.id: entry for entry in message.entries}
                 self.started_ids.clear()
-                self.last_fetch_at = at
+                self.last_fetch_at = message.at
             case P.Polled(at):
                 self.held.clear()
                 self.started_ids.clear()
@@ -178,8 +178,8 @@ class ChildState:
             case P.Started():
                 self.started_ids.add(message.task_id)
                 self.running = message
-            case P.Finished(outcomes):
-                self._finished(outcomes)
+            case P.Finished(rows):
+                self._finished(rows)
             case P.Halted():
                 self.halted = True
             case P.Recycle():
@@ -187,8 +187,8 @@ class ChildState:
             case P.Ready():
                 self.ready = True
 
-    def _finished(self, outcomes: list[P.Outcome]) -> None:
-        for task_id, outcome, _ in outcomes:
+    def _finished(self, rows: list[P.OutcomeRow]) -> None:
+        for task_id, outcome, _ in rows:
             self.held.pop(task_id, None)
             self.started_ids.discard(task_id)
             self.counts[outcome] += 1
