@@ -122,3 +122,20 @@ def test_a_queue_rate_limit_is_shared_by_its_processes() -> None:
     specs = [child.spec for child in supervisor.children]
     assert [(s.rate_max_calls, s.rate_period_s) for s in specs] == [(10, 2.0), (10, 2.0)]
     supervisor.transport.close()
+
+
+def test_every_message_pickles_and_batches_travel_as_plain_tuples() -> None:
+    import pickle
+
+    rows = [("t1", 1, "r1", 0.0, 0)]
+    messages: list[P.Event] = [
+        P.Ready(1), P.Fetched(rows, 1.0), P.Polled(1.0), P.Started("t1", 1.0, None),
+        P.Finished([("t1", P.ACKED, 0.5)]), P.Halted(), P.Recycle("max_memory_mb"), P.Settled("t1", 1, P.DEAD),
+        P.ChildStarted(1), P.ChildExited(1, restarted=True),
+    ]
+    for message in [*messages, P.CrashNotice("t1", 1, 1, 0, None)]:
+        assert pickle.loads(pickle.dumps(message)) == message
+    fetched = pickle.loads(pickle.dumps(P.Fetched(rows, 1.0)))
+    assert type(fetched.rows[0]) is tuple  # cheap to pickle: no NamedTuple per task
+    assert fetched.entries == [P.HeldEntry("t1", 1, "r1", 0.0, 0)] and fetched.entries[0].receipt == "r1"
+    assert P.Finished([("t1", P.ACKED, 0.5)]).outcomes[0].duration_s == 0.5
