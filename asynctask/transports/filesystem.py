@@ -62,7 +62,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from asynctask.errors import TaskDecodeError
-from asynctask.task import MAX_PRIORITY, DeadTask, QueueStats, Task, decode_payload, new_task_id
+from asynctask.task import MAX_PRIORITY, Task, decode_payload, new_task_id
+from asynctask.transports.admin import AdminHooks
 from asynctask.transports.base import Backoff, Transport, dead_reason_for_undecodable
 from asynctask.transports.filesystem_admin import FileAdmin
 from asynctask.transports.filesystem_layout import (
@@ -91,12 +92,12 @@ PRIORITIES = range(MAX_PRIORITY, -1, -1)
 PROMOTE_BATCH = 1000
 
 
-class FilesystemTransport(Transport):
+class FilesystemTransport(AdminHooks, Transport):
     """Queues as files under one directory; safe across threads and processes of one host.
 
     It holds a :class:`FileStore` (paths and atomic moves) and a :class:`FileAdmin` (inspection
-    and administration over that store); the fetch (``_take`` and the maintenance it runs) lives
-    here.
+    and administration over that store, which answers the admin hooks: :class:`AdminHooks`); the
+    fetch (``_take`` and the maintenance it runs) lives here.
     """
 
     schemes = ("filesys", "file")
@@ -342,29 +343,6 @@ class FilesystemTransport(Transport):
             found = self.store.delivery(task)
             if found is not None:
                 self.store.bury(found[0], found[1], found[2], reason)
-
-    # -- inspecting and administering: the FileAdmin's ------------------------------------------
-
-    def _stats(self, queue: str) -> QueueStats:
-        return self.admin.stats(queue)
-
-    def _queues(self) -> list[str]:
-        return self.admin.queues()
-
-    def _purge(self, queue: str) -> int:
-        return self.admin.purge(queue)
-
-    def _dead_tasks(self, queue: str, limit: int) -> list[DeadTask]:
-        return self.admin.dead_tasks(queue, limit)
-
-    def _replay_dead(self, queue: str, ids: list[str] | None) -> int:
-        return self.admin.replay_dead(queue, ids)
-
-    def _purge_dead(self, queue: str, ids: list[str] | None) -> int:
-        return self.admin.purge_dead(queue, ids)
-
-    def _claim_once(self, key: str, ttl_s: float) -> bool:
-        return self.admin.claim_once(key, ttl_s)
 
     def close(self) -> None:
         """Forget the cached listings (the next call lists again).  Idempotent."""

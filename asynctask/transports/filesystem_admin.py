@@ -157,7 +157,7 @@ class FileAdmin:
             os.unlink(stem + ".reason")
         return True
 
-    def claim_once(self, key: str, ttl: float) -> bool:
+    def claim_once(self, key: str, ttl_s: float) -> bool:
         path = f"{self.store.root}/claims/{hashlib.sha256(key.encode()).hexdigest()[:40]}"
         with self.store.os_errors("claim a key"):
             if time.monotonic() >= self._claims_swept_at + CLAIM_SWEEP_S:
@@ -172,7 +172,7 @@ class FileAdmin:
                     now = time.time_ns()
                     if stat.st_mtime_ns > now:
                         return False
-                    os.utime(fd, ns=(now + int(ttl * NS), now + int(ttl * NS)))
+                    os.utime(fd, ns=(now + int(ttl_s * NS), now + int(ttl_s * NS)))
                     if self.store.fsync:
                         os.fsync(fd)
                     return True
