@@ -56,6 +56,12 @@ publish mandatory and confirmed.  For an asynctask queue ``<q>``:
 ``<prefix>.registry``, ``<prefix>.lock``
     What ``queues()`` and ``stats()`` read, and the lock of their readers (see ``amqp_admin.py``).
 
+Modules: :class:`AmqpTransport` (here: fetching, handing out, submitting, finishing deliveries)
+holds an :class:`~asynctask.transports.amqp_connection.AmqpConnection` (the connection, channels,
+declarations and confirmed publishing), the consumer state
+(:class:`~asynctask.transports.amqp_consumer.Consumers`) and an
+:class:`~asynctask.transports.amqp_admin.AmqpAdmin` (stats, purge, dead letters, registry, claims).
+
 Consuming: ``basic.consume`` with manual acks on the first fetch from a queue; deliveries wait in a
 local buffer ordered by priority then arrival, and ``get_tasks`` returns from it, waiting up to
 ``timeout_s`` in ``process_data_events`` (no polling).  Acks of contiguous delivery tags go as one
@@ -93,22 +99,21 @@ the next call, which then goes on.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
-import itertools
 import logging
-import math
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pika
 
-from asynctask.errors import TaskDecodeError, TransportError
+from asynctask.errors import TaskDecodeError
 from asynctask.task import Task, decode_payload, new_task_id
+from asynctask.transports.admin import AdminHooks
 from asynctask.transports.amqp_admin import AmqpAdmin
-from asynctask.transports.amqp_consumer import Consumer, Delivery, ack_tags, qos_for
+from asynctask.transports.amqp_connection import AmqpConnection
+from asynctask.transports.amqp_consumer import Consumer, Consumers, Delivery, ack_tags
 from asynctask.transports.amqp_names import (
     HDR_ATTEMPTS,
     HDR_DEAD_AT,
@@ -122,7 +127,7 @@ from asynctask.transports.amqp_names import (
     task_properties,
     to_ms,
 )
-from asynctask.transports.base import dead_reason_for_undecodable
+from asynctask.transports.base import Transport, dead_reason_for_undecodable
 
 __all__ = ["AmqpTransport"]
 
@@ -136,98 +141,44 @@ SYNC_WAIT_S = 1.0
 GRACE_S = 0.005
 
 
-class AmqpTransport(AmqpAdmin):
-    """RabbitMQ through pika; see the module docstring for the layout and the threading rule."""
+class AmqpTransport(AdminHooks, Transport):
+    """RabbitMQ through pika; see the module docstring for the layout and the threading rule.
+
+    It holds ``connection`` (:class:`AmqpConnection`), ``consumers`` (:class:`Consumers`, told by
+    the connection when it is lost) and ``admin`` (:class:`AmqpAdmin` over both, which answers
+    the admin hooks: :class:`AdminHooks`); fetching and finishing deliveries live here.
+    """
+
+    schemes = ("amqp", "amqps")
+    portable_receipts = False
+    ack_window_s = 0.001  # an ack is a frame without a round trip: send it almost at once
 
     def __init__(self, url: str) -> None:
-        self._consumers: dict[str, Consumer] = {}
-        self._by_receipt: dict[str, Delivery] = {}  # the handed-out, current ones
-        self._seq = itertools.count()
-        self._token = uuid.uuid4().hex[:12]
         super().__init__(url)
+        self.connection = AmqpConnection(url)
+        if self.connection.options.lease_s is not None:
+            self.lease_s = self.connection.options.lease_s
+        self.consumers = Consumers(self.connection)
+        self.connection.on_lost = self.consumers.reset
+        self.admin = AmqpAdmin(self.connection, self.consumers)
+        self._token = uuid.uuid4().hex[:12]
 
     # -- consuming ---------------------------------------------------------------------------
 
-    def _reset_consumers(self) -> None:
-        self._consumers, self._by_receipt = {}, {}
-
-    def _on_message(self, consumer: Consumer, method: Any, properties: Any, body: bytes) -> None:
-        headers = properties.headers or {}
-        try:
-            before = int(headers.get(HDR_ATTEMPTS, 0))
-        except (TypeError, ValueError):
-            before = 0
-        returns = headers.get("x-delivery-count")
-        extra = int(returns) if isinstance(returns, int) else (1 if method.redelivered else 0)
-        delivery = Delivery(consumer, method.delivery_tag, next(self._seq), properties, body, before + 1 + extra)
-        consumer.unacked[delivery.tag] = delivery
-        heapq.heappush(consumer.buffer, delivery.entry())
-
-    def _consumer(self, queue: str, max_count: int) -> Consumer:
-        consumer = self._consumers.get(queue)
-        if consumer is None:
-            consumer = self._consumers[queue] = Consumer(queue, self._conn.channel())
-
-            def on_cancel(_frame: Any) -> None:  # the broker cancelled it: the queue was deleted
-                logger.warning("RabbitMQ cancelled the consumer of %s; consuming again", queue)
-                self._declared.pop(self.names.work(queue), None)
-                consumer.cancelled = True
-
-            consumer.channel.add_on_cancel_callback(on_cancel)
-        self._set_qos(consumer, max_count)
-        if consumer.cancelled:
-            name = self.ensure_work(queue)
-
-            def on_message(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
-                self._on_message(consumer, method, properties, body)
-
-            consumer.channel.basic_consume(name, on_message, auto_ack=False)
-            consumer.cancelled = False
-        return consumer
-
-    def _set_qos(self, consumer: Consumer, max_count: int) -> None:
-        if self.options.queue_type == "quorum":
-            # Quorum queues refuse a channel-wide qos, and a consumer's own is fixed when it starts.
-            if not consumer.qos:
-                consumer.channel.basic_qos(prefetch_count=self.options.prefetch)
-                consumer.qos = self.options.prefetch
-            return
-        qos = qos_for(max_count, self.options.prefetch)
-        if qos != consumer.qos:
-            consumer.channel.basic_qos(prefetch_count=qos, global_qos=True)  # channel-wide: applies at once
-            consumer.qos = qos
-
-    def _pump(self) -> None:
-        if self._consumers:
-            self._conn.process_data_events(time_limit=0)
-
-    def _expire_leases(self) -> float:
-        """Put deliveries whose lease ran out back in their buffer; return the next lease end."""
-        now = time.monotonic()
-        next_end = math.inf
-        for receipt, delivery in list(self._by_receipt.items()):
-            if delivery.lease_until <= now:
-                del self._by_receipt[receipt]
-                delivery.receipt = ""
-                delivery.attempts += 1
-                heapq.heappush(delivery.consumer.buffer, delivery.entry())
-            else:
-                next_end = min(next_end, delivery.lease_until)
-        return next_end
-
     def _get_tasks(self, queue: str, max_count: int, timeout_s: float, lease_s: float) -> list[Task]:
         deadline = time.monotonic() + timeout_s
-        with self._guard():
-            consumer = self._consumer(queue, max_count)
+        connection = self.connection
+        with connection.guard():
+            consumer = self.consumers.consumer(queue, max_count)
             buffer = consumer.buffer
             stage = 0
             pump = True
             while True:
-                next_end = self._expire_leases()
+                next_end = self.consumers.expire_leases()
                 if pump and len(buffer) < max_count:
                     # Only before the first wait: a wait returns having read all that had arrived, so
                     # another pass would only delay handing out what it brought.
-                    self._conn.process_data_events(time_limit=0)
+                    connection.conn.process_data_events(time_limit=0)
                     pump = False
                 tasks = self._hand_out(consumer, max_count, lease_s) if buffer else []
                 remaining = deadline - time.monotonic()
@@ -241,22 +192,23 @@ class AmqpTransport(AmqpAdmin):
                         return []
                     if stage == 0:
                         remaining = GRACE_S
-                    elif self.passive(self.names.work(queue)):
+                    elif connection.passive(connection.names.work(queue)):
                         remaining = SYNC_WAIT_S
                     else:
                         return []
                     stage += 1
                     deadline = time.monotonic() + remaining
                 wait = min(remaining, max(next_end - time.monotonic(), 0.001))
-                self._conn.process_data_events(time_limit=wait)
+                connection.conn.process_data_events(time_limit=wait)
 
     def _hand_out(self, consumer: Consumer, max_count: int, lease_s: float) -> list[Task]:
         """Take up to ``max_count`` from the buffer (the hot path: kept lean)."""
         tasks: list[Task] = []
-        buffer, unacked, by_receipt = consumer.buffer, consumer.unacked, self._by_receipt
+        buffer, unacked, by_receipt = consumer.buffer, consumer.unacked, self.consumers.by_receipt
+        seq = self.consumers.seq
         lease_until = time.monotonic() + lease_s
         now = time.time()
-        prefix = f"{self._token}.{self.generation}."
+        prefix = f"{self._token}.{self.connection.generation}."
         while buffer and len(tasks) < max_count:
             delivery = heapq.heappop(buffer)[2]
             if delivery.tag not in unacked:
@@ -272,7 +224,7 @@ class AmqpTransport(AmqpAdmin):
             if due is not None and from_ms(due) - now > EARLY_TOLERANCE_S:
                 self._republish(delivery, delivery.attempts - 1, from_ms(due) - now)
                 continue
-            delivery.receipt = receipt = prefix + str(next(self._seq))
+            delivery.receipt = receipt = prefix + str(next(seq))
             delivery.lease_until = lease_until
             by_receipt[receipt] = delivery
             tasks.append(
@@ -291,15 +243,17 @@ class AmqpTransport(AmqpAdmin):
     # -- producing ---------------------------------------------------------------------------
 
     def _target(self, queue: str, delay_s: float) -> str:
-        return self.ensure_delay(queue, delay_bucket_ms(delay_s)) if delay_s > 0 else self.ensure_work(queue)
+        if delay_s > 0:
+            return self.connection.ensure_delay(queue, delay_bucket_ms(delay_s))
+        return self.connection.ensure_work(queue)
 
     def _submit(self, queue: str, bodies: list[str], delay_s: float, priority: int) -> list[str]:
-        with self._guard():
+        with self.connection.guard():
             target = self._target(queue, delay_s)
             now = time.time()
             due = now + delay_s if delay_s > 0 else 0.0
             ids = [new_task_id() for _ in bodies]
-            self.publish_all(
+            self.connection.publish_all(
                 [
                     (target, task_properties(task_id, priority, 0, now, due), body.encode())
                     for task_id, body in zip(ids, bodies, strict=True)
@@ -309,24 +263,17 @@ class AmqpTransport(AmqpAdmin):
 
     # -- finishing a delivery --------------------------------------------------------------------
 
-    def _take(self, task: Task) -> Delivery | None:
-        """The current delivery named by ``task.receipt``, no longer current; None if it is not."""
-        delivery = self._by_receipt.pop(task.receipt, None)
-        if delivery is None or self._conn is None:
-            return None
-        return delivery
-
     def _ack(self, task: Task) -> None:
         self._ack_tasks([task])
 
     def _ack_tasks(self, tasks: Sequence[Task]) -> None:
         """Ack in one frame when the tags are contiguous (``multiple``); a lost lease is a no-op."""
         by_consumer: dict[int, tuple[Consumer, list[int]]] = {}
-        for delivery in map(self._take, tasks):
+        for delivery in map(self.consumers.take, tasks):
             if delivery is not None:
                 by_consumer.setdefault(id(delivery.consumer), (delivery.consumer, []))[1].append(delivery.tag)
         if by_consumer:
-            with self._guard(reconnect=False):
+            with self.connection.guard(reconnect=False):
                 for consumer, tags in by_consumer.values():
                     ack_tags(consumer, tags)
 
@@ -336,7 +283,7 @@ class AmqpTransport(AmqpAdmin):
         due = time.time() + delay_s if delay_s > 0 else 0.0
         task_id = properties.message_id or new_task_id()
         new = task_properties(task_id, properties.priority or 0, max(attempts, 0), enqueued, due)
-        self.publish_all([(self._target(delivery.consumer.queue, delay_s), new, delivery.body)])
+        self.connection.publish_all([(self._target(delivery.consumer.queue, delay_s), new, delivery.body)])
         ack_tags(delivery.consumer, [delivery.tag])
 
     def _nack(self, task: Task, delay_s: float, count_attempt: bool) -> None:
@@ -345,20 +292,10 @@ class AmqpTransport(AmqpAdmin):
         The count comes from ``task.attempts`` (that of the delivery, unless the caller lowered it:
         the runner does to undo the redelivery count of a crash, which the broker cannot tell apart).
         """
-        delivery = self._take(task)
+        delivery = self.consumers.take(task)
         if delivery is not None:
-            with self._kept_on_failure(delivery), self._guard(reconnect=False):
+            with self.consumers.kept_on_failure(delivery), self.connection.guard(reconnect=False):
                 self._republish(delivery, task.attempts - (0 if count_attempt else 1), delay_s)
-
-    @contextlib.contextmanager
-    def _kept_on_failure(self, delivery: Delivery) -> Iterator[None]:
-        """When giving a delivery back fails but its channel lives, it stays current (retry-able)."""
-        try:
-            yield
-        except TransportError:
-            if self._consumers.get(delivery.consumer.queue) is delivery.consumer:
-                self._by_receipt[delivery.receipt] = delivery
-            raise
 
     def _bury(self, delivery: Delivery, reason: str) -> None:
         properties = delivery.properties
@@ -376,44 +313,19 @@ class AmqpTransport(AmqpAdmin):
             timestamp=int(now),
             headers=headers,
         )
-        self.publish_all([(self.names.dead(delivery.consumer.queue), dead, delivery.body)])
+        self.connection.publish_all([(self.connection.names.dead(delivery.consumer.queue), dead, delivery.body)])
         ack_tags(delivery.consumer, [delivery.tag])
         logger.debug("task %s of %s is dead: %s", dead.message_id, delivery.consumer.queue, reason)
 
-    def _dead(self, task: Task, reason: str) -> None:
-        delivery = self._take(task)
-        if delivery is not None:
-            with self._kept_on_failure(delivery), self._guard(reconnect=False):
-                self._bury(delivery, reason)
-
     def _extend(self, task: Task, lease_s: float) -> bool:
         """Local only (safe from another thread): True while the delivery is current."""
-        delivery = self._by_receipt.get(task.receipt)
-        if delivery is None or not delivery.consumer.channel.is_open:
-            return False
-        delivery.lease_until = time.monotonic() + lease_s
-        return True
+        return self.consumers.extend(task, lease_s)
 
-    # -- local counts for stats and purge ---------------------------------------------------------
-
-    def _waiting(self, queue: str) -> list[Delivery]:
-        consumer = self._consumers.get(queue)
-        if consumer is None:
-            return []
-        return [entry[2] for entry in sorted(consumer.buffer) if entry[2].tag in consumer.unacked]
-
-    def _local_counts(self, queue: str) -> tuple[int, int, float | None]:
-        waiting = self._waiting(queue)
-        in_flight = sum(1 for d in self._by_receipt.values() if d.consumer.queue == queue)
-        oldest = min((enqueued_at(d.properties) for d in waiting), default=None)
-        return len(waiting), in_flight, oldest
-
-    def _drop_buffered(self, queue: str) -> int:
-        waiting = self._waiting(queue)
-        if waiting:
-            waiting[0].consumer.buffer.clear()
-            ack_tags(waiting[0].consumer, [d.tag for d in waiting])
-        return len(waiting)
+    def _dead(self, task: Task, reason: str) -> None:
+        delivery = self.consumers.take(task)
+        if delivery is not None:
+            with self.consumers.kept_on_failure(delivery), self.connection.guard(reconnect=False):
+                self._bury(delivery, reason)
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -423,7 +335,7 @@ class AmqpTransport(AmqpAdmin):
         enqueued = enqueued_at(properties) or time.time()
         task_id = properties.message_id or new_task_id()
         copy = task_properties(task_id, properties.priority or 0, delivery.attempts - 1, enqueued, 0.0)
-        return self.names.work(delivery.consumer.queue), copy, delivery.body
+        return self.connection.names.work(delivery.consumer.queue), copy, delivery.body
 
     def close(self) -> None:
         """Give back what was prefetched but not handed out (unchanged attempts), then disconnect.
@@ -434,24 +346,25 @@ class AmqpTransport(AmqpAdmin):
         arrive during the cancel and come back counting an attempt (any number on quorum queues,
         whose consumer qos cannot change).
         """
-        if self._conn is None:
+        conn = self.connection.conn
+        if conn is None:
             return
         try:
-            if self._conn.is_open and self._consumers:
-                for consumer in self._consumers.values():
-                    self._conn.process_data_events(time_limit=0)
-                    if self.options.queue_type != "quorum":
+            if conn.is_open and self.consumers.by_queue:
+                for consumer in self.consumers.by_queue.values():
+                    conn.process_data_events(time_limit=0)
+                    if self.connection.options.queue_type != "quorum":
                         consumer.channel.basic_qos(prefetch_count=1, global_qos=True)
-                        self._conn.process_data_events(time_limit=0)
+                        conn.process_data_events(time_limit=0)
                     for tag in list(consumer.channel.consumer_tags):
                         consumer.channel.basic_cancel(tag)
-                    waiting = self._waiting(consumer.queue)
-                    self.publish_all([self._copy(delivery) for delivery in waiting])
+                    waiting = self.consumers.waiting(consumer.queue)
+                    self.connection.publish_all([self._copy(delivery) for delivery in waiting])
                     ack_tags(consumer, [d.tag for d in waiting])
-            if self._conn.is_open:
-                self._conn.close()
+            if conn.is_open:
+                conn.close()
         except Exception as exc:  # closing must not raise
             logger.debug("closing %r: %s", self, exc)
         finally:
-            self._conn = self._pub = self._admin = None
-            self._reset_consumers()
+            self.connection.drop()
+            self.consumers.reset()

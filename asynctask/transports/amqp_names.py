@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
 import ssl
@@ -35,6 +36,23 @@ PUBLISH_CHUNK = 2000
 
 _PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
 PERSISTENT = 2
+
+
+def _not_a_missing_queue(record: logging.LogRecord) -> bool:
+    """False for pika's warning about a 404 "no queue" channel close: the answer to a passive declare."""
+    if not str(record.msg).startswith("Received remote Channel.Close"):
+        return True
+    args = record.args if isinstance(record.args, tuple) else ()
+    return not (
+        len(args) >= 2
+        and isinstance(args[0], int)
+        and args[0] == 404
+        and str(args[1]).startswith("NOT_FOUND - no queue")
+    )
+
+
+# Here because every module of the AMQP transport imports this one: installed before any declare.
+logging.getLogger("pika.channel").addFilter(_not_a_missing_queue)
 
 
 def to_ms(epoch_s: float) -> int:

@@ -37,8 +37,8 @@ def amqp_url() -> Iterator[str]:
     url = f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/%2F?prefix=asynctask_cli_{uuid.uuid4().hex[:8]}"
     yield url
     with contextlib.closing(AmqpTransport(url)) as transport:
-        channel = transport._conn.channel()
-        for name in transport.registered_names():
+        channel = transport.connection.conn.channel()
+        for name in transport.admin.registered_names():
             channel.queue_delete(name)
 
 

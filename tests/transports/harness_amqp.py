@@ -36,8 +36,8 @@ def new_prefix() -> str:
 def cleanup(url: str) -> None:
     """Delete every queue the registry of ``url``'s prefix knows."""
     with contextlib.closing(AmqpTransport(url)) as transport:
-        names = transport.registered_names()
-        channel = transport._conn.channel()
+        names = transport.admin.registered_names()
+        channel = transport.connection.conn.channel()
         for name in names:
             channel.queue_delete(name)
         channel.close()
@@ -50,9 +50,9 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
     transport = AmqpTransport(url)
 
     def inject_garbage(queue: str) -> None:
-        with transport._guard():
-            name = transport.ensure_work(queue)
-            transport.publish([(name, None, b"\xff{this is not json")])
+        with transport.connection.guard():
+            name = transport.connection.ensure_work(queue)
+            transport.connection.publish([(name, None, b"\xff{this is not json")])
 
     try:
         yield Harness("amqp", url, transport, cross_process=True, inject_garbage=inject_garbage)

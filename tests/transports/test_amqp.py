@@ -153,12 +153,12 @@ def test_unreachable_broker_is_one_line_naming_host_port_without_the_password() 
 
 def test_a_connection_lost_mid_call_raises_unavailable_then_the_next_call_reconnects(transport: AmqpTransport) -> None:
     transport.submit_tasks("midcall", [{"n": 1}])
-    transport._ensure = lambda: None  # type: ignore[method-assign]  # so the break is met mid-call
-    transport._conn._impl._transport._sock.shutdown(socket.SHUT_RDWR)
+    transport.connection.ensure = lambda: None  # type: ignore[method-assign]  # so the break is met mid-call
+    transport.connection.conn._impl._transport._sock.shutdown(socket.SHUT_RDWR)
     with pytest.raises(TransportUnavailableError) as info:
         transport.get_tasks("midcall", 10, timeout_s=1)
     assert f"{AMQP_HOST}:{AMQP_PORT}" in str(info.value)
-    del transport._ensure
+    del transport.connection.ensure
     task = transport.get_task("midcall", timeout_s=5)
     assert task is not None and task.attempts == 1
     transport.ack(task)
@@ -179,8 +179,8 @@ def test_repr_masks_the_password(transport: AmqpTransport) -> None:
 def publish_raw(url: str, queue: str, body: bytes, **properties: object) -> None:
     """Publish as a foreign producer would: plain pika, none of asynctask's headers."""
     with contextlib.closing(AmqpTransport(url)) as transport:
-        name = transport.ensure_work(queue)
-        channel = transport._conn.channel()
+        name = transport.connection.ensure_work(queue)
+        channel = transport.connection.conn.channel()
         channel.confirm_delivery()
         channel.basic_publish("", name, body, pika.BasicProperties(delivery_mode=2, **properties))
 
@@ -252,7 +252,7 @@ def test_delays_use_rounded_holding_queues(transport: AmqpTransport) -> None:
     transport.submit_task("late", {"d": 0.3}, delay_s=0.3)
     transport.submit_task("late", {"d": 0.301}, delay_s=0.301)  # 301 ms: its own bucket (two digits: 310)
     for ms in (300, 310, 600):
-        assert transport.passive(transport.names.delay("late", ms)) == 1
+        assert transport.connection.passive(transport.connection.names.delay("late", ms)) == 1
     order = []
     while len(order) < 3 and time.monotonic() - started < 10:
         task = transport.get_task("late", timeout_s=5)
@@ -286,7 +286,7 @@ def test_claim_with_a_very_different_ttl_on_the_same_key(transport: AmqpTranspor
     assert transport.claim_once("k:ttl", 0.5) is False
     long_key = "k:" + "é" * 190
     assert transport.claim_once(long_key, 5) is True and transport.claim_once(long_key, 5) is False
-    assert ".sha1-" in transport.names.claim(long_key)
+    assert ".sha1-" in transport.connection.names.claim(long_key)
 
 
 def test_extend_from_another_thread_while_the_owner_waits(transport: AmqpTransport) -> None:
@@ -317,7 +317,7 @@ def test_a_lost_connection_is_replaced_and_old_receipts_are_stale(transport: Amq
     transport.submit_tasks("lost", [{"n": 1}])
     task = transport.get_task("lost", timeout_s=5)
     assert task is not None
-    transport._conn._impl._transport._sock.shutdown(socket.SHUT_RDWR)  # the connection breaks
+    transport.connection.conn._impl._transport._sock.shutdown(socket.SHUT_RDWR)  # the connection breaks
     again = transport.get_task("lost", timeout_s=5)  # noticed, reconnected; the broker gave it back
     assert transport.extend(task, 5) is False
     assert again is not None and again.id == task.id and again.attempts == 2
@@ -351,7 +351,7 @@ def test_a_deleted_queue_is_consumed_again_once_recreated(url: str, transport: A
     assert task is not None
     transport.ack(task)
     with contextlib.closing(AmqpTransport(url)) as admin:
-        admin._admin_channel().queue_delete(admin.names.work("gone"))
+        admin.connection.admin_channel().queue_delete(admin.connection.names.work("gone"))
     assert transport.get_task("gone", timeout_s=0.3) is None
     with contextlib.closing(AmqpTransport(url)) as producer:
         producer.submit_task("gone", {"n": 2})

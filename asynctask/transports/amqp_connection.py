@@ -1,8 +1,9 @@
-"""Connection, channels, queue names and confirmed publishing for the AMQP transport.
+"""Connection, channels, declarations and confirmed publishing for the AMQP transport.
 
 Read :mod:`asynctask.transports.amqp` first: its docstring states the URL, the options and every
-queue declared.  This module holds what the consuming side (``amqp.py``) and the administration side
-(``amqp_admin.py``) share: one ``BlockingConnection`` with three channels, used from ONE thread.
+queue declared.  :class:`AmqpConnection` is what the transport (``amqp.py``), its consumers
+(``amqp_consumer.py``) and its administration (``amqp_admin.py``) share: one ``BlockingConnection``
+with three kinds of channels, used from ONE thread.
 
 * one *consume* channel per queue fetched from (opened by ``amqp.py``), each with its own
   ``basic.qos`` and consumer; delivery tags are only valid while their channel is open, and a
@@ -22,8 +23,8 @@ next call connects again.  A refused login or an unknown or forbidden vhost is a
 ``TransportUnavailableError`` (as on Redis and PostgreSQL: ``asynctask-workers`` exits 3), its
 message naming the user, host and vhost with the password masked.
 
-pika logs the broker's 404 answer to a passive declare (how :meth:`AmqpCore.passive` learns that a
-queue does not exist yet) as a warning; that one line is dropped here, being no problem.
+pika logs the broker's 404 answer to a passive declare (how :meth:`AmqpConnection.passive` learns that a
+queue does not exist yet) as a warning; ``amqp_names`` drops that one line, being no problem.
 """
 
 from __future__ import annotations
@@ -33,14 +34,16 @@ import contextlib
 import logging
 import select
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pika
 import pika.exceptions
 
 from asynctask.errors import TransportError, TransportUnavailableError
+from asynctask.task import MAX_PRIORITY
 from asynctask.transports.amqp_names import (
+    MAX_TTL_MS,
     PERSISTENT,
     PUBLISH_CHUNK,
     Names,
@@ -48,46 +51,35 @@ from asynctask.transports.amqp_names import (
     describe,
     parse_amqp_url,
 )
-from asynctask.transports.base import Transport
 
 logger = logging.getLogger(__name__)
 
-
-def _not_a_missing_queue(record: logging.LogRecord) -> bool:
-    """False for pika's warning about a 404 "no queue" channel close: the answer to a passive declare."""
-    if not str(record.msg).startswith("Received remote Channel.Close"):
-        return True
-    args = record.args if isinstance(record.args, tuple) else ()
-    return not (len(args) >= 2 and isinstance(args[0], int) and args[0] == 404
-                and str(args[1]).startswith("NOT_FOUND - no queue"))
-
-
-logging.getLogger("pika.channel").addFilter(_not_a_missing_queue)
 
 #: Frames waiting to be written are joined into buffers of about this size (see ``_coalesce_output``).
 COALESCE_BYTES = 64 * 1024
 
 
-class AmqpCore(Transport):
-    """Connection handling shared by the AMQP transport's modules; see the module docstring."""
+class AmqpConnection:
+    """The connection of one AMQP transport: channels, declarations, confirmed publishing.
 
-    schemes = ("amqp", "amqps")
-    portable_receipts = False
-    ack_window_s = 0.001  # an ack is a frame without a round trip: send it almost at once
+    Connects when made (raising ``TransportUnavailableError`` when it cannot) and again in
+    :meth:`guard` after a loss.  ``conn`` is the pika connection (None while there is none),
+    ``generation`` counts connections made (a receipt names the one it came from), and
+    ``on_lost`` is called whenever the connection is dropped, so that whoever holds deliveries
+    of it forgets them (their tags died with it).  Used from one thread.
+    """
 
     def __init__(self, url: str) -> None:
-        super().__init__(url)
         parsed, self.options = parse_amqp_url(url)
-        if self.options.lease_s is not None:
-            self.lease_s = self.options.lease_s
         self._params = connection_parameters(parsed, self.options)
-        self._where = f"{self._params.host}:{self._params.port}"
+        self.where = f"{self._params.host}:{self._params.port}"
         self._masked = parsed.masked
         self.names = Names(self.options.prefix)
-        self._conn: Any = None
+        self.conn: Any = None
         self._pub: Any = None
         self._admin: Any = None
         self.generation = 0
+        self.on_lost: Callable[[], None] = lambda: None
         self._declared: dict[str, float] = {}
         self._unconfirmed: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._nacked: list[int] = []
@@ -103,17 +95,17 @@ class AmqpCore(Transport):
             conn = pika.BlockingConnection(self._params)
         except (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError) as exc:
             raise TransportUnavailableError(
-                f"RabbitMQ at {self._where} refused the login of user {self._params.credentials.username!r}"
+                f"RabbitMQ at {self.where} refused the login of user {self._params.credentials.username!r}"
                 f" ({self._masked}): {describe(exc)}"
             ) from None
         except pika.exceptions.ProbableAccessDeniedError as exc:
             raise TransportUnavailableError(
-                f"RabbitMQ at {self._where} denied access to vhost {self._params.virtual_host!r}"
+                f"RabbitMQ at {self.where} denied access to vhost {self._params.virtual_host!r}"
                 f" ({self._masked}): {describe(exc)}"
             ) from None
         except (pika.exceptions.AMQPError, OSError) as exc:
             raise TransportUnavailableError(
-                f"cannot connect to RabbitMQ at {self._where} ({self._masked}): {describe(exc)}"
+                f"cannot connect to RabbitMQ at {self.where} ({self._masked}): {describe(exc)}"
             ) from None
         try:
             pub = conn.channel()
@@ -125,27 +117,27 @@ class AmqpCore(Transport):
             with contextlib.suppress(Exception):
                 conn.close()
             raise TransportUnavailableError(
-                f"cannot open channels on RabbitMQ at {self._where} ({self._masked}): {describe(exc)}"
+                f"cannot open channels on RabbitMQ at {self.where} ({self._masked}): {describe(exc)}"
             ) from None
-        self._conn, self._pub, self._admin = conn, pub, None
+        self.conn, self._pub, self._admin = conn, pub, None
         self._unconfirmed.clear()
         self._pub_seq = 0
         self.generation += 1
         if self._outage:
-            logger.warning("reconnected to RabbitMQ at %s", self._where)
+            logger.warning("reconnected to RabbitMQ at %s", self.where)
             self._outage = False
 
-    def _ensure(self) -> None:
+    def ensure(self) -> None:
         """Connect when there is no open connection.  An open one is first asked for what the
         broker sent (a close, EOF, heartbeats): a connection the broker dropped while this
         instance was idle is replaced before it is used, instead of failing the call."""
-        if self._conn is not None and self._conn.is_open and self._has_input():
+        if self.conn is not None and self.conn.is_open and self._has_input():
             try:
-                self._conn.process_data_events(time_limit=0)
+                self.conn.process_data_events(time_limit=0)
             except (pika.exceptions.AMQPError, OSError, AssertionError) as exc:
                 self._lost(exc)
-        if self._conn is None or not self._conn.is_open:
-            if self._conn is not None:
+        if self.conn is None or not self.conn.is_open:
+            if self.conn is not None:
                 self._lost(None)
             self._connect()
 
@@ -156,7 +148,7 @@ class AmqpCore(Transport):
         turn, ~0.1 ms): it runs before every publish, so before the message leaves.  True when the
         socket cannot be inspected (then the caller lets pika look), or TLS holds decrypted bytes.
         """
-        sock = getattr(getattr(self._conn._impl, "_transport", None), "_sock", None)
+        sock = getattr(getattr(self.conn._impl, "_transport", None), "_sock", None)
         if sock is None:
             return True
         try:
@@ -174,53 +166,55 @@ class AmqpCore(Transport):
         if not self._outage:
             logger.warning(
                 "lost the connection to RabbitMQ at %s: %s; reconnecting on the next call",
-                self._where,
+                self.where,
                 describe(exc) if exc is not None else "connection closed",
             )
             self._outage = True
-        conn, self._conn, self._pub, self._admin = self._conn, None, None, None
+        conn, self.conn, self._pub, self._admin = self.conn, None, None, None
         self._declared.clear()
-        self._reset_consumers()
+        self.on_lost()
         if conn is not None and conn.is_open:
             with contextlib.suppress(Exception):
                 conn.close()
 
-    def _reset_consumers(self) -> None:
-        """Hook: drop every consumer, buffered message and current delivery (the channel is gone)."""
-
     @contextlib.contextmanager
-    def _guard(self, reconnect: bool = True) -> Iterator[None]:
+    def guard(self, reconnect: bool = True) -> Iterator[None]:
         """Connect if needed; translate pika errors, dropping the connection on any of them.
 
         AssertionError is caught too: pika asserts on its own state when a channel died under it.
         """
         if reconnect:
-            self._ensure()
+            self.ensure()
         try:
             yield
         except pika.exceptions.ChannelClosedByBroker as exc:
             self._lost(exc)
-            raise TransportError(f"RabbitMQ at {self._where} closed a channel: {describe(exc)}") from None
+            raise TransportError(f"RabbitMQ at {self.where} closed a channel: {describe(exc)}") from None
         except pika.exceptions.ConnectionClosedByBroker as exc:
             self._lost(exc)
             raise TransportUnavailableError(
-                f"RabbitMQ at {self._where} closed the connection: {describe(exc)}"
+                f"RabbitMQ at {self.where} closed the connection: {describe(exc)}"
             ) from None
         except (pika.exceptions.AMQPError, OSError, AssertionError) as exc:
             self._lost(exc)
             raise TransportUnavailableError(
-                f"lost the connection to RabbitMQ at {self._where}: {describe(exc)}"
+                f"lost the connection to RabbitMQ at {self.where}: {describe(exc)}"
             ) from None
 
-    def _admin_channel(self) -> Any:
+    def drop(self) -> None:
+        """Forget the connection without closing it (its holder closed it, or gave up on it)."""
+        self.conn = self._pub = self._admin = None
+
+    def admin_channel(self) -> Any:
+        """The channel for commands the broker may answer by closing it (passive declares, purges)."""
         if self._admin is None or not self._admin.is_open:
-            self._admin = self._conn.channel()
+            self._admin = self.conn.channel()
         return self._admin
 
     def passive(self, name: str) -> int | None:
         """Ready-message count of queue ``name``; None when it does not exist."""
         try:
-            return int(self._admin_channel().queue_declare(name, passive=True).method.message_count)
+            return int(self.admin_channel().queue_declare(name, passive=True).method.message_count)
         except pika.exceptions.ChannelClosedByBroker as exc:
             self._admin = None
             if exc.reply_code == 404:
@@ -257,7 +251,7 @@ class AmqpCore(Transport):
         ``submit_tasks`` throughput).  Only the buffering is changed (same bytes, same order); without
         the expected pika internals nothing is.
         """
-        buffers = getattr(getattr(self._conn._impl, "_transport", None), "_tx_buffers", None)
+        buffers = getattr(getattr(self.conn._impl, "_transport", None), "_tx_buffers", None)
         if not isinstance(buffers, collections.deque) or len(buffers) < 2:
             return
         joined: list[bytes] = []
@@ -297,13 +291,13 @@ class AmqpCore(Transport):
             returned, self._returned = self._returned, []
             if returned:
                 if not retry_unroutable:
-                    raise TransportError(f"RabbitMQ at {self._where} could not route to {returned[0][0]!r}")
+                    raise TransportError(f"RabbitMQ at {self.where} could not route to {returned[0][0]!r}")
                 for routing_key in {r[0] for r in returned}:
                     self._declared.pop(routing_key, None)
                     self.redeclare(routing_key)
                 again = self.publish([(rk, props, body) for rk, props, body in returned], retry_unroutable=False)
                 if again:
-                    raise TransportError(f"RabbitMQ at {self._where} refused a message to {returned[again[0]][0]!r}")
+                    raise TransportError(f"RabbitMQ at {self.where} refused a message to {returned[again[0]][0]!r}")
         return nacked
 
     def publish_all(self, items: list[tuple[str, Any, bytes]]) -> None:
@@ -311,12 +305,70 @@ class AmqpCore(Transport):
         nacked = self.publish(items)
         if nacked:
             raise TransportError(
-                f"RabbitMQ at {self._where} refused {len(nacked)} of {len(items)} messages to {items[nacked[0]][0]!r}"
+                f"RabbitMQ at {self.where} refused {len(nacked)} of {len(items)} messages to {items[nacked[0]][0]!r}"
             )
 
+    # -- declarations ----------------------------------------------------------------------------
+
+    def typed(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """``arguments`` with the queue type of the ``queue_type`` option (changed in place)."""
+        if self.options.queue_type == "quorum":
+            arguments["x-queue-type"] = "quorum"
+        return arguments
+
+    def work_arguments(self) -> dict[str, Any]:
+        if self.options.queue_type == "quorum":
+            return self.typed({})  # quorum queues have no priorities (RabbitMQ < 4.0)
+        return {"x-max-priority": MAX_PRIORITY}
+
+    def ensure_work(self, queue: str) -> str:
+        """Declare the work queue and its dead-letter queue; return the work queue's name."""
+        name = self.names.work(queue)
+        if name not in self._declared:
+            self.declare(self.names.dead(queue), self.typed({}))
+            self.declare(name, self.work_arguments(), register=f"queue\t{queue}")
+        return name
+
+    def ensure_delay(self, queue: str, ms: int) -> str:
+        """Declare the holding queue for ``ms``: TTL ``ms``, dead-lettering into the work queue.
+
+        It expires after ``2 * ms + 60 s`` unused and is declared again (which resets that) once
+        ``ms + 30 s`` have passed since this instance last did, so a message published to it always
+        has its full TTL before the queue can expire.
+        """
+        work = self.ensure_work(queue)
+        name = self.names.delay(queue, ms)
+        arguments: dict[str, Any] = {
+            "x-message-ttl": ms,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": work,
+            "x-expires": min(2 * ms + 60_000, MAX_TTL_MS),
+        }
+        if self.options.queue_type == "quorum":
+            arguments.update({"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
+        self.declare(name, self.typed(arguments), register=f"delay\t{queue}\t{ms}", refresh_s=ms / 1000 + 30)
+        return name
+
     def redeclare(self, name: str) -> None:
-        """Hook: declare queue ``name`` again after a publish to it came back unroutable."""
-        raise TransportError(f"RabbitMQ at {self._where}: queue {name!r} does not exist")
+        """Declare queue ``name`` again after a publish to it came back unroutable."""
+        prefix = self.names.prefix + "."
+        rest = name[len(prefix) :] if name.startswith(prefix) else ""
+        parts = rest.split(".")
+        if len(parts) == 1 and parts[0]:
+            self._declared.pop(name, None)
+            self.ensure_work(parts[0])
+        elif len(parts) == 2 and parts[1] == "dead":
+            self.declare(name, self.typed({}))
+        elif len(parts) == 3 and parts[1] == "delay" and parts[2].isdigit():
+            self.ensure_delay(parts[0], int(parts[2]))
+        elif name == self.names.registry:
+            self.declare(name, {})
+        else:
+            raise TransportError(f"RabbitMQ at {self.where}: queue {name!r} does not exist")
+
+    def forget(self, name: str) -> None:
+        """Declare queue ``name`` again when next used (it was deleted)."""
+        self._declared.pop(name, None)
 
     def declare(self, name: str, arguments: dict[str, Any], *, register: str = "", refresh_s: float = 0) -> None:
         """Declare durable queue ``name`` once per connection (again after ``refresh_s`` when > 0).
