@@ -14,11 +14,12 @@ matters to its users):
 Third-party packages add schemes through the entry-point group ``asynctask.transports``: the entry
 point's name is the scheme, its value a ``Transport`` subclass.
 
-With no URL, :func:`get_transport` uses ``$ASYNCTASK_TRANSPORT``, then ``asynctask_transport`` from
-the config file (``$ASYNCTASK_CONFIG`` or ``./asynctask.yaml``), then the embedded default: the
-filesystem transport under ``$ASYNCTASK_HOME`` or ``~/.local/share/asynctask``.  The config file is
-read and checked by :func:`asynctask.config.configured_transport`, as ``asynctask-workers`` reads it:
-a misspelled setting is a :class:`~asynctask.errors.ConfigurationError`, never a silent fallback.
+With no URL, :func:`get_transport` uses the one :func:`asynctask.config.transport_choice` names:
+``$ASYNCTASK_TRANSPORT``, then ``asynctask_transport`` from the config file (``$ASYNCTASK_CONFIG``
+or ``./asynctask.yaml``), then the embedded default: the filesystem transport under
+``$ASYNCTASK_HOME`` or ``~/.local/share/asynctask``.  The config file is read and checked as
+``asynctask-workers`` reads it: a misspelled setting is a
+:class:`~asynctask.errors.ConfigurationError`, never a silent fallback.
 """
 
 from __future__ import annotations
@@ -42,20 +43,19 @@ ENTRY_POINT_GROUP = "asynctask.transports"
 #: extra of the ``asynctask-jobs`` distribution -> the driver it installs
 _EXTRA_DRIVERS = {"redis": "redis", "pgsql": "psycopg2-binary", "amqp": "pika"}
 
+_MODULES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    # (module under asynctask.transports, class, extra that installs its driver, schemes)
+    ("memory", "MemoryTransport", "", ("memory", "localmem")),
+    ("filesystem", "FilesystemTransport", "", ("filesys", "file")),
+    ("redis", "RedisTransport", "redis", ("redis", "rediss", "redis+unix")),
+    ("pgsql", "PgsqlTransport", "pgsql", ("pgsql", "postgresql", "postgres")),
+    ("amqp", "AmqpTransport", "amqp", ("amqp", "amqps")),
+)
+#: scheme -> (module, class, extra)
 _BUILTIN: dict[str, tuple[str, str, str]] = {
-    # scheme: (module, class, extra that installs its driver)
-    "memory": ("asynctask.transports.memory", "MemoryTransport", ""),
-    "localmem": ("asynctask.transports.memory", "MemoryTransport", ""),
-    "filesys": ("asynctask.transports.filesystem", "FilesystemTransport", ""),
-    "file": ("asynctask.transports.filesystem", "FilesystemTransport", ""),
-    "redis": ("asynctask.transports.redis", "RedisTransport", "redis"),
-    "rediss": ("asynctask.transports.redis", "RedisTransport", "redis"),
-    "redis+unix": ("asynctask.transports.redis", "RedisTransport", "redis"),
-    "pgsql": ("asynctask.transports.pgsql", "PgsqlTransport", "pgsql"),
-    "postgresql": ("asynctask.transports.pgsql", "PgsqlTransport", "pgsql"),
-    "postgres": ("asynctask.transports.pgsql", "PgsqlTransport", "pgsql"),
-    "amqp": ("asynctask.transports.amqp", "AmqpTransport", "amqp"),
-    "amqps": ("asynctask.transports.amqp", "AmqpTransport", "amqp"),
+    scheme: (f"asynctask.transports.{module}", cls, extra)
+    for module, cls, extra, schemes in _MODULES
+    for scheme in schemes
 }
 
 _logged_choice: set[str] = set()
@@ -90,25 +90,17 @@ def default_home() -> Path:
     return Path(home) if home else Path.home() / ".local" / "share" / "asynctask"
 
 
-def _config_file_url() -> tuple[str, str] | None:
-    # asynctask.config imports this package (default_home): imported when first needed
-    from asynctask.config import configured_transport  # noqa: PLC0415
-
-    return configured_transport()
-
-
 def resolve_transport_url(url: str | None = None) -> str:
-    """The URL :func:`get_transport` would use for ``url`` (see the module docstring for the order)."""
+    """The URL :func:`get_transport` would use: ``url``, else :func:`asynctask.config.transport_choice`'s.
+
+    The chosen URL is logged once per process (password masked) with where it came from.
+    """
     if url:
         return url
-    source: str
-    env_url = os.environ.get("ASYNCTASK_TRANSPORT")
-    if env_url:
-        url, source = env_url, "ASYNCTASK_TRANSPORT"
-    elif (found := _config_file_url()) is not None:
-        url, source = found[0], found[1]
-    else:
-        url, source = "filesys:" + str(default_home()), "the embedded default"
+    # asynctask.config imports this package (default_home): imported when first needed
+    from asynctask.config import transport_choice  # noqa: PLC0415
+
+    url, source = transport_choice()
     if url not in _logged_choice:
         _logged_choice.add(url)
         logger.info("using transport %s (from %s)", mask_url(url), source)
