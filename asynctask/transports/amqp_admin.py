@@ -132,15 +132,18 @@ class AmqpAdmin:
         broker holds ready tasks (reading the head would mark it redelivered).
         """
         with self.connection.guard():
+            # The holding queues first: a task moves from one to the work queue, never back, so
+            # reading them before the work queue may count a task twice but never misses one (a
+            # worker under --halt-when-empty must not stop while a delayed task is on its way back).
+            with self._admin_lock():
+                _, delays = self._registry()
+            delayed = sum(self.connection.passive(self.names.delay(queue, ms)) or 0 for ms in delays.get(queue, ()))
             self.consumers.pump()
             ready = self.connection.passive(self.names.work(queue))
             local_ready, in_flight, oldest = self.consumers.local_counts(queue)
             if ready is None:
-                return QueueStats(local_ready, 0, in_flight, 0, None)
+                return QueueStats(local_ready, delayed, in_flight, 0, None)
             dead = self.connection.passive(self.names.dead(queue)) or 0
-            with self._admin_lock():
-                _, delays = self._registry()
-            delayed = sum(self.connection.passive(self.names.delay(queue, ms)) or 0 for ms in delays.get(queue, ()))
         age = None if oldest is None else max(time.time() - oldest, 0.0)
         return QueueStats(ready + local_ready, delayed, in_flight, dead, age)
 
