@@ -26,6 +26,7 @@ test: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check asynctask tests bench examples
+	$(BIN)/ruff format --check asynctask tests bench examples
 	$(BIN)/mypy asynctask
 
 bench: $(VENV)/.installed

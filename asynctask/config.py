@@ -152,9 +152,7 @@ class Settings:
         origin = dict(self.origins)
         if not self.transport:
             origin["asynctask_transport"] = "the embedded default"
-        return {
-            name: {"value": value, "origin": origin.get(name, "default")} for name, value in values.items()
-        }
+        return {name: {"value": value, "origin": origin.get(name, "default")} for name, value in values.items()}
 
 
 # -- loading ----------------------------------------------------------------------------------

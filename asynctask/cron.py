@@ -176,8 +176,9 @@ def _cron_trigger(**fields: Any) -> CronTrigger:
     return CronTrigger(**fields)
 
 
-def _entry_worker(entry: Mapping[str, Any], where: str, known_workers: Collection[str] | None,
-                  canonical: dict[str, Any]) -> tuple[str, tuple[str, ...] | None]:
+def _entry_worker(
+    entry: Mapping[str, Any], where: str, known_workers: Collection[str] | None, canonical: dict[str, Any]
+) -> tuple[str, tuple[str, ...] | None]:
     """(worker, argv of a command entry or None)."""
     if ("worker" in entry) == ("command" in entry):
         raise _fail(where, "worker/command", "exactly one of 'worker' (a registered worker) or 'command' is allowed")
@@ -243,8 +244,9 @@ def _entry_fields(entry: Mapping[str, Any], where: str, canonical: dict[str, Any
     return fields
 
 
-def _entry_dates(entry: Mapping[str, Any], where: str, tz: ZoneInfo | timezone,
-                 canonical: dict[str, Any]) -> dict[str, datetime]:
+def _entry_dates(
+    entry: Mapping[str, Any], where: str, tz: ZoneInfo | timezone, canonical: dict[str, Any]
+) -> dict[str, datetime]:
     dates: dict[str, datetime] = {}
     for key in ("start_date", "end_date"):
         if entry.get(key) is not None:

@@ -165,8 +165,11 @@ class WorkerMetrics:
         )
         self.children = prom.Gauge("asynctask_children", "Children alive.", labels, registry=self.registry)
         self.processing = prom.Histogram(
-            "asynctask_task_processing_seconds", "Processing time of a task.", labels,
-            buckets=BUCKETS, registry=self.registry,
+            "asynctask_task_processing_seconds",
+            "Processing time of a task.",
+            labels,
+            buckets=BUCKETS,
+            registry=self.registry,
         )
         self.registry.register(_DepthCollector(self, prom))
 
@@ -186,8 +189,17 @@ class WorkerMetrics:
         """Create every series of a queue/worker pair at 0, so a scrape shows each family before its
         first event (``rate()`` and alerts then see the first one; the killed counter is created for
         the signal the supervisor itself kills with)."""
-        for family in (self.processed, self.failed, self.retried, self.dead_lettered, self.restarts,
-                       self.recycles, self.in_flight, self.children, self.processing):
+        for family in (
+            self.processed,
+            self.failed,
+            self.retried,
+            self.dead_lettered,
+            self.restarts,
+            self.recycles,
+            self.in_flight,
+            self.children,
+            self.processing,
+        ):
             family.labels(queue, worker)
         self.killed.labels(queue, worker, KILL_SIGNAL)
 
@@ -224,8 +236,9 @@ class WorkerMetrics:
         elif isinstance(event, P.ChildExited):
             if event.dead_lettered:
                 self.task_dead_lettered(child.queue, child.worker, event.dead_lettered)
-            self.child_exited(str(event.pid), restarted=event.restarted, recycled=event.recycled,
-                              signal_name=event.signal_name)
+            self.child_exited(
+                str(event.pid), restarted=event.restarted, recycled=event.recycled, signal_name=event.signal_name
+            )
         else:
             self.observe(key, event)
 
@@ -318,11 +331,20 @@ class WorkerMetrics:
             ready = depths[child.queue].ready if child.queue in depths else 0
             if idle > allowed and ready > 0:
                 stuck.append(
-                    {"child": child.key, "queue": child.queue, "worker": child.worker,
-                     "seconds_since_fetch": round(idle, 1), "queue_ready": ready}
+                    {
+                        "child": child.key,
+                        "queue": child.queue,
+                        "worker": child.worker,
+                        "seconds_since_fetch": round(idle, 1),
+                        "queue_ready": ready,
+                    }
                 )
-        details = {"status": "stuck" if stuck else "ok", "children": len(children), "stuck": stuck,
-                   "transport_up": bool(self._transport_up) or self._factory is None}
+        details = {
+            "status": "stuck" if stuck else "ok",
+            "children": len(children),
+            "stuck": stuck,
+            "transport_up": bool(self._transport_up) or self._factory is None,
+        }
         return not stuck, details
 
     def render(self) -> bytes:

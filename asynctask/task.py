@@ -49,11 +49,7 @@ def validate_queue_name(queue: object) -> str:
 
     Raises :class:`QueueNameError` naming the bad value and the rule otherwise.
     """
-    if (
-        not isinstance(queue, str)
-        or len(queue) > _QUEUE_NAME_MAX
-        or _QUEUE_NAME_RE.match(queue) is None
-    ):
+    if not isinstance(queue, str) or len(queue) > _QUEUE_NAME_MAX or _QUEUE_NAME_RE.match(queue) is None:
         raise QueueNameError(f"invalid queue name {queue!r}: {_QUEUE_NAME_RULE}")
     return queue
 
@@ -70,12 +66,7 @@ def validate_delay(delay_s: object, name: str = "delay_s") -> float:
 
     ``name`` is the argument's name in the message (``timeout_s`` checks the same way).
     """
-    if (
-        isinstance(delay_s, bool)
-        or not isinstance(delay_s, (int, float))
-        or not math.isfinite(delay_s)
-        or delay_s < 0
-    ):
+    if isinstance(delay_s, bool) or not isinstance(delay_s, (int, float)) or not math.isfinite(delay_s) or delay_s < 0:
         raise PayloadError(f"invalid {name} {delay_s!r}: a finite number of seconds >= 0 is allowed")
     return float(delay_s)
 

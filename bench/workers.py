@@ -84,8 +84,17 @@ def _results(out: str) -> dict[str, Any]:
 
 
 def _command(url: str, queue: str, *extra: str) -> list[str]:
-    return [CLI, "--transport", url, "--require", "bench.workers", "--set",
-            f"asynctask_workers={{{queue}: bench_noop}}", "-q", *extra]
+    return [
+        CLI,
+        "--transport",
+        url,
+        "--require",
+        "bench.workers",
+        "--set",
+        f"asynctask_workers={{{queue}: bench_noop}}",
+        "-q",
+        *extra,
+    ]
 
 
 def _env(work: str, **extra: str) -> dict[str, str]:
@@ -166,8 +175,11 @@ def main(argv: list[str] | None = None) -> int:
                 rate, wall = through_supervisor(url, queues[1], args.tasks, work)
                 sup_rates.append(rate)
                 walls.append(wall)
-                print(f"  run {len(sup_rates)}: loop {loop_rates[-1]:,.0f}/s, supervisor {rate:,.0f}/s,"
-                      f" ratio {rate / loop_rates[-1]:.2f}", flush=True)
+                print(
+                    f"  run {len(sup_rates)}: loop {loop_rates[-1]:,.0f}/s, supervisor {rate:,.0f}/s,"
+                    f" ratio {rate / loop_rates[-1]:.2f}",
+                    flush=True,
+                )
             lat = latency(url, queues[2], args.samples, args.gap_ms / 1000, work) if args.samples else []
         finally:
             for queue in queues:
@@ -181,11 +193,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'figure (median of ' + str(args.runs) + ' runs)':<40}{'tasks/s':>12}")
         print(f"{'consumer loop (get_tasks 100 + ack_tasks)':<40}{loop:>12,.0f}")
         whole = args.tasks / statistics.median(walls)
-        print(f"{'supervisor, 1 child, no-op worker':<40}{sup:>12,.0f}"
-              f"   ratio {sup / loop:.2f}   (whole run incl. start/halt: {whole:,.0f}/s)")
+        print(
+            f"{'supervisor, 1 child, no-op worker':<40}{sup:>12,.0f}"
+            f"   ratio {sup / loop:.2f}   (whole run incl. start/halt: {whole:,.0f}/s)"
+        )
         if lat:
-            print(f"submit-to-start latency, idle worker, {len(lat)} samples: p50 {percentile(lat, 0.5) * 1000:.1f} ms"
-                  f"  p99 {percentile(lat, 0.99) * 1000:.1f} ms  max {lat[-1] * 1000:.1f} ms")
+            print(
+                f"submit-to-start latency, idle worker, {len(lat)} samples: p50 {percentile(lat, 0.5) * 1000:.1f} ms"
+                f"  p99 {percentile(lat, 0.99) * 1000:.1f} ms  max {lat[-1] * 1000:.1f} ms"
+            )
     return 0
 
 

@@ -75,11 +75,13 @@ def main() -> int:
     try:
         submitted = submit(url)
         print("submitted: " + ", ".join(f"{q} {n}" for q, n in submitted.items()))
-        command = [str(Path(sys.executable).parent / "asynctask-workers"), "--config", str(config),
-                   "--halt-when-empty"]
+        command = [str(Path(sys.executable).parent / "asynctask-workers"), "--config", str(config), "--halt-when-empty"]
         print("running: " + " ".join(command[-3:]).join(["asynctask-workers ", ""]))
-        env = {**os.environ, "ASYNCTASK_HOME": str(home),
-               "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+        env = {
+            **os.environ,
+            "ASYNCTASK_HOME": str(home),
+            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        }
         started = time.monotonic()
         with open(log_path, "w") as log:
             process = subprocess.Popen(command, env=env, stderr=log, stdout=log, cwd=home)
@@ -115,8 +117,10 @@ def report(url: str, log: str) -> None:
     with get_transport(url) as transport:
         for queue in QUEUES:
             for dead in transport.dead_tasks(queue):
-                print(f"  dead letter in {queue}: {dead.payload} after {dead.attempts} attempt(s):"
-                      f" {dead.reason.splitlines()[0]}")
+                print(
+                    f"  dead letter in {queue}: {dead.payload} after {dead.attempts} attempt(s):"
+                    f" {dead.reason.splitlines()[0]}"
+                )
     print(f"  ({requeued} workers halted; the crawler's tasks were requeued from inside process())")
     print(f"\nwith --keep, look around: ASYNCTASK_TRANSPORT={url} asynctask queues  (or: asynctask dead list uploads)")
 

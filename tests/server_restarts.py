@@ -15,8 +15,14 @@ import psycopg2
 import pytest
 from support import PGSQL_HOST, PGSQL_PORT, REQUIRE_SERVICES
 
-__all__ = ["pgsql_cluster_version", "pgsql_sql", "restart_pgsql", "restart_rabbitmq", "wait_for_broker",
-           "wait_for_pgsql"]
+__all__ = [
+    "pgsql_cluster_version",
+    "pgsql_sql",
+    "restart_pgsql",
+    "restart_rabbitmq",
+    "wait_for_broker",
+    "wait_for_pgsql",
+]
 
 
 def _missing(what: str) -> None:
@@ -63,8 +69,13 @@ def restart_pgsql() -> None:
     if version is None:
         _missing("pg_ctlcluster and /etc/postgresql/<version>/main")
     try:
-        restart = subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", str(version), "main", "restart"],
-                                 capture_output=True, text=True, timeout=60, check=False)
+        restart = subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", str(version), "main", "restart"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     finally:
         wait_for_pgsql()
     assert restart.returncode == 0, restart.stderr

@@ -70,23 +70,42 @@ def _common(parser: argparse.ArgumentParser, prefix: str) -> None:
     """The options every command takes; ``prefix`` keeps the top-level values apart from the command's."""
     group = parser.add_argument_group("transport and configuration")
     group.add_argument(
-        "--transport", metavar="URL", dest=prefix + "transport", default=argparse.SUPPRESS,
+        "--transport",
+        metavar="URL",
+        dest=prefix + "transport",
+        default=argparse.SUPPRESS,
         help="the transport URL (beats --config, --set and $ASYNCTASK_TRANSPORT)",
     )
     group.add_argument(
-        "--config", metavar="FILE", dest=prefix + "config", action="append", default=argparse.SUPPRESS,
+        "--config",
+        metavar="FILE",
+        dest=prefix + "config",
+        action="append",
+        default=argparse.SUPPRESS,
         help="a YAML configuration file (repeatable, merged in order)",
     )
     group.add_argument(
-        "--set", metavar="NAME=VALUE", dest=prefix + "set", action="append", default=argparse.SUPPRESS,
+        "--set",
+        metavar="NAME=VALUE",
+        dest=prefix + "set",
+        action="append",
+        default=argparse.SUPPRESS,
         help="replace the value of one setting (files merge, --set replaces), VALUE parsed as YAML (repeatable)",
     )
     group.add_argument(
-        "--require", metavar="MODULE", dest=prefix + "require", action="append", default=argparse.SUPPRESS,
+        "--require",
+        metavar="MODULE",
+        dest=prefix + "require",
+        action="append",
+        default=argparse.SUPPRESS,
         help="import MODULE so its workers register (doctor; repeatable)",
     )
     group.add_argument(
-        "--log-level", dest=prefix + "log_level", default=argparse.SUPPRESS, type=log_level, metavar="LEVEL",
+        "--log-level",
+        dest=prefix + "log_level",
+        default=argparse.SUPPRESS,
+        type=log_level,
+        metavar="LEVEL",
         help=f"logging level on stderr: {', '.join(LOG_LEVELS)}, in any case (default: warning)",
     )
 
@@ -118,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("payload", nargs="?", metavar="JSON", help="the payload, a JSON object (default: {})")
     submit.add_argument("--file", metavar="FILE", help="a JSON-lines file, one payload per line ('-': stdin)")
     submit.add_argument(
-        "--partial", action="store_true",
+        "--partial",
+        action="store_true",
         help="with --file: submit the good lines even when some are bad (exit 1 when any was skipped)",
     )
     submit.add_argument("--delay-s", type=float, default=0.0, metavar="N", help="visible after N seconds")

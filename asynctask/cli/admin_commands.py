@@ -80,10 +80,7 @@ def cmd_queues(transport: Transport, args: argparse.Namespace) -> int:
         return EXIT_OK
     print_table(
         ("QUEUE", "READY", "DELAYED", "IN_FLIGHT", "DEAD", "OLDEST_READY"),
-        [
-            (name, s.ready, s.delayed, s.in_flight, s.dead, format_age(s.oldest_ready_age_s))
-            for name, s in rows
-        ],
+        [(name, s.ready, s.delayed, s.in_flight, s.dead, format_age(s.oldest_ready_age_s)) for name, s in rows],
     )
     return EXIT_OK
 
@@ -238,9 +235,7 @@ def _find_dead(transport: Transport, queue: str, ids: list[str]) -> list[DeadTas
     missing = [task_id for task_id in ids if task_id not in by_id]
     if missing:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-        raise CommandError(
-            f"no dead task {shown} in queue {queue!r} ({len(by_id)} dead tasks there)", EXIT_NOT_FOUND
-        )
+        raise CommandError(f"no dead task {shown} in queue {queue!r} ({len(by_id)} dead tasks there)", EXIT_NOT_FOUND)
     return [by_id[task_id] for task_id in dict.fromkeys(ids)]
 
 

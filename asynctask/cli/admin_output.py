@@ -74,9 +74,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], out: T
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     numeric = [all(_is_number(row[i]) for row in cells[1:]) and len(cells) > 1 for i in range(len(headers))]
     for row in cells:
-        parts = [
-            cell.rjust(widths[i]) if numeric[i] else cell.ljust(widths[i]) for i, cell in enumerate(row)
-        ]
+        parts = [cell.rjust(widths[i]) if numeric[i] else cell.ljust(widths[i]) for i, cell in enumerate(row)]
         stream.write("  ".join(parts).rstrip() + "\n")
 
 

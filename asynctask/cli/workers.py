@@ -38,24 +38,47 @@ def build_parser() -> argparse.ArgumentParser:
         " 3 transport unreachable at start, 4 shutdown forced (workers killed)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing (not even errors of tasks)")
-    parser.add_argument("--log-level", default="info", type=log_level, metavar="LEVEL",
-                        help=f"{', '.join(LOG_LEVELS)}, in any case (default: info)")
-    parser.add_argument("--config", action="append", default=None, metavar="FILE",
-                        help="YAML configuration file (repeatable, merged in order;"
-                        " default $ASYNCTASK_CONFIG or ./asynctask.yaml)")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="settings",
-                        help="replace the value of a setting (files merge, --set replaces); VALUE is YAML"
-                        " (repeatable)")
-    parser.add_argument("--require", action="append", default=[], metavar="MODULE",
-                        help="import MODULE so its workers register (repeatable)")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        type=log_level,
+        metavar="LEVEL",
+        help=f"{', '.join(LOG_LEVELS)}, in any case (default: info)",
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="YAML configuration file (repeatable, merged in order; default $ASYNCTASK_CONFIG or ./asynctask.yaml)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        dest="settings",
+        help="replace the value of a setting (files merge, --set replaces); VALUE is YAML (repeatable)",
+    )
+    parser.add_argument(
+        "--require",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE so its workers register (repeatable)",
+    )
     parser.add_argument("--transport", metavar="URL", help="transport URL (overrides the configuration)")
     parser.add_argument("--scheduler", action="store_true", help="also run the cron scheduler")
     parser.add_argument("--halt-when-empty", action="store_true", help="exit once every queue is empty")
-    parser.add_argument("--metrics-port", type=int, metavar="PORT",
-                        help="serve Prometheus metrics and /healthz on PORT")
-    parser.add_argument("--metrics-bind", default=DEFAULT_METRICS_BIND, metavar="ADDRESS",
-                        help=f"the address --metrics-port listens on (default {DEFAULT_METRICS_BIND};"
-                        " 0.0.0.0 for every interface)")
+    parser.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics and /healthz on PORT"
+    )
+    parser.add_argument(
+        "--metrics-bind",
+        default=DEFAULT_METRICS_BIND,
+        metavar="ADDRESS",
+        help=f"the address --metrics-port listens on (default {DEFAULT_METRICS_BIND}; 0.0.0.0 for every interface)",
+    )
     return parser
 
 

@@ -117,9 +117,7 @@ def transport_class(scheme: str, url: str = "") -> type[Transport]:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             hint = f" (pip install {_EXTRA_DRIVERS[extra]}, or the {extra!r} extra of asynctask-jobs)" if extra else ""
-            raise ConfigurationError(
-                f"the {scheme}:// transport cannot be loaded: {exc}{hint}"
-            ) from None
+            raise ConfigurationError(f"the {scheme}:// transport cannot be loaded: {exc}{hint}") from None
         cls: type[Transport] = getattr(module, class_name)
         return cls
     plugin = _plugin_schemes().get(scheme)

@@ -123,9 +123,7 @@ class MemoryTransport(Transport):
             heapq.heappush(queue.delayed, (now + delay_s, next(self._store.sequence), record.version, record.id))
         else:
             self._set_state(queue, record, _READY)
-            heapq.heappush(
-                queue.ready, (-record.priority, next(self._store.sequence), record.version, record.id)
-            )
+            heapq.heappush(queue.ready, (-record.priority, next(self._store.sequence), record.version, record.id))
 
     def _promote(self, queue: _Queue, now: float) -> None:
         while queue.delayed and queue.delayed[0][0] <= now:

@@ -122,8 +122,9 @@ class PgsqlTransport(base.Transport):
         """Execute the prepared statement ``name``; return its rows (``rows=True``) or its rowcount."""
         return self._call(name, *execute_text(self._statements[name][1], args), rows)
 
-    def _call(self, name: str, execute: str, params: list[Any] | None, rows: bool = False,
-              copy_data: str | None = None) -> Any:
+    def _call(
+        self, name: str, execute: str, params: list[Any] | None, rows: bool = False, copy_data: str | None = None
+    ) -> Any:
         """Run ``execute`` (statement ``name``, PREPAREd first on a new connection; or a COPY fed
         ``copy_data``).  A connection that worked before and turns out lost is reopened and the
         statement retried once, at once."""

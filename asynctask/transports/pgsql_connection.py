@@ -100,15 +100,27 @@ def parse_pgsql_url(url: str) -> tuple[dict[str, Any], dict[str, Any], str]:
     """Split a pgsql URL into psycopg2.connect keywords, its options and a description naming host,
     port and database (password masked) for messages."""
     parsed = base.parse_url(url)
-    options = base.take_options(parsed, {"schema": _option_schema, "lease_s": base.option_positive_float,
-                                         "sslmode": lambda _, v: v, "connect_timeout": base.option_positive_float})
+    options = base.take_options(
+        parsed,
+        {
+            "schema": _option_schema,
+            "lease_s": base.option_positive_float,
+            "sslmode": lambda _, v: v,
+            "connect_timeout": base.option_positive_float,
+        },
+    )
     pgsql_colon = parsed.host is None and not url.lower().startswith(f"{parsed.scheme}://")
     dbname = parsed.path if pgsql_colon else parsed.path.lstrip("/")
     if not dbname:
         raise TransportURLError(f"transport URL {parsed.masked!r} names no database")
     dsn: dict[str, Any] = {"dbname": dbname, "connect_timeout": max(1, round(options.get("connect_timeout", 5)))}
-    given = {"host": parsed.host, "port": parsed.port, "user": parsed.username, "password": parsed.password,
-             "sslmode": options.get("sslmode")}
+    given = {
+        "host": parsed.host,
+        "port": parsed.port,
+        "user": parsed.username,
+        "password": parsed.password,
+        "sslmode": options.get("sslmode"),
+    }
     dsn.update({key: value for key, value in given.items() if value is not None})
     host = parsed.host or os.environ.get("PGHOST") or "local socket"
     port = parsed.port or os.environ.get("PGPORT") or 5432
@@ -160,8 +172,10 @@ class Link:
         with conn.cursor() as cur:
             current = self._version(cur)
             if current > SCHEMA_VERSION:
-                raise TransportError(f"{self.where}: schema {self.schema!r} has version {current}, newer than"
-                                     f" this asynctask understands ({SCHEMA_VERSION}); upgrade asynctask")
+                raise TransportError(
+                    f"{self.where}: schema {self.schema!r} has version {current}, newer than"
+                    f" this asynctask understands ({SCHEMA_VERSION}); upgrade asynctask"
+                )
             if current == SCHEMA_VERSION:
                 return
             conn.autocommit = False
@@ -170,15 +184,19 @@ class Link:
                 for version in range(self._version(cur) + 1, SCHEMA_VERSION + 1):
                     logger.info("creating schema %s version %d in %s", self.schema, version, self.where)
                     cur.execute(_sql_file(f"pgsql_schema_{version}.sql", self.schema))
-                    cur.execute(f'INSERT INTO "{self.schema}".schema_version (version) VALUES (%s)'
-                                " ON CONFLICT DO NOTHING", (version,))
+                    cur.execute(
+                        f'INSERT INTO "{self.schema}".schema_version (version) VALUES (%s) ON CONFLICT DO NOTHING',
+                        (version,),
+                    )
             conn.autocommit = True
 
     def _version(self, cur: Cursor) -> int:
         """The schema's version, 0 when absent.  Reads pg_tables (a fresh MVCC snapshot, unlike
         to_regclass's catalog cache, which may not yet see a schema another session just made)."""
-        cur.execute("SELECT EXISTS (SELECT FROM pg_tables WHERE schemaname = %s AND tablename = 'schema_version')",
-                    (self.schema,))
+        cur.execute(
+            "SELECT EXISTS (SELECT FROM pg_tables WHERE schemaname = %s AND tablename = 'schema_version')",
+            (self.schema,),
+        )
         if not (row := cur.fetchone()) or not row[0]:
             return 0
         cur.execute(f'SELECT coalesce(max(version), 0) FROM "{self.schema}".schema_version')
@@ -219,7 +237,6 @@ def release_link(link: Link) -> None:
             del _links[key]
     with link.lock:
         link.drop(None)
-
 
 
 class Listener:

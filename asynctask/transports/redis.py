@@ -89,7 +89,17 @@ DEFAULT_SOCKET_TIMEOUT_S = 10.0
 
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_.:-]{1,100}\Z")
 _SCRIPTS = (
-    "submit_one", "submit", "fetch", "ack", "nack", "extend", "dead", "stats", "purge", "dead_list", "replay",
+    "submit_one",
+    "submit",
+    "fetch",
+    "ack",
+    "nack",
+    "extend",
+    "dead",
+    "stats",
+    "purge",
+    "dead_list",
+    "replay",
     "purge_dead",
 )
 

@@ -88,9 +88,7 @@ class RedisConnection:
             common["ssl_cert_reqs"] = options.get("ssl_cert_reqs", "required")
             if "ssl_ca_certs" in options:
                 common["ssl_ca_certs"] = options["ssl_ca_certs"]
-        return redis.Redis(
-            host=parsed.host or "localhost", port=parsed.port or 6379, db=int(db_text or 0), **common
-        )
+        return redis.Redis(host=parsed.host or "localhost", port=parsed.port or 6379, db=int(db_text or 0), **common)
 
     @staticmethod
     def _address(parsed: ParsedURL) -> str:

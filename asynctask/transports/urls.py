@@ -93,9 +93,7 @@ def option_bool(name: str, value: str) -> bool:
     raise TransportURLError(f"option {name}={value!r}: one of 1, 0, true, false, yes, no is allowed")
 
 
-def take_options(
-    parsed: ParsedURL, parsers: dict[str, Callable[[str, str], Any]]
-) -> dict[str, Any]:
+def take_options(parsed: ParsedURL, parsers: dict[str, Callable[[str, str], Any]]) -> dict[str, Any]:
     """Parse ``parsed.options`` with one parser per allowed option name.
 
     Raises :class:`TransportURLError` naming the unknown option and the allowed ones.

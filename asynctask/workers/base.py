@@ -169,6 +169,7 @@ def get_worker(name: str) -> type[AsyncTaskWorker]:
         from asynctask.config_values import did_you_mean  # noqa: PLC0415 - config imports this module
 
         known = ", ".join(sorted(_registry)) or "none"
-        raise UnknownWorkerError(f'Worker "{name}" does not exist{did_you_mean(name, _registry)};'
-                                 f" registered workers: {known}")
+        raise UnknownWorkerError(
+            f'Worker "{name}" does not exist{did_you_mean(name, _registry)}; registered workers: {known}'
+        )
     return cls

@@ -178,8 +178,15 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.Cu
     sys.exit(0)
 
 
-def _runner(spec: ChildSpec, worker: AsyncTaskWorker, transport: Transport, pipe: _Pipe, *,
-            current: P.CurrentTask | None, stop: threading.Event) -> Runner:
+def _runner(
+    spec: ChildSpec,
+    worker: AsyncTaskWorker,
+    transport: Transport,
+    pipe: _Pipe,
+    *,
+    current: P.CurrentTask | None,
+    stop: threading.Event,
+) -> Runner:
     return Runner(
         transport,
         spec.queue,
@@ -205,8 +212,14 @@ def _run(spec: ChildSpec, runner: Runner, pipe: _Pipe, started: float) -> None:
         outcome = runner.run()
     finally:
         runner.worker.teardown()
-    logger.info("worker %s on queue %s %s after %d task(s) in %.1f s", spec.worker, spec.queue, outcome,
-                runner.processed, time.monotonic() - started)
+    logger.info(
+        "worker %s on queue %s %s after %d task(s) in %.1f s",
+        spec.worker,
+        spec.queue,
+        outcome,
+        runner.processed,
+        time.monotonic() - started,
+    )
     if outcome == HALTED:
         pipe.report(P.Halted())
     elif outcome in (MAX_TASKS, MAX_MEMORY):

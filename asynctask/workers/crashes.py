@@ -54,8 +54,18 @@ if TYPE_CHECKING:  # state imports the child, which imports the runner, which im
     from asynctask.workers.runner import Runner
     from asynctask.workers.state import ChildState
 
-__all__ = ["CRASH_DELAY_S", "CrashKeeper", "CrashLedger", "CrashNotices", "CrashRecord", "GivenBack", "Inbox",
-           "crash_delay_s", "give_back", "settle_fetched"]
+__all__ = [
+    "CRASH_DELAY_S",
+    "CrashKeeper",
+    "CrashLedger",
+    "CrashNotices",
+    "CrashRecord",
+    "GivenBack",
+    "Inbox",
+    "crash_delay_s",
+    "give_back",
+    "settle_fetched",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +116,13 @@ class CrashLedger:
     """Task id -> :class:`CrashRecord`, forgotten ``forget_after_s`` after the last crash and
     bounded to ``max_records`` (the oldest go first)."""
 
-    def __init__(self, *, forget_after_s: float = 3600.0, max_records: int = MAX_RECORDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        forget_after_s: float = 3600.0,
+        max_records: int = MAX_RECORDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.forget_after_s, self.max_records, self.clock = forget_after_s, max_records, clock
         self._records: collections.OrderedDict[str, CrashRecord] = collections.OrderedDict()
 
@@ -165,8 +180,9 @@ def quarantine_reason(record: CrashRecord, max_crashes: int) -> str:
     """The dead-letter reason of a task quarantined after ``record.crashes`` deaths: a summary line,
     then one line per death (``asynctask dead show`` prints them all, ``dead list`` the first)."""
     deaths = "".join(f"\n#{number} {cause}" for number, cause in enumerate(record.causes, start=1))
-    return (f"quarantined: {record.crashes} worker children died while running the task"
-            f" (max_crashes={max_crashes}){deaths}")
+    return (
+        f"quarantined: {record.crashes} worker children died while running the task (max_crashes={max_crashes}){deaths}"
+    )
 
 
 def crash_cause(child: ChildState, how: str) -> str:
@@ -257,16 +273,22 @@ def _timed_out(transport: Transport, child: ChildState, ledger: CrashLedger, tas
     return []
 
 
-def _crashed(transport: Transport, child: ChildState, ledger: CrashLedger, task: Task,
-             cause: str) -> list[CrashRecord]:
+def _crashed(transport: Transport, child: ChildState, ledger: CrashLedger, task: Task, cause: str) -> list[CrashRecord]:
     record = ledger.record(child.queue, task.id, task.attempts, cause)
     quarantine = record.crashes >= child.max_crashes
     if quarantine:
         record.dead_reason = quarantine_reason(record, child.max_crashes)
         logger.error("task %s on %s quarantined after %d crash(es): %s", task.id, task.queue, record.crashes, cause)
     else:
-        logger.warning("task %s on %s crashed its worker (%d of max_crashes=%d): %s; again in %.1f s", task.id,
-                       task.queue, record.crashes, child.max_crashes, cause, crash_delay_s(record.crashes))
+        logger.warning(
+            "task %s on %s crashed its worker (%d of max_crashes=%d): %s; again in %.1f s",
+            task.id,
+            task.queue,
+            record.crashes,
+            child.max_crashes,
+            cause,
+            crash_delay_s(record.crashes),
+        )
     if not transport.portable_receipts:
         return [record]
     try:
@@ -358,8 +380,11 @@ def settle_fetched(runner: Runner, notices: dict[str, P.CrashNotice], tasks: lis
             outcome = P.DEAD
         elif notice.deferred < notice.crashes:
             # the broker's redelivery raised attempts: give it back with those it had
-            runner.nack(dataclasses.replace(task, attempts=notice.attempts), delay_s=crash_delay_s(notice.crashes),
-                        count_attempt=False)
+            runner.nack(
+                dataclasses.replace(task, attempts=notice.attempts),
+                delay_s=crash_delay_s(notice.crashes),
+                count_attempt=False,
+            )
             notices[task.id] = notice._replace(deferred=notice.crashes, dead_reason=None)
             outcome = P.DEFERRED
         else:

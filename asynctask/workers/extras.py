@@ -46,12 +46,20 @@ class Extras:
     starters: list[Starter] = field(default_factory=list)
 
 
-def build_extras(settings: Settings, transport_url: str, queues: Iterable[str], *, scheduler: bool,
-                 metrics_port: int | None, metrics_bind: str) -> Extras:
+def build_extras(
+    settings: Settings,
+    transport_url: str,
+    queues: Iterable[str],
+    *,
+    scheduler: bool,
+    metrics_port: int | None,
+    metrics_bind: str,
+) -> Extras:
     """The scheduler when ``scheduler``, the metrics when ``metrics_port`` is not None."""
     extras = Extras()
     found = build_scheduler(settings, transport_url) if scheduler else None
     if found is not None:
+
         def start_scheduler(stop: threading.Event) -> None:
             threading.Thread(target=found.run, args=(stop,), name="asynctask-scheduler", daemon=True).start()
 
@@ -72,8 +80,7 @@ def build_scheduler(settings: Settings, transport_url: str) -> Scheduler | None:
         return None
     worker_queues = {w: scheduled_queue_name(w) for w in settings.scheduled_only_workers()}
     worker_queues.update(settings.worker_queues)
-    return Scheduler(entries=list(settings.scheduled_workers), transport_url=transport_url,
-                     worker_queues=worker_queues)
+    return Scheduler(entries=list(settings.scheduled_workers), transport_url=transport_url, worker_queues=worker_queues)
 
 
 def build_metrics(queues: Iterable[str], transport_url: str) -> WorkerMetrics | None:

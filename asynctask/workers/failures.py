@@ -32,11 +32,20 @@ def failure(worker: AsyncTaskWorker, task: Task, exc: BaseException) -> tuple[fl
         return None, f"rejected: {exc.reason}"
     if isinstance(exc, Retry):
         if task.attempts >= worker.max_attempts:
-            return None, (f"retries exhausted: Retry raised on attempt {task.attempts} of max_attempts="
-                          f"{worker.max_attempts}" + (f": {exc.reason}" if exc.reason else ""))
+            return None, (
+                f"retries exhausted: Retry raised on attempt {task.attempts} of max_attempts="
+                f"{worker.max_attempts}" + (f": {exc.reason}" if exc.reason else "")
+            )
         delay = exc.delay_s if exc.delay_s is not None else worker.retry_delay(task.attempts)
-        logger.info("task %s on %s: retry requested%s (attempt %d of %d), again in %.2f s", task.id, task.queue,
-                    f": {exc.reason}" if exc.reason else "", task.attempts, worker.max_attempts, delay)
+        logger.info(
+            "task %s on %s: retry requested%s (attempt %d of %d), again in %.2f s",
+            task.id,
+            task.queue,
+            f": {exc.reason}" if exc.reason else "",
+            task.attempts,
+            worker.max_attempts,
+            delay,
+        )
         return delay, ""
     if isinstance(exc, TaskTimeout):
         reason = f"TaskTimeout: the task ran longer than timeout_s={worker.timeout_s}"
@@ -44,7 +53,14 @@ def failure(worker: AsyncTaskWorker, task: Task, exc: BaseException) -> tuple[fl
         reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
     if task.attempts < worker.max_attempts:
         delay = worker.retry_delay(task.attempts)
-        logger.warning("task %s on %s failed (attempt %d of %d), retrying in %.2f s: %s", task.id, task.queue,
-                       task.attempts, worker.max_attempts, delay, reason.splitlines()[0])
+        logger.warning(
+            "task %s on %s failed (attempt %d of %d), retrying in %.2f s: %s",
+            task.id,
+            task.queue,
+            task.attempts,
+            worker.max_attempts,
+            delay,
+            reason.splitlines()[0],
+        )
         return delay, reason
     return None, reason

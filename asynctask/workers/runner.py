@@ -373,7 +373,12 @@ class Runner:
             self.nack(task, delay_s=delay)
             self.finish([(task, P.RETRIED, duration)])
             return
-        logger.error("task %s on %s dead-lettered after %d attempt(s): %s", task.id, task.queue, task.attempts,
-                     reason.splitlines()[0])
+        logger.error(
+            "task %s on %s dead-lettered after %d attempt(s): %s",
+            task.id,
+            task.queue,
+            task.attempts,
+            reason.splitlines()[0],
+        )
         self.dead(task, reason)
         self.finish([(task, P.DEAD, duration)])

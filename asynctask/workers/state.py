@@ -217,6 +217,10 @@ def build_children(settings: Settings, base: ChildSpec, shared_task: Callable[[]
             max_tasks=settings.max_tasks_per_child,
             max_memory_mb=settings.max_memory_mb,
         )
-        children += [ChildState(spec, slot, cls.max_attempts, cls.timeout_s, max_crashes or cls.max_crashes,
-                                current=shared_task()) for slot in range(processes)]
+        children += [
+            ChildState(
+                spec, slot, cls.max_attempts, cls.timeout_s, max_crashes or cls.max_crashes, current=shared_task()
+            )
+            for slot in range(processes)
+        ]
     return children

@@ -56,6 +56,7 @@ from asynctask.workers.child import ChildSpec, child_main
 from asynctask.workers.crashes import CrashKeeper
 from asynctask.workers.extras import Listener, build_extras
 from asynctask.workers.keepers import resident_mb
+from asynctask.workers.signals import StopSignals
 from asynctask.workers.state import ChildState, build_children, describe_exit, hard_timeout_s, import_requires
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,6 @@ HEALTHY_AFTER_S = 60.0
 ANNOUNCE_AFTER_S = 1.0
 #: how often the supervisor reads a child's resident memory (for the causes of crashes)
 RSS_SAMPLE_S = 1.0
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Supervisor:
@@ -95,16 +95,28 @@ class Supervisor:
         self.scheduler = scheduler
         self.listeners: list[Listener] = []
         self.stop_event = threading.Event()
-        #: stop events so far: SIGTERM/SIGINT (one per wake-up byte) and request_stop() calls
-        self._stop_events = 0
+        self._signals = StopSignals()
         self._forced = False
         self._context: Any = multiprocessing.get_context(START_METHOD)
-        base = ChildSpec(queue="", worker="", transport_url=self.transport_url, require=import_requires(settings),
-                         halt_when_empty=halt_when_empty, log_level=log_level, quiet=quiet)
+        base = ChildSpec(
+            queue="",
+            worker="",
+            transport_url=self.transport_url,
+            require=import_requires(settings),
+            halt_when_empty=halt_when_empty,
+            log_level=log_level,
+            quiet=quiet,
+        )
         self.children = build_children(settings, base, lambda: P.CurrentTask(self._context))
         self._leaving: list[tuple[BaseProcess, Connection]] = []
-        self._extras = build_extras(settings, self.transport_url, [c.queue for c in self.children],
-                                    scheduler=scheduler, metrics_port=metrics_port, metrics_bind=metrics_bind)
+        self._extras = build_extras(
+            settings,
+            self.transport_url,
+            [c.queue for c in self.children],
+            scheduler=scheduler,
+            metrics_port=metrics_port,
+            metrics_bind=metrics_bind,
+        )
         self.listeners += self._extras.listeners
         self.transport = get_transport(self.transport_url)
         self.crashes = CrashKeeper(self.transport)
@@ -124,54 +136,29 @@ class Supervisor:
 
     def request_stop(self) -> None:
         """Ask for a graceful shutdown, as SIGTERM does (safe from another thread)."""
-        self._stop_events += 1
-        self._wake()
+        self._signals.request()
 
     def run(self) -> int:
         """Supervise until halted or signalled; returns one of the EXIT_* codes."""
-        read_fd, self._wake_fd = os.pipe()
-        os.set_blocking(read_fd, False)
-        os.set_blocking(self._wake_fd, False)
-        on_main = threading.current_thread() is threading.main_thread()
-        previous: dict[int, Any] = {}
-        if on_main:
-            for signum in STOP_SIGNALS:
-                previous[signum] = signal.signal(signum, self._on_signal)
-            previous_fd = signal.set_wakeup_fd(self._wake_fd, warn_on_full_buffer=False)
         try:
-            for start in self._extras.starters:
-                start(self.stop_event)
-            return self._loop(read_fd)
+            with self._signals:
+                for start in self._extras.starters:
+                    start(self.stop_event)
+                try:
+                    return self._loop()
+                finally:
+                    self.stop_event.set()
+                    self._kill_all("supervisor exiting")
         finally:
-            self.stop_event.set()
-            self._kill_all("supervisor exiting")
-            if on_main:
-                signal.set_wakeup_fd(previous_fd)
-                for number, handler in previous.items():
-                    signal.signal(number, handler)
-            os.close(read_fd)
-            os.close(self._wake_fd)
             self.transport.close()
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _on_signal(self, signum: int, frame: object) -> None:
-        """Nothing: signals are counted from the wake-up pipe, where two quick ones stay two (the
-        Python-level handler runs once for signals that arrive before it could run)."""
-
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_fd, b"\0")
-        except (OSError, AttributeError):
-            pass
-
-    def _loop(self, read_fd: int) -> int:
+    def _loop(self) -> int:
         grace_until: float | None = None
-        handled = 0
         while True:
             now = time.monotonic()
-            while handled < self._stop_events:
-                handled += 1
+            for _ in range(self._signals.take()):
                 if grace_until is None:
                     grace_until = now + self.settings.shutdown_timeout_s
                     self._begin_shutdown()
@@ -181,8 +168,9 @@ class Supervisor:
                     self._kill_all("killed by a second signal")
                     return EXIT_FORCED
             if grace_until is not None and now >= grace_until:
-                logger.warning("shutdown grace of %.1f s is over: killing the workers",
-                               self.settings.shutdown_timeout_s)
+                logger.warning(
+                    "shutdown grace of %.1f s is over: killing the workers", self.settings.shutdown_timeout_s
+                )
                 self._kill_all("killed at the end of the shutdown grace period")
                 return EXIT_FORCED
             if grace_until is None:
@@ -197,23 +185,17 @@ class Supervisor:
                 else:
                     logger.info("all queues are empty; exiting")
                 return EXIT_OK
-            self._wait(read_fd, self._next_deadline(now, grace_until))
+            self._wait(self._next_deadline(now, grace_until))
 
-    def _wait(self, read_fd: int, deadline: float) -> None:
-        """Until a child speaks or leaves, a signal comes, or ``deadline``; then count the signals,
+    def _wait(self, deadline: float) -> None:
+        """Until a child speaks or leaves, a signal comes, or ``deadline``; then
         read the children's messages and reap those that left."""
-        waits: list[Any] = [read_fd]
+        waits: list[Any] = [self._signals.fileno()]
         for child in self.children:
             if child.process is not None:
                 waits += [child.process.sentinel] if child.conn is None else [child.conn, child.process.sentinel]
         waits += [process.sentinel for process, _ in self._leaving]
-        ready = multiprocessing.connection.wait(waits, timeout=max(deadline - time.monotonic(), 0.0))
-        if read_fd in ready:
-            try:
-                woken_by = os.read(read_fd, 512)
-            except BlockingIOError:
-                woken_by = b""
-            self._stop_events += sum(1 for byte in woken_by if byte in STOP_SIGNALS)
+        multiprocessing.connection.wait(waits, timeout=max(deadline - time.monotonic(), 0.0))
         for child in self.children:
             if child.process is not None:
                 self._drain(child)
@@ -306,8 +288,14 @@ class Supervisor:
             if task_id != child.announced and wall - started >= ANNOUNCE_AFTER_S:
                 self._announce(child, running)
             if timeout and wall >= started + hard_timeout_s(timeout):
-                logger.error("task %s on queue %s ran past timeout_s=%s: killing worker %s (pid %s)", task_id,
-                             child.queue, timeout, child.worker, child.pid)
+                logger.error(
+                    "task %s on queue %s ran past timeout_s=%s: killing worker %s (pid %s)",
+                    task_id,
+                    child.queue,
+                    timeout,
+                    child.worker,
+                    child.pid,
+                )
                 child.kill_cause = f"TaskTimeout: the task ran longer than timeout_s={timeout}; child killed"
                 child.killing = True
                 child.process.kill()
@@ -361,14 +349,21 @@ class Supervisor:
             logger.info("worker %s on queue %s halted: the queue is empty", child.worker, child.queue)
         elif child.done:
             if exitcode != 0:
-                logger.warning("worker %s on queue %s (pid %s) %s during shutdown", child.worker, child.queue,
-                               process.pid, how)
+                logger.warning(
+                    "worker %s on queue %s (pid %s) %s during shutdown", child.worker, child.queue, process.pid, how
+                )
         else:
             delay = 0.0 if timed_out or recycling else self._backoff(child, lived)
             child.restarts += 1
             child.next_start_at = time.monotonic() + delay
-            logger.warning("worker %s on queue %s (pid %s) %s; restarting in %.1f s", child.worker, child.queue,
-                           process.pid, how, delay)
+            logger.warning(
+                "worker %s on queue %s (pid %s) %s; restarting in %.1f s",
+                child.worker,
+                child.queue,
+                process.pid,
+                how,
+                delay,
+            )
 
     def _account_exit(self, child: ChildState, exitcode: int | None, how: str) -> None:
         """Give back the dead child's tasks, then pass on what the supervisor did for it and its exit."""
@@ -382,13 +377,16 @@ class Supervisor:
         if running is not None and running.task_id != child.announced:
             self._announce(child, running)
         killed_by = signal.Signals(-exitcode).name if exitcode is not None and exitcode < 0 else None
-        self._emit(child, P.ChildExited(
-            child.pid,
-            restarted=not (child.halted or child.done or child.recycling),
-            recycled=child.recycling,
-            signal_name=killed_by if running is not None else None,
-            dead_lettered=child.dead_lettered - dead_before,
-        ))
+        self._emit(
+            child,
+            P.ChildExited(
+                child.pid,
+                restarted=not (child.halted or child.done or child.recycling),
+                recycled=child.recycling,
+                signal_name=killed_by if running is not None else None,
+                dead_lettered=child.dead_lettered - dead_before,
+            ),
+        )
 
     @staticmethod
     def _backoff(child: ChildState, lived: float) -> float:

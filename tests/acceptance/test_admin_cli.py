@@ -77,8 +77,14 @@ def cli(
     env: dict[str, str], *argv: str, stdin: str | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*COMMAND, *argv], env=env, input=stdin if stdin is not None else "", capture_output=True,
-        text=True, timeout=60, cwd=cwd, check=False,
+        [*COMMAND, *argv],
+        env=env,
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        check=False,
     )
 
 
@@ -146,8 +152,12 @@ def test_submit(store: Store, env: dict[str, str], tmp_path: Path) -> None:
 def test_submit_file(store: Store, env: dict[str, str], tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"n": 1}\n{"n": 2}\n\n{"n": 3,}\n{"n": 4}\n7\n')
-    assert_error(cli(env, "submit", "bulk", "--file", str(bad), "--transport", store.url), 2, "bad.jsonl:4: bad JSON",
-                 "nothing was submitted")
+    assert_error(
+        cli(env, "submit", "bulk", "--file", str(bad), "--transport", store.url),
+        2,
+        "bad.jsonl:4: bad JSON",
+        "nothing was submitted",
+    )
     with store.open() as transport:
         assert "bulk" not in transport.queues() or transport.stats("bulk").ready == 0
     result = cli(env, "submit", "bulk", "--file", str(bad), "--partial", "--transport", store.url)
@@ -166,8 +176,11 @@ def test_submit_file(store: Store, env: dict[str, str], tmp_path: Path) -> None:
         assert transport.stats("bulk").ready == 2503
         first = transport.get_task("bulk")
         assert first is not None and first.payload == {"n": 0} and first.priority == 1
-    assert_error(cli(env, "submit", "bulk", "--file", str(tmp_path / "none.jsonl"), "--transport", store.url), 2,
-                 "none.jsonl: cannot read")
+    assert_error(
+        cli(env, "submit", "bulk", "--file", str(tmp_path / "none.jsonl"), "--transport", store.url),
+        2,
+        "none.jsonl: cannot read",
+    )
 
 
 @contextlib.contextmanager
@@ -285,11 +298,15 @@ def test_unreachable_and_bad_urls(store: Store, env: dict[str, str]) -> None:
 
 
 def test_unknown_scheme(env: dict[str, str]) -> None:
-    assert_error(cli(env, "queues", "--transport", "rediz://127.0.0.1/0"), 2, "unknown transport scheme 'rediz'",
-                 "did you mean 'redis'")
+    assert_error(
+        cli(env, "queues", "--transport", "rediz://127.0.0.1/0"),
+        2,
+        "unknown transport scheme 'rediz'",
+        "did you mean 'redis'",
+    )
 
 
-WORKERS = '''
+WORKERS = """
 from asynctask.workers.base import AsyncTaskWorker
 
 class SendEmail(AsyncTaskWorker):
@@ -303,7 +320,7 @@ class Unused(AsyncTaskWorker):
 
     def process(self, payload):
         pass
-'''
+"""
 
 
 def test_doctor(store: Store, env: dict[str, str], tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from asynctask.transports.base import Transport
 
 CLI = str(Path(sys.executable).parent / "asynctask-workers")
 
-WORKERS = '''
+WORKERS = """
 import json
 import os
 import signal
@@ -68,7 +68,7 @@ class Crashy(AsyncTaskWorker):
         if payload.get("crash"):
             os.kill(os.getpid(), signal.SIGSEGV)
         record(payload)
-'''
+"""
 
 
 def free_port() -> int:
@@ -117,9 +117,21 @@ class Run:
 
     def start(self, *options: str) -> None:
         self.process = subprocess.Popen(
-            [CLI, "--config", str(self.tmp / "asynctask.yaml"), "--metrics-port", str(self.port), "--log-level",
-             "WARNING", *options],
-            env=self.env, cwd=self.tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                CLI,
+                "--config",
+                str(self.tmp / "asynctask.yaml"),
+                "--metrics-port",
+                str(self.port),
+                "--log-level",
+                "WARNING",
+                *options,
+            ],
+            env=self.env,
+            cwd=self.tmp,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
     def get(self, path: str) -> tuple[int, str]:
@@ -197,9 +209,11 @@ def test_metrics_show_the_counts_of_a_run(make_run: Callable[[dict[str, Any]], R
     run.start()
     labels = {"queue": "jobs", "worker": "steady"}
     value = run.wait_metrics(
-        lambda v: v("asynctask_tasks_processed_total", **labels) == 20
-        and v("asynctask_tasks_dead_lettered_total", **labels) == 2
-        and v("asynctask_queue_depth", queue="jobs", state="dead") == 2
+        lambda v: (
+            v("asynctask_tasks_processed_total", **labels) == 20
+            and v("asynctask_tasks_dead_lettered_total", **labels) == 2
+            and v("asynctask_queue_depth", queue="jobs", state="dead") == 2
+        )
     )
     assert value("asynctask_tasks_retried_total", **labels) == 2  # each failing task: 1 retry, then dead
     assert value("asynctask_tasks_failed_total", **labels) == 4
@@ -224,9 +238,11 @@ def test_segfaulting_task_is_dead_lettered_and_others_flow(make_run: Callable[[d
     run.start()
     labels = {"queue": "crashes", "worker": "crashy"}
     value = run.wait_metrics(
-        lambda v: v("asynctask_tasks_dead_lettered_total", **labels) == 1
-        and {r["n"] for r in run.records()} == set(range(10))
-        and v("asynctask_tasks_processed_total", **labels) >= 10
+        lambda v: (
+            v("asynctask_tasks_dead_lettered_total", **labels) == 1
+            and {r["n"] for r in run.records()} == set(range(10))
+            and v("asynctask_tasks_processed_total", **labels) >= 10
+        )
     )
     # a crash is not a failed attempt: quarantined after max_crashes (3) deaths, attempts untouched
     assert value("asynctask_tasks_killed_total", **labels, signal="SIGSEGV") == 3
@@ -268,8 +284,9 @@ def test_recycled_children_are_counted(make_run: Callable[[dict[str, Any]], Run]
     run.start()
     labels = {"queue": "jobs", "worker": "steady"}
     value = run.wait_metrics(
-        lambda v: v("asynctask_tasks_processed_total", **labels) == 12
-        and v("asynctask_child_recycles_total", **labels) == 2
+        lambda v: (
+            v("asynctask_tasks_processed_total", **labels) == 12 and v("asynctask_child_recycles_total", **labels) == 2
+        )
     )
     assert value("asynctask_child_restarts_total", **labels) == 0  # a recycle is not a crash
     assert value("asynctask_children", **labels) == 1
@@ -288,6 +305,7 @@ def test_metrics_listen_on_this_machine_only_unless_told(
     # every family of the pair is there before anything happened
     assert ("asynctask_tasks_dead_lettered_total", (("queue", "jobs"), ("worker", "steady"))) in value.samples
     assert run.process is not None
-    listening = [c.laddr for c in psutil.Process(run.process.pid).net_connections(kind="tcp")
-                 if c.status == psutil.CONN_LISTEN]
+    listening = [
+        c.laddr for c in psutil.Process(run.process.pid).net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN
+    ]
     assert [(a.ip, a.port) for a in listening] == [(address, run.port)]

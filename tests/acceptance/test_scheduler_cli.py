@@ -351,7 +351,10 @@ def test_every_node_checks_entries_and_consumes_every_target_queue(tmp_path: Pat
     write_worker_module(tmp_path)
     runs = tmp_path / "runs.txt"
     bad = start(
-        tmp_path, f"filesys:{tmp_path / 'bad'}", tmp_path / "bad.log", scheduler=False,
+        tmp_path,
+        f"filesys:{tmp_path / 'bad'}",
+        tmp_path / "bad.log",
+        scheduler=False,
         settings=(entries_setting(runs, minute=61),),
     )
     try:

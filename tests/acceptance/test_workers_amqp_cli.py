@@ -49,10 +49,14 @@ def workers_args(url: str) -> list[str]:
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        (f"amqp://guest:wrong-secret@{AMQP_HOST}:{AMQP_PORT}/%2F",
-         f"RabbitMQ at {AMQP_HOST}:{AMQP_PORT} refused the login of user 'guest'"),
-        (f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/no_such_vhost_x",
-         f"RabbitMQ at {AMQP_HOST}:{AMQP_PORT} denied access to vhost 'no_such_vhost_x'"),
+        (
+            f"amqp://guest:wrong-secret@{AMQP_HOST}:{AMQP_PORT}/%2F",
+            f"RabbitMQ at {AMQP_HOST}:{AMQP_PORT} refused the login of user 'guest'",
+        ),
+        (
+            f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/no_such_vhost_x",
+            f"RabbitMQ at {AMQP_HOST}:{AMQP_PORT} denied access to vhost 'no_such_vhost_x'",
+        ),
     ],
 )
 def test_refused_login_or_unknown_vhost_is_one_line_and_exit_3(world: Env, url: str, expected: str) -> None:
@@ -77,9 +81,7 @@ def run_idle(world: Env, url: str, seconds: float) -> str:
     return err
 
 
-def test_a_first_start_has_no_missing_queue_warning_nor_pika_lines_of_the_supervisor(
-    world: Env, amqp_url: str
-) -> None:
+def test_a_first_start_has_no_missing_queue_warning_nor_pika_lines_of_the_supervisor(world: Env, amqp_url: str) -> None:
     err = run_idle(world, amqp_url, 2.0)
     assert "worker acc_record started on queue jobs" in err
     assert "NOT_FOUND" not in err and "WARNING" not in err

@@ -104,9 +104,17 @@ def test_quiet_prints_nothing_and_still_processes(world: Env) -> None:
 def test_set_and_require_options_configure_without_a_file(world: Env) -> None:
     world.transport.submit_task("queue_foo", {"out": world.out, "n": 7})
     result = world.run(
-        "--transport", world.url, "--require", "workers_fixture",
-        "--set", 'asynctask_workers={"queue_foo": "acc_record"}', "--set", "asynctask_workers_poll_interval=50",
-        "--halt-when-empty", "--log-level", "warning",
+        "--transport",
+        world.url,
+        "--require",
+        "workers_fixture",
+        "--set",
+        'asynctask_workers={"queue_foo": "acc_record"}',
+        "--set",
+        "asynctask_workers_poll_interval=50",
+        "--halt-when-empty",
+        "--log-level",
+        "warning",
     )
     assert result.returncode == EXIT_OK, result.stderr
     assert [r["payload"]["n"] for r in world.records()] == [7]
@@ -171,8 +179,9 @@ def test_bad_configuration_exits_2_with_one_line(world: Env, content: object, ex
     if isinstance(content, str):
         path.write_text(content)
     else:
-        path.write_text(yaml.safe_dump({"asynctask_transport": world.url, "asynctask_require": ["workers_fixture"],
-                                        **content}))
+        path.write_text(
+            yaml.safe_dump({"asynctask_transport": world.url, "asynctask_require": ["workers_fixture"], **content})
+        )
     result = world.run("--config", str(path), "--halt-when-empty")
     assert result.returncode == EXIT_USAGE
     lines = result.stderr.strip().splitlines()
@@ -186,15 +195,23 @@ def test_bad_set_option_and_missing_module_exit_2(world: Env) -> None:
     result = world.run("--set", "nonsense", "--halt-when-empty")
     assert result.returncode == EXIT_USAGE
     assert len(result.stderr.strip().splitlines()) == 1 and "NAME=VALUE" in result.stderr
-    result = world.run("--transport", world.url, "--require", "no_such_module_x", "--set",
-                       "asynctask_workers={jobs: acc_record}")
+    result = world.run(
+        "--transport", world.url, "--require", "no_such_module_x", "--set", "asynctask_workers={jobs: acc_record}"
+    )
     assert result.returncode == EXIT_USAGE
     assert "no_such_module_x" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_unreachable_transport_exits_3(world: Env) -> None:
-    result = world.run("--transport", "redis://127.0.0.1:1/0", "--set", "asynctask_workers={jobs: acc_record}",
-                       "--require", "workers_fixture", "--halt-when-empty")
+    result = world.run(
+        "--transport",
+        "redis://127.0.0.1:1/0",
+        "--set",
+        "asynctask_workers={jobs: acc_record}",
+        "--require",
+        "workers_fixture",
+        "--halt-when-empty",
+    )
     if "cannot be loaded" in result.stderr or "unknown transport" in result.stderr:
         pytest.skip("the redis transport has not landed yet")
     assert result.returncode == 3, result.stderr
@@ -230,25 +247,30 @@ def test_doctor_and_workers_import_the_same_modules_from_the_same_directory(worl
     import subprocess
 
     from workers_support import CLI
+
     # the tests' directory off the path: only the current directory can provide myapp
     env = {**world.env, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     admin = str(Path(CLI).with_name("asynctask"))
-    doctor = subprocess.run([admin, "doctor"], env=env, cwd=world.tmp, capture_output=True, text=True,
-                            timeout=60, check=False)
+    doctor = subprocess.run(
+        [admin, "doctor"], env=env, cwd=world.tmp, capture_output=True, text=True, timeout=60, check=False
+    )
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert "[ok] registered workers: here_worker" in doctor.stdout
     assert "[ok] configured queues: jobs: here_worker" in doctor.stdout
-    workers = subprocess.run([CLI, "--halt-when-empty"], env=env, cwd=world.tmp, capture_output=True, text=True,
-                             timeout=60, check=False)
+    workers = subprocess.run(
+        [CLI, "--halt-when-empty"], env=env, cwd=world.tmp, capture_output=True, text=True, timeout=60, check=False
+    )
     assert workers.returncode == EXIT_OK, workers.stderr
     assert Path(world.out).read_text() == "ran\n"
     # from another directory, both fail alike
     (world.tmp / "elsewhere").mkdir()
     env["ASYNCTASK_CONFIG"] = str(world.tmp / "asynctask.yaml")
-    doctor = subprocess.run([admin, "doctor"], env=env, cwd=world.tmp / "elsewhere", capture_output=True, text=True,
-                            timeout=60, check=False)
-    workers = subprocess.run([CLI], env=env, cwd=world.tmp / "elsewhere", capture_output=True, text=True,
-                             timeout=60, check=False)
+    doctor = subprocess.run(
+        [admin, "doctor"], env=env, cwd=world.tmp / "elsewhere", capture_output=True, text=True, timeout=60, check=False
+    )
+    workers = subprocess.run(
+        [CLI], env=env, cwd=world.tmp / "elsewhere", capture_output=True, text=True, timeout=60, check=False
+    )
     assert doctor.returncode == 1 and workers.returncode == EXIT_USAGE
     missing = "cannot import module 'myapp.workers': ModuleNotFoundError: No module named 'myapp'"
     assert missing in doctor.stdout and missing in workers.stderr
@@ -267,10 +289,26 @@ def test_require_finds_modules_in_the_current_directory(world: Env) -> None:
     import subprocess
 
     from workers_support import CLI
+
     result = subprocess.run(
-        [CLI, "--transport", world.url, "--require", "cwd_workers", "--set", "asynctask_workers={jobs: cwd_worker}",
-         "--set", "asynctask_workers_poll_interval=50", "--halt-when-empty"],
-        env=env, cwd=world.tmp, capture_output=True, text=True, timeout=60, check=False,
+        [
+            CLI,
+            "--transport",
+            world.url,
+            "--require",
+            "cwd_workers",
+            "--set",
+            "asynctask_workers={jobs: cwd_worker}",
+            "--set",
+            "asynctask_workers_poll_interval=50",
+            "--halt-when-empty",
+        ],
+        env=env,
+        cwd=world.tmp,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == EXIT_OK, result.stderr
     assert Path(world.out).read_text() == "ran\n"

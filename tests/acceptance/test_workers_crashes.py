@@ -31,11 +31,13 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
 def test_kill_9_of_a_child_mid_task_runs_it_again_at_the_defaults(world: Env) -> None:
     marker = world.tmp / "started"
     long_id = world.transport.submit_task("jobs", {"out": world.out, "sleep_s": 2, "started": str(marker)})
-    ids = {long_id} | set(world.transport.submit_tasks("jobs", [{"out": world.out, "sleep_s": 0.02, "n": n}
-                                                                 for n in range(59)]))
+    ids = {long_id} | set(
+        world.transport.submit_tasks("jobs", [{"out": world.out, "sleep_s": 0.02, "n": n} for n in range(59)])
+    )
     # acc_sleep has max_attempts 1, the default: a crash must not use it up
-    process = world.start("--config", world.config({"jobs": {"worker": "acc_sleep", "processes": 2}}),
-                          "--halt-when-empty")
+    process = world.start(
+        "--config", world.config({"jobs": {"worker": "acc_sleep", "processes": 2}}), "--halt-when-empty"
+    )
     try:
         killed = int(wait_for(lambda: marker.exists() and marker.read_text(), what="the long task to start"))
         os.kill(killed, signal.SIGKILL)
@@ -68,8 +70,11 @@ def test_a_poison_task_is_quarantined_after_max_crashes_and_the_others_flow(worl
     started = time.monotonic()
     process = world.start("--config", world.config({"jobs": "acc_poison"}))
     try:
-        wait_for(lambda: {r["id"] for r in world.records()} >= set(healthy), timeout=15,
-                 what="the 5 healthy tasks behind the poison task")
+        wait_for(
+            lambda: {r["id"] for r in world.records()} >= set(healthy),
+            timeout=15,
+            what="the 5 healthy tasks behind the poison task",
+        )
         healthy_after_s = time.monotonic() - started
         dead = wait_for(lambda: world.transport.dead_tasks("jobs"), timeout=60, what="the poison task's quarantine")
         time.sleep(1.5)  # a fourth run would show up here
@@ -83,8 +88,14 @@ def test_a_poison_task_is_quarantined_after_max_crashes_and_the_others_flow(worl
     runs = Counter(r["id"] for r in world.records())
     assert runs == {poison: 3, **{task_id: 1 for task_id in healthy}}, err[-3000:]
     assert process.returncode == EXIT_OK
-    shown = subprocess.run([ADMIN, "dead", "show", "jobs", poison, "--transport", world.url], capture_output=True,
-                           text=True, timeout=60, check=False, env=world.env)
+    shown = subprocess.run(
+        [ADMIN, "dead", "show", "jobs", poison, "--transport", world.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=world.env,
+    )
     assert shown.returncode == 0, shown.stderr
     deaths = [line for line in shown.stdout.splitlines() if line.startswith("  #")]
     assert [line[:22] for line in deaths] == [f"  #{n} worker child (pid" for n in (1, 2, 3)], shown.stdout

@@ -191,7 +191,10 @@ def test_children_leave_when_the_supervisor_is_killed(world: Env) -> None:
         assert psutil.pid_exists(pid)
         process.kill()
         process.communicate(timeout=10)
-        wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
-                 timeout=15, what="the orphaned child to leave")
+        wait_for(
+            lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+            timeout=15,
+            what="the orphaned child to leave",
+        )
     finally:
         stop(process)

@@ -29,8 +29,11 @@ TASKS = 3000
 def drain_through(world: Env, restart: Callable[[], None]) -> None:
     ids = set()
     for start in range(0, TASKS, 1000):
-        ids |= set(world.transport.submit_tasks("jobs", [{"out": world.out, "sleep_s": 0.002, "n": n}
-                                                         for n in range(start, start + 1000)]))
+        ids |= set(
+            world.transport.submit_tasks(
+                "jobs", [{"out": world.out, "sleep_s": 0.002, "n": n} for n in range(start, start + 1000)]
+            )
+        )
     config = world.config({"jobs": {"worker": "acc_sleep", "processes": 2}})
     process = world.start("--config", config, "--halt-when-empty")
     try:

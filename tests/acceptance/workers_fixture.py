@@ -17,8 +17,13 @@ from asynctask.workers import AsyncTaskWorker
 
 def record(worker: AsyncTaskWorker, payload: dict[str, Any], **extra: Any) -> None:
     task = worker.task
-    line = {"id": task.id if task else None, "attempts": task.attempts if task else None, "pid": os.getpid(),
-            "payload": payload, **extra}
+    line = {
+        "id": task.id if task else None,
+        "attempts": task.attempts if task else None,
+        "pid": os.getpid(),
+        "payload": payload,
+        **extra,
+    }
     with open(payload["out"], "a", encoding="utf-8") as stream:
         stream.write(json.dumps(line) + "\n")
 

@@ -52,20 +52,33 @@ class Env:
         self.env.pop("ASYNCTASK_CONFIG", None)
 
     def config(self, workers: dict[str, Any], **settings: Any) -> str:
-        data = {"asynctask_transport": self.url, "asynctask_require": ["workers_fixture"],
-                "asynctask_workers": workers, **FAST, **settings}
+        data = {
+            "asynctask_transport": self.url,
+            "asynctask_require": ["workers_fixture"],
+            "asynctask_workers": workers,
+            **FAST,
+            **settings,
+        }
         path = self.tmp / "asynctask.yaml"
         path.write_text(yaml.safe_dump(data))
         return str(path)
 
     def start(self, *args: str, own_group: bool = False) -> subprocess.Popen[str]:
         """The CLI in the background (``own_group``: in a process group of its own, as systemd runs it)."""
-        return subprocess.Popen([CLI, *args], env=self.env, cwd=self.tmp, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=own_group)
+        return subprocess.Popen(
+            [CLI, *args],
+            env=self.env,
+            cwd=self.tmp,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=own_group,
+        )
 
     def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([CLI, *args], env=self.env, cwd=self.tmp, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        return subprocess.run(
+            [CLI, *args], env=self.env, cwd=self.tmp, capture_output=True, text=True, timeout=timeout, check=False
+        )
 
     def records(self) -> list[dict[str, Any]]:
         if not os.path.exists(self.out):
@@ -130,9 +143,23 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

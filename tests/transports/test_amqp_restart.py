@@ -25,6 +25,15 @@ pytestmark = pytest.mark.slow
 TASKS = 1500
 
 
+def assert_reconnects_to_an_empty_queue(producer: AmqpTransport) -> None:
+    """The producer's connection died too: one error at most, then it works."""
+    for _ in range(3):
+        with contextlib.suppress(TransportUnavailableError):
+            assert producer.stats("restart") == QueueStats()
+            return
+    pytest.fail("the producer did not reconnect")
+
+
 def test_broker_restart_mid_drain_loses_nothing_and_acks_no_delivery_twice() -> None:
     require_service("rabbitmq", AMQP_HOST, AMQP_PORT)
     url = make_url()
@@ -73,13 +82,7 @@ def test_broker_restart_mid_drain_loses_nothing_and_acks_no_delivery_twice() -> 
         # A task is acked again only through a later delivery (its first ack died with the broker).
         assert all(attempts[-1] >= 2 for attempts in twice.values()), twice
         assert len(twice) <= 200
-        for _ in range(3):  # the producer's connection died too: one error at most, then it works
-            with contextlib.suppress(TransportUnavailableError):
-                assert producer.stats("restart") == QueueStats()
-                break
-        else:
-            pytest.fail("the producer did not reconnect")
+        assert_reconnects_to_an_empty_queue(producer)
     finally:
         producer.close()
         cleanup(url)
-

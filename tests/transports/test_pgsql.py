@@ -81,7 +81,11 @@ def run_python(code: str, *args: str, timeout: float = 60) -> subprocess.Popen[s
 def test_url_forms_parse_to_connection_keywords() -> None:
     dsn, options, where = parse_pgsql_url("pgsql://alice:s3cret@db.example:6543/jobs?schema=q1&lease_s=12")
     assert dsn == {
-        "dbname": "jobs", "host": "db.example", "port": 6543, "user": "alice", "password": "s3cret",
+        "dbname": "jobs",
+        "host": "db.example",
+        "port": 6543,
+        "user": "alice",
+        "password": "s3cret",
         "connect_timeout": 5,
     }
     assert options == {"schema": "q1", "lease_s": 12.0}
@@ -242,7 +246,7 @@ def test_schema_creation_race_between_processes(url: str, schema: str) -> None:
 
 def test_undecodable_rows_injected_in_the_table_go_to_dead_letters(transport: PgsqlTransport, schema: str) -> None:
     transport.submit_task("q_bad", {"n": 1})
-    for body in ("not json at all", "[1, 2, 3]", "\"a string\""):
+    for body in ("not json at all", "[1, 2, 3]", '"a string"'):
         sql(f'INSERT INTO "{schema}".tasks (id, queue, body) VALUES (%s, %s, %s)', (uuid.uuid4().hex, "q_bad", body))
     transport.submit_task("q_bad", {"n": 2})
     tasks = transport.get_tasks("q_bad", 2)

@@ -98,12 +98,17 @@ def test_server_restart_mid_drain(schema: str, tmp_path: Path) -> None:
     stop_file = tmp_path / "stop"
     code = textwrap.dedent(CONSUMER)
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, url, str(stop_file)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code, url, str(stop_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for _ in range(2)
     ]
-    idle = subprocess.Popen([sys.executable, "-c", textwrap.dedent(IDLE_CONSUMER), url], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    idle = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(IDLE_CONSUMER), url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     procs.append(idle)  # blocked on an empty queue through the restart
     try:
         assert idle.stdout is not None and idle.stdout.readline() == "waiting\n"

@@ -297,6 +297,11 @@ def test_log_level_unknown(capsys: pytest.CaptureFixture[str], url: str) -> None
 
 def test_helpers() -> None:
     assert [format_age(s) for s in (None, 0.25, 12.34, 245, 11220, 180000)] == [
-        "-", "250ms", "12.3s", "4m05s", "3h07m", "2d02h",
+        "-",
+        "250ms",
+        "12.3s",
+        "4m05s",
+        "3h07m",
+        "2d02h",
     ]
     assert one_line("a\n\n  b\n") == "a | b"

@@ -113,7 +113,8 @@ def test_a_task_is_quarantined_after_max_crashes_deaths_with_every_cause() -> No
     (dead,) = store.dead_tasks("jobs")
     assert dead.id == task_id and dead.reason.startswith(
         "quarantined: 3 worker children died while running the task (max_crashes=3)\n"
-        "#1 worker child (pid 4001) was killed by signal SIGKILL, rss 41 MiB, host ")
+        "#1 worker child (pid 4001) was killed by signal SIGKILL, rss 41 MiB, host "
+    )
     assert "#2 worker child (pid 4002) exited with code 1, rss 42 MiB" in dead.reason
     assert "#3 worker child (pid 4003) was killed by signal SIGSEGV, rss 43 MiB" in dead.reason
     assert child.dead_lettered == 1 and supervisor.crashes.ledger.get(task_id) is None
@@ -178,7 +179,9 @@ def test_the_ledger_forgets_after_an_hour_and_keeps_at_most_its_bound() -> None:
         ledger.record("jobs", f"x{n}", 1, "cause")
     assert [r.task_id for r in ledger.open_records("jobs")] == ["x2", "x3", "x4"]
     assert ledger.settled("x3", 1, P.DEFERRED) is not None and [r.task_id for r in ledger.open_records("jobs")] == [
-        "x2", "x4"]
+        "x2",
+        "x4",
+    ]
     assert ledger.settled("x4", 1, P.DEAD) is None and ledger.get("x4") is None
 
 
@@ -190,8 +193,14 @@ def test_the_runner_acts_on_crash_notices_instead_of_running_the_task(dead_reaso
     notices = [P.CrashNotice(crashed, 1, 1, 0, dead_reason)]
     messages: list[P.Message] = []
     RAN.clear()
-    runner = Runner(store, "jobs", CrashyOk(), halt=HALT_IDLE, report=messages.append,
-                    inbox=lambda: [notices.pop()] if notices else [])
+    runner = Runner(
+        store,
+        "jobs",
+        CrashyOk(),
+        halt=HALT_IDLE,
+        report=messages.append,
+        inbox=lambda: [notices.pop()] if notices else [],
+    )
     runner._avg_task_s = 0.0  # both in one batch
     runner.run()
     assert RAN == [2]

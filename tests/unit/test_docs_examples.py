@@ -118,12 +118,12 @@ def empty_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-RUNNER = '''
+RUNNER = """
 import json, sys
 namespace = {"__name__": "__main__"}
 for where, code in json.load(sys.stdin):
     exec(compile(code, where, "exec"), namespace)
-'''
+"""
 
 
 @pytest.mark.parametrize("document", sorted({b.document for b in of("python")}), ids=lambda p: p.name)
@@ -145,8 +145,16 @@ def test_python_examples_run(document: Path, empty_project: Path) -> None:
         else:
             session.append((block.where, code))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(empty_project), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(session), env=env, cwd=empty_project,
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", RUNNER],
+        input=json.dumps(session),
+        env=env,
+        cwd=empty_project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 

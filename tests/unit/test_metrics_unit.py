@@ -139,9 +139,14 @@ def test_every_family_is_exported_at_zero_before_its_first_event() -> None:
     metrics = WorkerMetrics(["jobs"], None)
     labels = {"queue": "jobs", "worker": "job"}
     names = [
-        "asynctask_tasks_processed_total", "asynctask_tasks_failed_total", "asynctask_tasks_retried_total",
-        "asynctask_tasks_dead_lettered_total", "asynctask_child_restarts_total", "asynctask_child_recycles_total",
-        "asynctask_tasks_in_flight", "asynctask_task_processing_seconds_count",
+        "asynctask_tasks_processed_total",
+        "asynctask_tasks_failed_total",
+        "asynctask_tasks_retried_total",
+        "asynctask_tasks_dead_lettered_total",
+        "asynctask_child_restarts_total",
+        "asynctask_child_recycles_total",
+        "asynctask_tasks_in_flight",
+        "asynctask_task_processing_seconds_count",
     ]
     before = metrics.render().decode()
     assert all(f"{name}{{" not in before for name in names)

@@ -37,19 +37,27 @@ def test_defaults_without_files(tmp_path: Path) -> None:
 
 
 def test_files_merge_in_order_then_set_then_environment(tmp_path: Path) -> None:
-    first = write(tmp_path, "a.yaml", """
+    first = write(
+        tmp_path,
+        "a.yaml",
+        """
 asynctask_transport: memory://a
 asynctask_require: [mod_a]
 asynctask_workers: {q_one: w1, q_two: {worker: w2, processes: 2}}
 asynctask_scheduled_workers: [{worker: w1, minute: 5}]
-""")
-    second = write(tmp_path, "b.yaml", """
+""",
+    )
+    second = write(
+        tmp_path,
+        "b.yaml",
+        """
 asynctask_transport: memory://b
 asynctask_require: mod_b
 asynctask_workers: {q_one: null, q_three: {worker: w3, rate_max_calls: 5, rate_period: 2}}
 asynctask_scheduled_workers: [{command: "echo hi", crontab: "* * * * *"}]
 asynctask_workers_poll_interval: 20
-""")
+""",
+    )
     overrides = [parse_set_option("asynctask_workers={q_four: w4}"), parse_set_option("asynctask_shutdown_timeout=5")]
     settings = load_settings([first, second], overrides, environ={}, require=["mod_c"])
     # --set replaces the files' map: only q_four runs
@@ -66,8 +74,9 @@ asynctask_workers_poll_interval: 20
     assert settings.transport == "memory://b"
     assert settings.poll_interval_ms == 20 and settings.shutdown_timeout_s == 5.0
     assert settings.origins["asynctask_transport"] == second
-    env = load_settings([first], [parse_set_option("asynctask_transport=memory://set")],
-                        environ={"ASYNCTASK_TRANSPORT": "memory://env"})
+    env = load_settings(
+        [first], [parse_set_option("asynctask_transport=memory://set")], environ={"ASYNCTASK_TRANSPORT": "memory://env"}
+    )
     assert env.transport_url == "memory://env"
     assert env.origins["asynctask_transport"] == "environment ASYNCTASK_TRANSPORT"
 
@@ -110,8 +119,9 @@ def test_set_option_errors_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_unknown_worker_names_lists_registered_ones(tmp_path: Path) -> None:
-    path = write(tmp_path, "w.yaml", "asynctask_workers: {jobs: nope}\n"
-                 "asynctask_scheduled_workers: [{worker: ghost, hour: 1}]")
+    path = write(
+        tmp_path, "w.yaml", "asynctask_workers: {jobs: nope}\nasynctask_scheduled_workers: [{worker: ghost, hour: 1}]"
+    )
     settings = load_settings([path], environ={})
     with pytest.raises(UnknownWorkerError) as info:
         check_worker_names(settings, ["alpha", "beta"])
@@ -128,14 +138,18 @@ def test_unknown_worker_names_lists_registered_ones(tmp_path: Path) -> None:
 
 
 def test_scheduled_only_workers_and_queue_names(tmp_path: Path) -> None:
-    path = write(tmp_path, "s.yaml", """
+    path = write(
+        tmp_path,
+        "s.yaml",
+        """
 asynctask_workers: {jobs: busy}
 asynctask_scheduled_workers:
   - {worker: busy, minute: 1}
   - {worker: Clean-Up, hour: 3}
   - {worker: Clean-Up, hour: 4}
   - {command: "true", second: 0}
-""")
+""",
+    )
     settings = load_settings([path], environ={})
     assert settings.scheduled_only_workers() == ["Clean-Up", "command"]
     assert scheduled_queue_name("Clean-Up") == "scheduled_clean_up"
@@ -152,11 +166,15 @@ def test_describe_masks_the_password_and_names_origins() -> None:
 
 
 def test_set_replaces_every_merged_setting(tmp_path: Path) -> None:
-    path = write(tmp_path, "a.yaml", """
+    path = write(
+        tmp_path,
+        "a.yaml",
+        """
 asynctask_require: [mod_a]
 asynctask_workers: {q_one: w1}
 asynctask_scheduled_workers: [{worker: w1, minute: 5}]
-""")
+""",
+    )
     overrides = [
         parse_set_option("asynctask_require=[mod_b]"),
         parse_set_option("asynctask_scheduled_workers=[{worker: w2, hour: 1}]"),
@@ -171,12 +189,16 @@ asynctask_scheduled_workers: [{worker: w1, minute: 5}]
 
 
 def test_every_error_of_one_file_is_reported_at_once(tmp_path: Path) -> None:
-    path = write(tmp_path, "bad.yaml", """
+    path = write(
+        tmp_path,
+        "bad.yaml",
+        """
 asynctask_transprot: redis://localhost/0
 asynctask_workers: {Bad: w, jobs: {worker: w, processes: 0}, fine: w, other: {worker: w, procesess: 2}}
 asynctask_scheduled_workers: [{worker: w}, {worker: w, minute: 1}, {minute: 2}]
 asynctask_shutdown_timeout: -1
-""")
+""",
+    )
     with pytest.raises(ConfigurationError) as info:
         load_settings([path], environ={})
     message = str(info.value)
@@ -256,8 +278,9 @@ def test_a_worker_child_does_without_apscheduler_even_with_command_entries() -> 
         "loaded = sorted(m for m in sys.modules if m.startswith(('apscheduler', 'asynctask.scheduler')))\n"
         "assert not loaded, loaded\n"
     )
-    result = subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True, timeout=60,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code, *modules], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert "asynctask.workers.command" in modules
 

@@ -88,8 +88,10 @@ def run(store: MemoryTransport, worker: str, **kwargs: Any) -> tuple[Runner, lis
 
 def test_registry_rejects_a_second_class_under_a_taken_name_naming_both() -> None:
     with pytest.raises(ConfigurationError) as info:
+
         class Again(AsyncTaskWorker):
             name = "unit_ok"
+
     assert "test_workers_runner.UnitOk" in str(info.value) and "Again" in str(info.value)
     with pytest.raises(UnknownWorkerError, match=r'Worker "nope" does not exist; registered workers: .*unit_ok'):
         get_worker("nope")
@@ -143,8 +145,7 @@ def test_retry_counts_toward_max_attempts_then_dead_letters(store: MemoryTranspo
     assert SEEN == [("retry", 1), ("retry", 2), ("retry", 3)] and runner.processed == 3
     (dead,) = store.dead_tasks("jobs")
     assert (dead.id, dead.attempts) == (task_id, 3)
-    assert dead.reason == ("retries exhausted: Retry raised on attempt 3 of max_attempts=3:"
-                           " the mail server said later")
+    assert dead.reason == ("retries exhausted: Retry raised on attempt 3 of max_attempts=3: the mail server said later")
 
 
 def test_batch_size_grows_for_fast_tasks_and_is_bounded(store: MemoryTransport) -> None:
@@ -230,8 +231,9 @@ def test_rate_limit_counts_tasks_processed_not_polls(store: MemoryTransport) -> 
         sleeps.append(seconds)
         now[0] += seconds
 
-    runner, messages = run(store, "unit_ok", rate_max_calls=2, rate_period_s=1.0, clock=lambda: now[0],
-                           sleep=fake_sleep)
+    runner, messages = run(
+        store, "unit_ok", rate_max_calls=2, rate_period_s=1.0, clock=lambda: now[0], sleep=fake_sleep
+    )
     assert runner.processed == 5
     assert sum(sleeps) == pytest.approx(2.0)  # tasks 3 and 5 each waited for the window
     assert max(len(m.entries) for m in messages if isinstance(m, P.Fetched)) <= 2
@@ -337,11 +339,13 @@ def test_after_an_outage_mid_batch_tasks_whose_lease_is_lost_are_not_run() -> No
     store.submit_tasks("jobs", [{"n": n} for n in range(3)])
     SEEN.clear()
     messages: list[P.Message] = []
-    runner = Runner(store, "jobs", get_worker("unit_fast_then_slow")(), halt=HALT_IDLE, sleep=lambda s: None,
-                    report=messages.append)
+    runner = Runner(
+        store, "jobs", get_worker("unit_fast_then_slow")(), halt=HALT_IDLE, sleep=lambda s: None, report=messages.append
+    )
     runner._avg_task_s = 0.0
     assert runner.run() == HALTED
     assert SEEN == [("start", 0)]  # 1 and 2 are another consumer's now: not run here as well
-    lost = [entry.task_id for m in messages if isinstance(m, P.Finished) for entry in m.outcomes
-            if entry.outcome == P.LOST]
+    lost = [
+        entry.task_id for m in messages if isinstance(m, P.Finished) for entry in m.outcomes if entry.outcome == P.LOST
+    ]
     assert sorted(lost) == sorted(t.id for t in store.stolen if t.payload["n"] != 0)

@@ -86,8 +86,10 @@ def test_scheduled_only_workers_get_a_child_on_their_queue() -> None:
             pass
 
     supervisor = Supervisor(settings)
-    assert [(c.queue, c.worker) for c in supervisor.children] == [("jobs", "sup_ok"), ("scheduled_sup_other",
-                                                                                        "sup_other")]
+    assert [(c.queue, c.worker) for c in supervisor.children] == [
+        ("jobs", "sup_ok"),
+        ("scheduled_sup_other", "sup_other"),
+    ]
     supervisor.transport.close()
 
 
@@ -129,9 +131,16 @@ def test_every_message_pickles_and_batches_travel_as_plain_tuples() -> None:
 
     rows = [("t1", 1, "r1", 0.0, 0)]
     messages: list[P.Event] = [
-        P.Ready(1), P.Fetched(rows, 1.0), P.Polled(1.0), P.Started("t1", 1.0, None),
-        P.Finished([("t1", P.ACKED, 0.5)]), P.Halted(), P.Recycle("max_memory_mb"), P.Settled("t1", 1, P.DEAD),
-        P.ChildStarted(1), P.ChildExited(1, restarted=True),
+        P.Ready(1),
+        P.Fetched(rows, 1.0),
+        P.Polled(1.0),
+        P.Started("t1", 1.0, None),
+        P.Finished([("t1", P.ACKED, 0.5)]),
+        P.Halted(),
+        P.Recycle("max_memory_mb"),
+        P.Settled("t1", 1, P.DEAD),
+        P.ChildStarted(1),
+        P.ChildExited(1, restarted=True),
     ]
     for message in [*messages, P.CrashNotice("t1", 1, 1, 0, None)]:
         assert pickle.loads(pickle.dumps(message)) == message
@@ -139,3 +148,21 @@ def test_every_message_pickles_and_batches_travel_as_plain_tuples() -> None:
     assert type(fetched.rows[0]) is tuple  # cheap to pickle: no NamedTuple per task
     assert fetched.entries == [P.HeldEntry("t1", 1, "r1", 0.0, 0)] and fetched.entries[0].receipt == "r1"
     assert P.Finished([("t1", P.ACKED, 0.5)]).outcomes[0].duration_s == 0.5
+
+
+def test_stop_signals_count_every_signal_and_request() -> None:
+    import os
+    import signal
+
+    from asynctask.workers.signals import StopSignals
+
+    before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+    stops = StopSignals()
+    stops.request()  # before entering: kept
+    with stops:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)  # both before anything reads the pipe
+        time.sleep(0.05)
+        assert stops.take() == 3
+        assert stops.take() == 0
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # restored
