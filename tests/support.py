@@ -7,7 +7,11 @@ Server tests skip with a reason when a server does not answer, unless ASYNCTASK_
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +39,41 @@ def require_service(name: str, host: str, port: int) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"{message} and ASYNCTASK_REQUIRE_SERVICES=1")
     pytest.skip(f"{message} (set ASYNCTASK_REQUIRE_SERVICES=1 to make this a failure)")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free loopback port, persisting to an AOF in
+    ``directory`` (``extra_args``: more options, e.g. a password or a unix socket)."""
+
+    def __init__(self, directory: Path, *extra_args: str) -> None:
+        self.directory, self.port, self.extra_args = directory, free_port(), extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start it and wait until it accepts connections (10 s at most)."""
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
+        args += ["--appendonly", "yes", "--save", "", *self.extra_args]
+        self.process = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not port_answers("127.0.0.1", self.port, 0.2):
+            if time.monotonic() > deadline:
+                raise RuntimeError("throwaway redis-server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Shut down gracefully (SIGTERM: the AOF is flushed), as an orderly restart does."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=20)
+        self.process = None

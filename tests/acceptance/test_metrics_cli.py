@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support import free_port
 
 pytest.importorskip("prometheus_client")
 
@@ -69,12 +69,6 @@ class Crashy(AsyncTaskWorker):
             os.kill(os.getpid(), signal.SIGSEGV)
         record(payload)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Sample:

@@ -58,7 +58,7 @@ def drain_through(world: Env, restart: Callable[[], None]) -> None:
 def test_redis_restart_mid_drain(tmp_path: Path) -> None:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed here")
-    server = RedisServer(tmp_path)
+    server = RedisServer(tmp_path, "--appendfsync", "always")
     server.start()
     world = Env(tmp_path, server.url, get_transport(server.url))
 

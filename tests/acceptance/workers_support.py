@@ -1,6 +1,6 @@
 """Helpers for the asynctask-workers subprocess tests: a store (a filesystem one in a temp dir, or
 any transport's test harness from tests/transports), a config file, the CLI started as a
-subprocess with the fixture workers importable, and a throwaway redis-server."""
+subprocess with the fixture workers importable."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from support import RedisServer
+
+__all__ = ["CLI", "SERVER_TRANSPORTS", "Env", "RedisServer", "stop", "transport_world", "wait_for"]
 
 from asynctask.transports import get_transport
 from asynctask.transports.base import Transport
@@ -122,56 +124,3 @@ def transport_world(name: str, tmp_path: Path) -> Iterator[Env]:
     spec.loader.exec_module(module)
     with module.harness(tmp_path) as made:
         yield Env(tmp_path, made.url, made.transport)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """A redis-server of the test's own on a free loopback port, persisting every write (AOF)."""
-
-    def __init__(self, directory: Path, port: int | None = None) -> None:
-        self.directory, self.port = directory, port or free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None

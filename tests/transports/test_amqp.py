@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pika
 import pytest
 from harness_amqp import BASE_URL, cleanup, make_url
-from support import AMQP_HOST, AMQP_PORT, require_service
+from support import AMQP_HOST, AMQP_PORT, free_port, require_service
 
 from asynctask.errors import TransportError, TransportUnavailableError, TransportURLError
 from asynctask.task import QueueStats
@@ -131,13 +131,6 @@ def transport(url: str) -> Iterator[AmqpTransport]:
     made = AmqpTransport(url)
     yield made
     made.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_unreachable_broker_is_one_line_naming_host_port_without_the_password() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ from pathlib import Path
 import pytest
 import redis
 from redis.crc import key_slot
-from support import REDIS_HOST, REDIS_PORT, require_service
+from support import REDIS_HOST, REDIS_PORT, RedisServer, free_port, require_service
 
 from asynctask.errors import TransportUnavailableError, TransportURLError
 from asynctask.task import QueueStats
@@ -35,62 +34,18 @@ PASSWORD = "s3cret-pw"
 SRC = str(Path(__file__).resolve().parents[2])
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """A throwaway redis-server that persists to an AOF in ``directory``."""
+class Server(RedisServer):
+    """A throwaway redis-server with a password and a unix socket, persisting to an AOF."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
         self.socket = str(directory / "redis.sock")
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(directory, "--requirepass", PASSWORD, "--unixsocket", self.socket, "--unixsocketperm", "700")
 
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-                "--requirepass",
-                PASSWORD,
-                "--unixsocket",
-                self.socket,
-                "--unixsocketperm",
-                "700",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                redis.Redis(port=self.port, password=PASSWORD).ping()
-                return
-            except redis.RedisError:
-                time.sleep(0.02)
-        raise RuntimeError("throwaway redis-server did not start")
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.process
 
-    def stop(self) -> None:
-        """Shut down gracefully (SIGTERM: the AOF is flushed), as an orderly restart does."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=20)
-        self.proc = None
-
-    def url(self, prefix: str = "t", **options: str) -> str:
+    def url(self, prefix: str = "t", **options: str) -> str:  # type: ignore[override]
         query = "&".join(f"{k}={v}" for k, v in {"key_prefix": prefix, **options}.items())
         return f"redis://:{PASSWORD}@127.0.0.1:{self.port}/0?{query}"
 
