@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -47,7 +48,6 @@ from asynctask import config_values as values
 from asynctask.config_values import WorkerEntry, did_you_mean
 from asynctask.cron import COMMAND_WORKER
 from asynctask.errors import ConfigurationError, UnknownWorkerError
-from asynctask.transports import default_home
 from asynctask.transports.base import mask_url
 
 __all__ = [
@@ -193,9 +193,15 @@ def configured_transport(environ: Mapping[str, str] | None = None) -> tuple[str,
     return settings.transport, settings.origins.get("asynctask_transport", files[-1])
 
 
+def default_home() -> Path:
+    """Where the embedded default keeps its queues: ``$ASYNCTASK_HOME`` or ``~/.local/share/asynctask``."""
+    home = os.environ.get("ASYNCTASK_HOME")
+    return Path(home) if home else Path.home() / ".local" / "share" / "asynctask"
+
+
 def embedded_default_url() -> str:
     """The URL used when nothing names one: the filesystem store under ``$ASYNCTASK_HOME`` (else
-    ``~/.local/share/asynctask``; :func:`asynctask.transports.default_home`)."""
+    ``~/.local/share/asynctask``; :func:`default_home`)."""
     return "filesys:" + str(default_home())
 
 

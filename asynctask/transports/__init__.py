@@ -27,9 +27,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import logging
-import os
 from importlib.metadata import entry_points
-from pathlib import Path
 
 from asynctask.errors import ConfigurationError, TransportURLError, UnknownTransportError
 from asynctask.transports.base import Transport, mask_url, parse_url
@@ -84,12 +82,6 @@ def known_schemes() -> list[str]:
     return sorted(set(_BUILTIN) | set(_plugin_schemes()))
 
 
-def default_home() -> Path:
-    """Where the embedded default keeps its queues: ``$ASYNCTASK_HOME`` or ``~/.local/share/asynctask``."""
-    home = os.environ.get("ASYNCTASK_HOME")
-    return Path(home) if home else Path.home() / ".local" / "share" / "asynctask"
-
-
 def resolve_transport_url(url: str | None = None) -> str:
     """The URL :func:`get_transport` would use: ``url``, else :func:`asynctask.config.transport_choice`'s.
 
@@ -97,7 +89,7 @@ def resolve_transport_url(url: str | None = None) -> str:
     """
     if url:
         return url
-    # asynctask.config imports this package (default_home): imported when first needed
+    # asynctask.config imports this package (asynctask.transports.base): imported when first needed
     from asynctask.config import transport_choice  # noqa: PLC0415
 
     url, source = transport_choice()
