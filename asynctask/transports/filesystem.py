@@ -292,7 +292,7 @@ class FilesystemTransport(AdminHooks, Transport):
             mtime = os.fstat(fd).st_mtime_ns
             if (mtime if mtime >= int(claimed) else int(deadline)) > time.time_ns():
                 return False  # extended meanwhile
-            self.store.requeue(queue, dirs, path, fd, (task_id, int(deliveries), enq_us, int(priority)))
+            self.store.requeue(dirs, path, fd, (task_id, int(deliveries), enq_us, int(priority)))
         logger.debug("lease of task %s in queue %s ended; ready again", task_id, queue)
         return True
 
@@ -324,7 +324,7 @@ class FilesystemTransport(AdminHooks, Transport):
             meta = (task_id, deliveries - (0 if count_attempt else 1), enq_us, priority)
             with self.store.locked(path) as fd:
                 if fd is not None:
-                    self.store.requeue(task.queue, dirs, path, fd, meta, delay_ns=int(delay_s * NS))
+                    self.store.requeue(dirs, path, fd, meta, delay_ns=int(delay_s * NS))
 
     def _extend(self, task: Task, lease_s: float) -> bool:
         with self.store.os_errors(f"extend the lease of task {task.id}"):

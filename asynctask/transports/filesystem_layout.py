@@ -102,6 +102,8 @@ class Dirs:
 
     def __init__(self, base: str) -> None:
         self.base = base
+        #: the queue's name: the last part of ``base``
+        self.queue = base.rsplit("/", 1)[-1]
         self.ready = [f"{base}/ready/{p}" for p in range(MAX_PRIORITY + 1)]
         self.delayed, self.inflight, self.dead = f"{base}/delayed", f"{base}/inflight", f"{base}/dead"
 
@@ -261,14 +263,14 @@ class FileStore:
         _, _, task_id, deliveries, enq_us, priority, _ = task.receipt.split(".")
         return dirs, f"{dirs.inflight}/{task.receipt}", (task_id, int(deliveries), enq_us, int(priority))
 
-    def requeue(self, queue: str, dirs: Dirs, src: str, fd: int, meta: Meta, *, delay_ns: int = 0) -> None:
+    def requeue(self, dirs: Dirs, src: str, fd: int, meta: Meta, *, delay_ns: int = 0) -> None:
         """Move a locked in-flight file back to ready (or delayed)."""
         task_id, deliveries, enq_us, priority = meta
         os.utime(fd, ns=(0, 0))
         if delay_ns > 0:
             due = time.time_ns() + delay_ns
             os.rename(src, f"{dirs.delayed}/{due:019d}.{task_id}.{deliveries}.{enq_us}.{priority}")
-            self.delayed_cache.pop(queue, None)
+            self.delayed_cache.pop(dirs.queue, None)
             self.sync_dir(dirs.delayed)
         elif bucket := self.place(src, dirs.ready[priority], f"{next_order():019d}.{task_id}.{deliveries}.{enq_us}"):
             self.sync_dir(bucket)

@@ -170,7 +170,7 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.Cu
             sys.exit(1)
         logger.info("worker %s started on queue %s", spec.worker, spec.queue)
         pipe.report(P.Ready(os.getpid()))
-        runner = _runner(spec, worker, transport, pipe, current=current, stop=stop)
+        runner = _runner(spec, worker, transport, pipe, current)
         _run(spec, runner, pipe, started)
     finally:
         (runner.transport if runner is not None else transport).close()
@@ -179,13 +179,7 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.Cu
 
 
 def _runner(
-    spec: ChildSpec,
-    worker: AsyncTaskWorker,
-    transport: Transport,
-    pipe: _Pipe,
-    *,
-    current: P.CurrentTask | None,
-    stop: threading.Event,
+    spec: ChildSpec, worker: AsyncTaskWorker, transport: Transport, pipe: _Pipe, current: P.CurrentTask | None
 ) -> Runner:
     return Runner(
         transport,
@@ -202,7 +196,7 @@ def _runner(
         reopen=lambda: get_transport(spec.transport_url),
         current=current,
         inbox=None if transport.portable_receipts else pipe.inbox,
-        stop=stop,
+        stop=pipe.stop,
     )
 
 

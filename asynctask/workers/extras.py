@@ -38,6 +38,16 @@ Listener = Callable[["ChildState", P.Event], None]
 Starter = Callable[[threading.Event], object]
 
 
+@dataclass(frozen=True)
+class ExtrasWanted:
+    """What runs beside the children when asked for: the scheduler, the metrics server."""
+
+    scheduler: bool = False
+    #: serve metrics on this port (None: no metrics) and address
+    metrics_port: int | None = None
+    metrics_bind: str = "127.0.0.1"
+
+
 @dataclass
 class Extras:
     """What the supervisor adds to its listeners, and what it starts when it runs."""
@@ -46,18 +56,11 @@ class Extras:
     starters: list[Starter] = field(default_factory=list)
 
 
-def build_extras(
-    settings: Settings,
-    transport_url: str,
-    queues: Iterable[str],
-    *,
-    scheduler: bool,
-    metrics_port: int | None,
-    metrics_bind: str,
-) -> Extras:
-    """The scheduler when ``scheduler``, the metrics when ``metrics_port`` is not None."""
+def build_extras(settings: Settings, transport_url: str, queues: Iterable[str], wanted: ExtrasWanted) -> Extras:
+    """The scheduler when ``wanted.scheduler``, the metrics when ``wanted.metrics_port`` is not None."""
     extras = Extras()
-    found = build_scheduler(settings, transport_url) if scheduler else None
+    metrics_port, metrics_bind = wanted.metrics_port, wanted.metrics_bind
+    found = build_scheduler(settings, transport_url) if wanted.scheduler else None
     if found is not None:
 
         def start_scheduler(stop: threading.Event) -> None:

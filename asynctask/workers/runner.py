@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 from asynctask.errors import TransportError, TransportUnavailableError
 from asynctask.task import QueueStats, Task
@@ -61,6 +61,35 @@ STOPPED, HALTED, MAX_TASKS, MAX_MEMORY = "stopped", "halted", "max_tasks", "max_
 HALT_EMPTY, HALT_IDLE = "empty", "idle"
 
 
+class RunnerOptions(TypedDict, total=False):
+    """The keyword options of :class:`Runner` (defaults in brackets)."""
+
+    #: the longest a fetch waits on an empty queue (0.5)
+    poll_interval_s: float
+    #: None (run until stopped), HALT_EMPTY or HALT_IDLE
+    halt: str | None
+    #: at most this many tasks per ``rate_period_s`` (None: no limit)
+    rate_max_calls: int | None
+    rate_period_s: float
+    #: most tasks per fetch (100)
+    max_batch: int
+    #: leave after this many tasks, or once resident memory passed this (None: never)
+    max_tasks: int | None
+    max_memory_mb: float | None
+    #: where the protocol messages go, and whether task outcomes are among them (True)
+    report: Report | None
+    report_outcomes: bool
+    #: opens a fresh transport after an outage
+    reopen: Callable[[], Transport] | None
+    #: the shared-memory slot of the task in hand; the supervisor's crash notices (AMQP)
+    current: P.CurrentTask | None
+    inbox: Inbox | None
+    #: set to stop fetching; the clock and sleep (tests inject them)
+    stop: threading.Event | None
+    clock: Clock
+    sleep: Callable[[float], Any] | None
+
+
 class Runner:
     """Feeds one queue to one worker instance until stopped, halted or ``max_tasks`` ran.
 
@@ -70,43 +99,28 @@ class Runner:
     """
 
     def __init__(
-        self,
-        transport: Transport,
-        queue: str,
-        worker: AsyncTaskWorker,
-        *,
-        poll_interval_s: float = 0.5,
-        halt: str | None = None,
-        rate_max_calls: int | None = None,
-        rate_period_s: float = 1.0,
-        max_batch: int = 100,
-        max_tasks: int | None = None,
-        max_memory_mb: float | None = None,
-        report: Report | None = None,
-        report_outcomes: bool = True,
-        reopen: Callable[[], Transport] | None = None,
-        current: P.CurrentTask | None = None,
-        inbox: Inbox | None = None,
-        stop: threading.Event | None = None,
-        clock: Clock = time.monotonic,
-        sleep: Callable[[float], Any] | None = None,
+        self, transport: Transport, queue: str, worker: AsyncTaskWorker, **options: Unpack[RunnerOptions]
     ) -> None:
         self.transport, self.queue, self.worker = transport, queue, worker
-        self.poll_interval_s = poll_interval_s
-        self.halt = halt
-        self.limiter = RateLimiter(rate_max_calls, rate_period_s, clock) if rate_max_calls else None
-        self.max_batch = max(1, min(max_batch, MAX_BATCH))
-        self.max_tasks = max_tasks
-        self.max_memory_mb = max_memory_mb
-        self.report: Report = report or (lambda message: None)
-        self.current = current
+        self.poll_interval_s = options.get("poll_interval_s", 0.5)
+        self.halt = options.get("halt")
+        self.clock: Clock = options.get("clock", time.monotonic)
+        rate_max_calls = options.get("rate_max_calls")
+        self.limiter = (
+            RateLimiter(rate_max_calls, options.get("rate_period_s", 1.0), self.clock) if rate_max_calls else None
+        )
+        self.max_batch = max(1, min(options.get("max_batch", 100), MAX_BATCH))
+        self.max_tasks = options.get("max_tasks")
+        self.max_memory_mb = options.get("max_memory_mb")
+        self.report: Report = options.get("report") or (lambda message: None)
+        self.current = options.get("current")
+        inbox = options.get("inbox")
         #: crash notices heard (AMQP only)
         self._notices = CrashNotices(inbox) if inbox is not None else None
-        self.report_outcomes = report_outcomes
-        self.reopen = reopen
-        self.stop = stop or threading.Event()
-        self.clock = clock
-        self.sleep = sleep or self.stop.wait
+        self.report_outcomes = options.get("report_outcomes", True)
+        self.reopen = options.get("reopen")
+        self.stop = options.get("stop") or threading.Event()
+        self.sleep: Callable[[float], Any] = options.get("sleep") or self.stop.wait
         self.lease_s = float(worker.lease_s or transport.lease_s)
         self.processed = 0
         self._held: dict[str, Task] = {}

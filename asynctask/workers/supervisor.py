@@ -46,7 +46,7 @@ import threading
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from asynctask.cli.exit_codes import EXIT_FORCED, EXIT_OK
 from asynctask.config import Settings
@@ -54,7 +54,7 @@ from asynctask.transports import get_transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.child import ChildSpec, child_main
 from asynctask.workers.crashes import CrashKeeper
-from asynctask.workers.extras import Listener, build_extras
+from asynctask.workers.extras import ExtrasWanted, Listener, build_extras
 from asynctask.workers.keepers import resident_mb
 from asynctask.workers.signals import StopSignals
 from asynctask.workers.state import ChildState, build_children, describe_exit, hard_timeout_s, import_requires
@@ -74,25 +74,30 @@ ANNOUNCE_AFTER_S = 1.0
 RSS_SAMPLE_S = 1.0
 
 
+class SupervisorOptions(TypedDict, total=False):
+    """The keyword options of :class:`Supervisor` (defaults in brackets)."""
+
+    #: the transport URL (the configuration's)
+    transport_url: str | None
+    #: exit once every queue is empty (False); also run the scheduler (False)
+    halt_when_empty: bool
+    scheduler: bool
+    #: serve metrics on this port (None: no metrics) and address (127.0.0.1)
+    metrics_port: int | None
+    metrics_bind: str
+    #: the children's logging level (INFO), or nothing at all
+    log_level: int
+    quiet: bool
+
+
 class Supervisor:
     """Runs the configured workers until halted or signalled; :meth:`run` returns an exit code."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        transport_url: str | None = None,
-        halt_when_empty: bool = False,
-        scheduler: bool = False,
-        metrics_port: int | None = None,
-        metrics_bind: str = "127.0.0.1",
-        log_level: int = logging.INFO,
-        quiet: bool = False,
-    ) -> None:
+    def __init__(self, settings: Settings, **options: Unpack[SupervisorOptions]) -> None:
         self.settings = settings
-        self.transport_url = transport_url or settings.transport_url
-        self.halt_when_empty = halt_when_empty
-        self.scheduler = scheduler
+        self.transport_url = options.get("transport_url") or settings.transport_url
+        self.halt_when_empty = halt_when_empty = options.get("halt_when_empty", False)
+        self.scheduler = scheduler = options.get("scheduler", False)
         self.listeners: list[Listener] = []
         self.stop_event = threading.Event()
         self._signals = StopSignals()
@@ -104,19 +109,13 @@ class Supervisor:
             transport_url=self.transport_url,
             require=import_requires(settings),
             halt_when_empty=halt_when_empty,
-            log_level=log_level,
-            quiet=quiet,
+            log_level=options.get("log_level", logging.INFO),
+            quiet=options.get("quiet", False),
         )
         self.children = build_children(settings, base, lambda: P.CurrentTask(self._context))
         self._leaving: list[tuple[BaseProcess, Connection]] = []
-        self._extras = build_extras(
-            settings,
-            self.transport_url,
-            [c.queue for c in self.children],
-            scheduler=scheduler,
-            metrics_port=metrics_port,
-            metrics_bind=metrics_bind,
-        )
+        wanted = ExtrasWanted(scheduler, options.get("metrics_port"), options.get("metrics_bind", "127.0.0.1"))
+        self._extras = build_extras(settings, self.transport_url, [c.queue for c in self.children], wanted)
         self.listeners += self._extras.listeners
         self.transport = get_transport(self.transport_url)
         self.crashes = CrashKeeper(self.transport)
