@@ -8,28 +8,19 @@ restarted.  It outlives the processes of its slot: a restarted child reuses it.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from asynctask.config import Settings, check_worker_names
-from asynctask.cron import scheduled_queues, validate_entries
-from asynctask.importing import import_modules
 from asynctask.workers import protocol as P  # noqa: N812
-from asynctask.workers.base import get_worker, registered_workers
 from asynctask.workers.child import ChildSpec
 
-__all__ = ["ChildState", "build_children", "describe_exit", "hard_timeout_s", "import_requires", "scheduled_children"]
+__all__ = ["ChildState", "describe_exit", "hard_timeout_s"]
 
 logger = logging.getLogger(__name__)
-
-#: The module of the built-in ``command`` worker, imported where scheduled entries are configured.
-COMMAND_MODULE = "asynctask.workers.command"
 
 
 def hard_timeout_s(timeout_s: float) -> float:
@@ -48,35 +39,6 @@ def describe_exit(exitcode: int | None) -> str:
             name = str(-exitcode)
         return f"was killed by signal {name}"
     return f"exited with code {exitcode}"
-
-
-def import_requires(settings: Settings) -> tuple[str, ...]:
-    """Import ``settings.require`` (so workers register) and check every worker name.
-
-    Scheduled entries are validated in full here (cron fields, dates, time zone), with or without
-    ``--scheduler``, so a bad entry stops every node at start instead of only the scheduling ones.
-    Returns the modules a child must import (:mod:`asynctask.workers.command` added when there are
-    scheduled entries: it registers the built-in ``command`` worker, which ``worker: command`` may
-    also name; a child never loads APScheduler).  Raises ConfigurationError with one line naming the
-    problem.
-    """
-    modules = list(settings.require)
-    if settings.scheduled_workers:
-        modules.append(COMMAND_MODULE)
-    import_modules(modules)
-    known = registered_workers()
-    check_worker_names(settings, known)
-    for entry, where in zip(settings.scheduled_workers, settings.scheduled_sources, strict=True):
-        validate_entries([entry], where, known_workers=known)
-    return tuple(modules)
-
-
-def scheduled_children(settings: Settings) -> dict[str, str]:
-    """``{queue: worker}`` for the queues scheduled fires go to that ``asynctask_workers`` does not
-    configure (``scheduled_<worker>``, or an entry's own ``queue``): every supervisor consumes them,
-    with or without ``--scheduler``, so a fire runs wherever a supervisor runs."""
-    entries = validate_entries(list(settings.scheduled_workers))
-    return scheduled_queues(entries, settings.worker_queues)
 
 
 @dataclass
@@ -194,33 +156,3 @@ class ChildState:
             self.counts[outcome] += 1
             if self.running is not None and self.running.task_id == task_id:
                 self.running = None
-
-
-def build_children(settings: Settings, base: ChildSpec, shared_task: Callable[[], P.CurrentTask]) -> list[ChildState]:
-    """One :class:`ChildState` per process of every configured queue, and one per scheduled-only
-    worker (:func:`scheduled_children`); ``base`` carries what every child's spec shares, and
-    ``shared_task`` makes each slot's :class:`~asynctask.workers.protocol.CurrentTask`."""
-    pairs = [(e.queue, e.worker, e.processes, e.rate_max_calls, e.rate_period, e.max_crashes) for e in settings.workers]
-    pairs += [(queue, worker, 1, None, 1.0, None) for queue, worker in scheduled_children(settings).items()]
-    children = []
-    for queue, worker, processes, rate_max_calls, rate_period, max_crashes in pairs:
-        cls = get_worker(worker)
-        spec = dataclasses.replace(
-            base,
-            queue=queue,
-            worker=worker,
-            poll_interval_s=settings.poll_interval_ms / 1000,
-            rate_max_calls=rate_max_calls,
-            # a queue's rate limit is shared by its processes: each gets the same count over a period
-            # N times longer, so together they keep the configured average rate
-            rate_period_s=rate_period * processes,
-            max_tasks=settings.max_tasks_per_child,
-            max_memory_mb=settings.max_memory_mb,
-        )
-        children += [
-            ChildState(
-                spec, slot, cls.max_attempts, cls.timeout_s, max_crashes or cls.max_crashes, current=shared_task()
-            )
-            for slot in range(processes)
-        ]
-    return children

@@ -56,8 +56,9 @@ from asynctask.workers.child import ChildSpec, child_main
 from asynctask.workers.crashes import CrashKeeper
 from asynctask.workers.extras import ExtrasWanted, Listener, build_extras
 from asynctask.workers.keepers import resident_mb
+from asynctask.workers.plan import build_children, import_requires
 from asynctask.workers.signals import StopSignals
-from asynctask.workers.state import ChildState, build_children, describe_exit, hard_timeout_s, import_requires
+from asynctask.workers.state import ChildState, describe_exit, hard_timeout_s
 
 logger = logging.getLogger(__name__)
 

@@ -265,7 +265,7 @@ def test_a_worker_child_does_without_apscheduler_even_with_command_entries() -> 
     import subprocess
     import sys
 
-    from asynctask.workers.state import import_requires
+    from asynctask.workers.plan import import_requires
 
     settings = load_settings([], [("asynctask_scheduled_workers", [{"command": "true", "minute": 0}])], environ={})
     modules = import_requires(settings)
