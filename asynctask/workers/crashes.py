@@ -140,19 +140,21 @@ class CrashLedger:
 
     def record(self, queue: str, task_id: str, attempts: int, cause: str) -> CrashRecord:
         """Count one more crash of ``task_id`` with its ``cause``; returns its record."""
-        self._expire()
-        found = self._records.pop(task_id, None) or CrashRecord(queue, task_id, attempts)
-        found.attempts = attempts
+        found = self._touch(queue, task_id, attempts)
         found.causes.append(cause)
-        found.last_at = self.clock()
-        self._records[task_id] = found  # most recent last
         return found
 
     def condemn(self, queue: str, task_id: str, attempts: int, reason: str) -> CrashRecord:
         """Mark ``task_id`` to be dead-lettered at its next fetch with ``reason`` (no crash counted)."""
-        found = self.get(task_id) or CrashRecord(queue, task_id, attempts)
-        found.dead_reason, found.last_at = reason, self.clock()
-        self._records.pop(task_id, None)
+        found = self._touch(queue, task_id, attempts)
+        found.dead_reason = reason
+        return found
+
+    def _touch(self, queue: str, task_id: str, attempts: int) -> CrashRecord:
+        """The record of ``task_id`` (made when missing), updated now and moved to the newest end."""
+        self._expire()
+        found = self._records.pop(task_id, None) or CrashRecord(queue, task_id, attempts)
+        found.attempts, found.last_at = attempts, self.clock()
         self._records[task_id] = found
         return found
 
