@@ -19,8 +19,8 @@ Settings (rex.asynctask's names):
 ``asynctask_transport``                     transport URL (default: ``$ASYNCTASK_TRANSPORT``, else the
                                             embedded filesystem store under ``$ASYNCTASK_HOME``)
 ``asynctask_workers``                       ``queue: worker`` or ``queue: {worker, processes,
-                                            rate_max_calls, rate_period, max_crashes}`` or
-                                            ``queue: null``
+                                            concurrency, rate_max_calls, rate_period,
+                                            max_crashes}`` or ``queue: null``
 ``asynctask_scheduled_workers``             cron entries (:mod:`asynctask.cron` checks them)
 ``asynctask_require``                       modules to import so their workers register
 ``asynctask_workers_poll_interval``         ms a worker blocks on an empty queue per fetch (500)
@@ -135,6 +135,7 @@ class Settings:
                 e.queue: {
                     "worker": e.worker,
                     "processes": e.processes,
+                    "concurrency": e.concurrency,
                     "rate_max_calls": e.rate_max_calls,
                     "rate_period": e.rate_period,
                     "max_crashes": e.max_crashes,

@@ -17,11 +17,12 @@ from typing import Any
 from asynctask.cron import check_entry_shape
 from asynctask.errors import ConfigurationError, QueueNameError, ScheduleError
 from asynctask.task import validate_queue_name
+from asynctask.workers.base import MAX_CONCURRENCY
 
 __all__ = ["WORKER_KEYS", "WorkerEntry", "did_you_mean", "scalar", "scheduled", "str_list", "workers"]
 
 #: The keys of one ``asynctask_workers`` entry written as a mapping.
-WORKER_KEYS = ("worker", "processes", "rate_max_calls", "rate_period", "max_crashes")
+WORKER_KEYS = ("worker", "processes", "concurrency", "rate_max_calls", "rate_period", "max_crashes")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class WorkerEntry:
     source: str = ""
     #: deaths of its child a task may cause before quarantine (None: the worker class's own)
     max_crashes: int | None = None
+    #: tasks each of its children runs at once (None: the worker class's own ``concurrency``)
+    concurrency: int | None = None
 
 
 def did_you_mean(name: object, known: Iterable[str]) -> str:
@@ -128,8 +131,13 @@ def _worker_entry(queue: Any, spec: Any, source: str) -> WorkerEntry | None:
     rate_max_calls = _int(spec.get("rate_max_calls"), f"{where}: rate_max_calls", 1, nullable=True)
     rate_period = _positive_number(spec.get("rate_period", 1.0), f"{where}: rate_period (seconds)")
     max_crashes = _int(spec.get("max_crashes"), f"{where}: max_crashes", 1, nullable=True)
+    concurrency = _int(spec.get("concurrency"), f"{where}: concurrency", 1, nullable=True)
+    if concurrency is not None and concurrency > MAX_CONCURRENCY:
+        raise ConfigurationError(
+            f"{where}: concurrency: {concurrency!r} is not allowed; an integer from 1 to {MAX_CONCURRENCY} is allowed"
+        )
     assert processes is not None
-    return WorkerEntry(queue, worker, processes, rate_max_calls, rate_period, source, max_crashes)
+    return WorkerEntry(queue, worker, processes, rate_max_calls, rate_period, source, max_crashes, concurrency)
 
 
 def scheduled(

@@ -5,7 +5,8 @@ on the queue it is configured for.  Both go through the real runner (ack, retry,
 the transport ``get_transport()`` resolves (pass ``transport=`` to choose), stop when nothing is
 ready, and return how many tasks ran.  Retries with a delay stay in the store: set the worker's
 ``retry_delay_s = 0`` in a test to see them run in the same drain.  With a ``memory://`` transport
-this is an eager mode that still encodes and decodes every payload.
+this is an eager mode that still encodes and decodes every payload.  A worker with ``concurrency``
+above 1, or an ``async def process``, runs as it would in a child (threads, or its event loop).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from asynctask.config import Settings, WorkerEntry, load_settings
 from asynctask.errors import ConfigurationError
 from asynctask.transports import get_transport
 from asynctask.transports.base import Transport
+from asynctask.workers.aio import WorkerLoop, make_runner
 from asynctask.workers.base import get_worker
-from asynctask.workers.runner import HALT_IDLE, Runner
+from asynctask.workers.runner import HALT_IDLE
 
 __all__ = ["process_queue", "run_worker"]
 
@@ -67,13 +69,16 @@ def _drain(queue: str, worker_name: str, transport: Transport | None) -> int:
     owned = transport is None
     store = get_transport() if transport is None else transport
     try:
-        worker.setup()
-        try:
-            runner = Runner(store, queue, worker, halt=HALT_IDLE, max_batch=100)
-            runner.run()
-            return runner.processed
-        finally:
-            worker.teardown()
+        with WorkerLoop(worker) as loop:
+            loop.call(worker.setup)
+            try:
+                runner = make_runner(
+                    store, queue, worker, loop, concurrency=worker.concurrency, halt=HALT_IDLE, max_batch=100
+                )
+                runner.run()
+                return runner.processed
+            finally:
+                loop.call(worker.teardown)
     finally:
         if owned:
             store.close()

@@ -23,13 +23,22 @@ Class options (override in the subclass):
     code itself, and the supervisor replaces a child stuck in C code shortly after.
 ``lease_s`` (None: the transport's)
     the lease each fetch takes; the runner extends it while the task runs.
+``concurrency`` (1)
+    tasks one child runs at once: ``def process`` runs on that many threads (one shared worker
+    instance), ``async def process`` as that many coroutines on one event loop (``setup`` and
+    ``teardown`` may then be ``async def`` too).  ``concurrency`` in an ``asynctask_workers`` entry
+    overrides it for that queue.  ``self.task`` is the caller's task in every thread and coroutine
+    (a context variable).  See :mod:`asynctask.workers.lanes`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import inspect
 import logging
 import random
+from collections.abc import Awaitable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -39,7 +48,19 @@ from asynctask.task import Task
 if TYPE_CHECKING:
     from asynctask.transports.base import Transport
 
-__all__ = ["AsyncTaskWorker", "Reject", "Retry", "TaskTimeout", "get_worker", "registered_workers"]
+__all__ = [
+    "MAX_CONCURRENCY",
+    "AsyncTaskWorker",
+    "Reject",
+    "Retry",
+    "TaskTimeout",
+    "get_worker",
+    "is_async_worker",
+    "registered_workers",
+]
+
+#: The most tasks one child may run at once (``concurrency``)
+MAX_CONCURRENCY = 1000
 
 _registry: dict[str, type[AsyncTaskWorker]] = {}
 
@@ -89,6 +110,7 @@ class AsyncTaskWorker:
     timeout_s: ClassVar[float | None] = None
     lease_s: ClassVar[float | None] = None
     max_crashes: ClassVar[int] = 3
+    concurrency: ClassVar[int] = 1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -97,10 +119,14 @@ class AsyncTaskWorker:
             return
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"{_qualified(cls)}.name must be a non-empty string, not {name!r}")
-        for option in ("max_attempts", "max_crashes"):
+        for option in ("max_attempts", "max_crashes", "concurrency"):
             value = getattr(cls, option)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{_qualified(cls)}.{option} must be an integer >= 1, not {value!r}")
+        if cls.concurrency > MAX_CONCURRENCY:
+            raise ConfigurationError(
+                f"{_qualified(cls)}.concurrency must be at most {MAX_CONCURRENCY}, not {cls.concurrency!r}"
+            )
         taken = _registry.get(name)
         if taken is not None and _qualified(taken) != _qualified(cls):
             raise ConfigurationError(
@@ -111,11 +137,21 @@ class AsyncTaskWorker:
                 f"worker {name!r} ({_qualified(cls)}) does not define process(self, payload): every task it took"
                 " would fail"
             )
+        if not inspect.iscoroutinefunction(cls.process):
+            for hook in ("setup", "teardown"):
+                if inspect.iscoroutinefunction(getattr(cls, hook)):
+                    raise ConfigurationError(
+                        f"worker {name!r} ({_qualified(cls)}) has an async def {hook}() but a plain def process():"
+                        " make process async def too, or the hook a plain def"
+                    )
         _registry[name] = cls
 
     def __init__(self) -> None:
         self.logger = logging.getLogger(f"asynctask.worker.{self.name or type(self).__name__}")
-        self.task: Task | None = None
+        # each thread and each coroutine of a child sees its own task (``concurrency``)
+        self._task_var: contextvars.ContextVar[Task | None] = contextvars.ContextVar(
+            f"asynctask_task_{id(self)}", default=None
+        )
         self.queue: str | None = None
         self.transport: Transport | None = None
         self._transport_lock: AbstractContextManager[Any] = contextlib.nullcontext()
@@ -127,17 +163,28 @@ class AsyncTaskWorker:
         self.queue = queue
         self._transport_lock = lock or contextlib.nullcontext()
 
+    @property
+    def task(self) -> Task | None:
+        """The task the calling thread or coroutine is processing (None outside ``process``)."""
+        return self._task_var.get()
+
+    @task.setter
+    def task(self, task: Task | None) -> None:
+        self._task_var.set(task)
+
     # -- the hooks a subclass implements -------------------------------------------------------
 
-    def setup(self) -> None:
-        """Runs once in the child before the first task (open connections, load models...)."""
+    def setup(self) -> Awaitable[None] | None:
+        """Runs once in the child before the first task (open connections, load models...);
+        may be ``async def`` in a worker whose ``process`` is."""
 
-    def process(self, payload: dict[str, Any]) -> None:
-        """Do the work of one task.  ``self.task`` is the Task being processed."""
+    def process(self, payload: dict[str, Any]) -> Any:
+        """Do the work of one task (``def`` or ``async def``).  ``self.task`` is the Task being processed."""
         raise NotImplementedError(f"{_qualified(type(self))} must implement process(payload)")
 
-    def teardown(self) -> None:
-        """Runs once at exit, after the last task (also after a failure of ``setup``)."""
+    def teardown(self) -> Awaitable[None] | None:
+        """Runs once at exit, after the last task (also after a failure of ``setup``); may be
+        ``async def`` in a worker whose ``process`` is."""
 
     # -- helpers for process() -----------------------------------------------------------------
 
@@ -155,6 +202,11 @@ class AsyncTaskWorker:
         base = min(cls.retry_delay_s * 2 ** max(attempts - 1, 0), cls.max_retry_delay_s)
         jitter = (rng or random).uniform(0.75, 1.25)
         return max(float(base * jitter), 0.0)
+
+
+def is_async_worker(cls: type[AsyncTaskWorker]) -> bool:
+    """True when ``cls.process`` is ``async def`` (its child runs an event loop, not threads)."""
+    return inspect.iscoroutinefunction(cls.process)
 
 
 def registered_workers() -> dict[str, type[AsyncTaskWorker]]:

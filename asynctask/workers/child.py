@@ -25,7 +25,9 @@ from asynctask.errors import TransportUnavailableError
 from asynctask.transports import get_transport, quiet_drivers
 from asynctask.transports.base import Transport
 from asynctask.workers import protocol as P  # noqa: N812
+from asynctask.workers.aio import WorkerLoop, make_runner
 from asynctask.workers.base import AsyncTaskWorker, get_worker
+from asynctask.workers.lanes import TIMED_OUT
 from asynctask.workers.runner import (
     HALT_EMPTY,
     HALTED,
@@ -37,6 +39,9 @@ from asynctask.workers.runner import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: how a run ended -> the reason of the child's ``Recycle`` (its replacement starts before it leaves)
+RECYCLES = {MAX_TASKS: "max_tasks_per_child", MAX_MEMORY: "max_memory_mb", TIMED_OUT: "timeout_s"}
 
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s"
 
@@ -55,6 +60,10 @@ class ChildSpec:
     rate_period_s: float = 1.0
     max_tasks: int | None = None
     max_memory_mb: float | None = None
+    #: tasks run at once (:mod:`asynctask.workers.lanes`), and how long the others get after a
+    #: thread overran ``timeout_s``
+    concurrency: int = 1
+    shutdown_timeout_s: float = 30.0
     #: send ``finished`` messages (the supervisor has metrics or listeners)
     report_outcomes: bool = False
     log_level: int = logging.INFO
@@ -125,10 +134,11 @@ def _stop_on_signals(parent_pid: int) -> threading.Event:
 
 
 class _Pipe:
-    """The child's end of the supervisor's pipe: a closed pipe stops the child."""
+    """The child's end of the supervisor's pipe (a closed pipe stops the child), and the shared
+    memory where it writes the tasks in hand."""
 
-    def __init__(self, conn: Connection, stop: threading.Event) -> None:
-        self.conn, self.stop = conn, stop
+    def __init__(self, conn: Connection, stop: threading.Event, current: P.CurrentTask | None) -> None:
+        self.conn, self.stop, self.current = conn, stop, current
 
     def report(self, message: P.Message) -> None:
         try:
@@ -151,7 +161,7 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.Cu
     """Run one worker on one queue until stopped or halted; exits the process."""
     configure_logging(spec.log_level, spec.quiet)
     stop = _stop_on_signals(parent_pid)
-    pipe = _Pipe(conn, stop)
+    pipe = _Pipe(conn, stop, current)
     for module in spec.require:
         importlib.import_module(module)
     worker = get_worker(spec.worker)()
@@ -161,30 +171,32 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.Cu
     started = time.monotonic()
     runner: Runner | None = None
     try:
-        worker.bind(transport, spec.queue)
-        try:
-            worker.setup()
-        except Exception:
-            logger.exception("setup() of worker %s failed on queue %s", spec.worker, spec.queue)
-            worker.teardown()
-            sys.exit(1)
-        logger.info("worker %s started on queue %s", spec.worker, spec.queue)
-        pipe.report(P.Ready(os.getpid()))
-        runner = _runner(spec, worker, transport, pipe, current)
-        _run(spec, runner, pipe, started)
+        with WorkerLoop(worker) as loop:
+            worker.bind(transport, spec.queue)
+            try:
+                loop.call(worker.setup)
+            except Exception:
+                logger.exception("setup() of worker %s failed on queue %s", spec.worker, spec.queue)
+                loop.call(worker.teardown)
+                sys.exit(1)
+            logger.info("worker %s started on queue %s", spec.worker, spec.queue)
+            pipe.report(P.Ready(os.getpid()))
+            runner = _runner(spec, worker, transport, pipe, loop)
+            _run(spec, runner, pipe, started, loop)
     finally:
         (runner.transport if runner is not None else transport).close()
         conn.close()
     sys.exit(0)
 
 
-def _runner(
-    spec: ChildSpec, worker: AsyncTaskWorker, transport: Transport, pipe: _Pipe, current: P.CurrentTask | None
-) -> Runner:
-    return Runner(
+def _runner(spec: ChildSpec, worker: AsyncTaskWorker, transport: Transport, pipe: _Pipe, loop: WorkerLoop) -> Runner:
+    return make_runner(
         transport,
         spec.queue,
         worker,
+        loop,
+        concurrency=spec.concurrency,
+        shutdown_timeout_s=spec.shutdown_timeout_s,
         poll_interval_s=spec.poll_interval_s,
         halt=HALT_EMPTY if spec.halt_when_empty else None,
         rate_max_calls=spec.rate_max_calls,
@@ -194,18 +206,18 @@ def _runner(
         report=pipe.report,
         report_outcomes=spec.report_outcomes,
         reopen=lambda: get_transport(spec.transport_url),
-        current=current,
+        current=pipe.current,
         inbox=None if transport.portable_receipts else pipe.inbox,
         stop=pipe.stop,
     )
 
 
-def _run(spec: ChildSpec, runner: Runner, pipe: _Pipe, started: float) -> None:
+def _run(spec: ChildSpec, runner: Runner, pipe: _Pipe, started: float, loop: WorkerLoop) -> None:
     """Run the loop, then ``teardown()``; say why it ended when the supervisor must know."""
     try:
         outcome = runner.run()
     finally:
-        runner.worker.teardown()
+        loop.call(runner.worker.teardown)
     logger.info(
         "worker %s on queue %s %s after %d task(s) in %.1f s",
         spec.worker,
@@ -216,5 +228,5 @@ def _run(spec: ChildSpec, runner: Runner, pipe: _Pipe, started: float) -> None:
     )
     if outcome == HALTED:
         pipe.report(P.Halted())
-    elif outcome in (MAX_TASKS, MAX_MEMORY):
-        pipe.report(P.Recycle("max_tasks_per_child" if outcome == MAX_TASKS else "max_memory_mb"))
+    elif outcome in RECYCLES:
+        pipe.report(P.Recycle(RECYCLES[outcome]))

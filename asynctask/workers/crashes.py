@@ -205,25 +205,29 @@ class GivenBack(NamedTuple):
 def give_back(transport: Transport, child: ChildState, ledger: CrashLedger, how: str) -> GivenBack:
     """Give back at once the tasks a dead child held (see :class:`GivenBack` for what it returns).
 
-    ``how`` is :func:`~asynctask.workers.state.describe_exit`'s text.  The task it was running is a
+    ``how`` is :func:`~asynctask.workers.state.describe_exit`'s text.  Each task it was running is a
     crash (see the module docstring) unless the supervisor killed the child (``child.kill_cause``):
-    for its timeout (nacked with the attempt counted, or dead-lettered at ``max_attempts``) or to
-    end a shutdown (nacked uncounted, like the tasks it had not started).  Those it had finished are
-    acked.  Without portable receipts (AMQP) the broker gives the deliveries back itself; crash
+    for a timeout (the tasks past theirs, ``child.timed_out_ids``, nacked with the attempt counted,
+    or dead-lettered at ``max_attempts``; the child's other running tasks nacked uncounted) or to end
+    a shutdown (nacked uncounted, like the tasks it had not started).  A child running one task at a
+    time had finished those before it: they are acked.  With ``concurrency`` above 1 what it
+    finished cannot be told from what it had not started: all go back uncounted (those acked
+    already are not touched: a nack of a spent receipt is a no-op), so a task finished in the last
+    ``ack_window_s`` may run again.  Without portable receipts (AMQP) the broker gives the deliveries back itself; crash
     records are then notices to send to the queue's children.  ``child.dead_lettered`` counts the
     tasks this call dead-lettered.
     """
-    running = child.running_task()
-    entry = child.held.get(running.task_id) if running is not None else None
+    entries = [child.held[r.task_id] for r in child.running_tasks() if r.task_id in child.held]
     changed: list[CrashRecord] = []
     acked: list[str] = []
-    if entry is not None:
-        acked = _ack_finished(transport, child, entry)
+    if entries and child.concurrency == 1:
+        acked = _ack_finished(transport, child, entries[0])
+    for entry in entries:
         task = P.task_from_entry(child.queue, entry)
         if child.kill_cause is None:
             del child.held[task.id]
             changed += _crashed(transport, child, ledger, task, crash_cause(child, how))
-        elif child.kill_cause.startswith("TaskTimeout"):
+        elif child.kill_cause.startswith("TaskTimeout") and (not child.timed_out_ids or task.id in child.timed_out_ids):
             del child.held[task.id]
             changed += _timed_out(transport, child, ledger, task)
     if not transport.portable_receipts:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from asynctask.config import Settings, check_worker_names
+from asynctask.config import Settings, WorkerEntry, check_worker_names
 from asynctask.cron import scheduled_queues, validate_entries
 from asynctask.importing import import_modules
 from asynctask.workers import protocol as P  # noqa: N812
-from asynctask.workers.base import get_worker, registered_workers
+from asynctask.workers.base import get_worker, is_async_worker, registered_workers
 from asynctask.workers.child import ChildSpec
 from asynctask.workers.state import ChildState
 
@@ -54,30 +54,42 @@ def scheduled_children(settings: Settings) -> dict[str, str]:
     return scheduled_queues(entries, settings.worker_queues)
 
 
-def build_children(settings: Settings, base: ChildSpec, shared_task: Callable[[], P.CurrentTask]) -> list[ChildState]:
+def build_children(
+    settings: Settings, base: ChildSpec, shared_task: Callable[[int], P.CurrentTask]
+) -> list[ChildState]:
     """One :class:`ChildState` per process of every configured queue, and one per scheduled-only
     worker (:func:`scheduled_children`); ``base`` carries what every child's spec shares, and
-    ``shared_task`` makes each slot's :class:`~asynctask.workers.protocol.CurrentTask`."""
-    pairs = [(e.queue, e.worker, e.processes, e.rate_max_calls, e.rate_period, e.max_crashes) for e in settings.workers]
-    pairs += [(queue, worker, 1, None, 1.0, None) for queue, worker in scheduled_children(settings).items()]
+    ``shared_task(concurrency)`` makes each slot's :class:`~asynctask.workers.protocol.CurrentTask`."""
+    entries = list(settings.workers)
+    entries += [WorkerEntry(queue, worker) for queue, worker in scheduled_children(settings).items()]
     children = []
-    for queue, worker, processes, rate_max_calls, rate_period, max_crashes in pairs:
+    for entry in entries:
+        queue, worker, processes = entry.queue, entry.worker, entry.processes
         cls = get_worker(worker)
+        concurrency = entry.concurrency or cls.concurrency
         spec = dataclasses.replace(
             base,
             queue=queue,
             worker=worker,
             poll_interval_s=settings.poll_interval_ms / 1000,
-            rate_max_calls=rate_max_calls,
+            rate_max_calls=entry.rate_max_calls,
             # a queue's rate limit is shared by its processes: each gets the same count over a period
             # N times longer, so together they keep the configured average rate
-            rate_period_s=rate_period * processes,
+            rate_period_s=entry.rate_period * processes,
             max_tasks=settings.max_tasks_per_child,
             max_memory_mb=settings.max_memory_mb,
+            concurrency=concurrency,
+            shutdown_timeout_s=settings.shutdown_timeout_s,
         )
         children += [
             ChildState(
-                spec, slot, cls.max_attempts, cls.timeout_s, max_crashes or cls.max_crashes, current=shared_task()
+                spec,
+                slot,
+                cls.max_attempts,
+                cls.timeout_s,
+                entry.max_crashes or cls.max_crashes,
+                current=shared_task(concurrency),
+                async_lanes=is_async_worker(cls),
             )
             for slot in range(processes)
         ]

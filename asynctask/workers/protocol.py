@@ -12,6 +12,8 @@ other wishes (stop) to the child.
 :class:`Ready` ``(pid)``                          ``setup()`` is done, fetching starts
 :class:`Fetched` ``(rows, at)``                   the child now holds these tasks (:attr:`Fetched.entries`), and no
                                                   others; ``at`` is the wall time
+:class:`Took` ``(rows, at)``                      a child running several tasks at once (``concurrency``) now
+                                                  holds these too (it never sends ``Fetched``)
 :class:`Polled` ``(at)``                          a fetch came back empty: the child holds nothing
 :class:`Started` ``(task_id, at, timeout_s)``     ``process`` began on this task (see below)
 :class:`Finished` ``(rows)``                      the child no longer holds these tasks (:attr:`Finished.outcomes`)
@@ -27,6 +29,9 @@ The supervisor sends :class:`CrashNotice` ``(task_id, crashes, attempts, deferre
 equals ``crashes``, or dead-letters it with ``dead_reason`` when that is not None (quarantine, or a
 timeout at ``max_attempts``).  Where receipts are portable the supervisor does all that itself.
 
+A child with ``concurrency`` above 1 fetches while tasks run: it sends ``Took`` (held in addition)
+instead of ``Fetched``, ``Polled`` only when it holds nothing, and always sends ``Finished``.
+
 A :class:`HeldEntry` is enough to give the task back through another transport instance
 (:func:`task_from_entry`; transports identify a delivery by its receipt, never by its payload).  A
 child fetches a batch only after it finished the previous one, so ``Fetched`` and ``Polled`` also
@@ -40,8 +45,8 @@ outcome could be recorded).  ``duration_s`` is the processing time (0 for ``rele
 send ``Finished`` only when asked to (``report_outcomes``: the supervisor has listeners, e.g.
 metrics), as the supervisor's own bookkeeping does not need it.
 
-The task in hand is not sent per task (a message per task would cost the supervisor a wake-up per
-task): the child writes it into a :class:`CurrentTask` in shared memory instead, and the supervisor
+The tasks in hand are not sent per task (a message per task would cost the supervisor a wake-up per
+task): the child writes each into its slot of a :class:`CurrentTask` in shared memory instead, and the supervisor
 passes ``Started`` on to its listeners itself once a task has run for a second.  A Runner used
 without a CurrentTask (tests, eager mode) reports ``Started`` for every task.
 
@@ -94,6 +99,15 @@ OutcomeRow = tuple[str, str, float | None]
 
 
 class Fetched(NamedTuple):
+    rows: list[HeldRow]
+    at: float
+
+    @property
+    def entries(self) -> list[HeldEntry]:
+        return [HeldEntry._make(row) for row in self.rows]
+
+
+class Took(NamedTuple):
     rows: list[HeldRow]
     at: float
 
@@ -165,7 +179,7 @@ class ChildExited(NamedTuple):
 
 
 #: what a child sends
-Message = Ready | Fetched | Polled | Started | Finished | Halted | Recycle | Settled
+Message = Ready | Fetched | Took | Polled | Started | Finished | Halted | Recycle | Settled
 #: what the supervisor's listeners get
 Event = Message | ChildStarted | ChildExited
 
@@ -205,51 +219,69 @@ __all__ = [
     "Recycle",
     "Settled",
     "Started",
+    "Took",
     "held_entry",
     "task_from_entry",
 ]
 
 
 class CurrentTask:
-    """The task a child is running, in shared memory: the child writes it per task without a system
-    call, the supervisor reads it (timeouts, and which task a dead child was running).
+    """The tasks a child is running, in shared memory: one slot per task it may run at once
+    (``concurrency``); the child writes a slot per task without a system call, the supervisor reads
+    them (timeouts, and which tasks a dead child was running).
 
-    Written only by the child; a sequence number (odd while writing) lets the reader skip a torn
-    value.  Created by the supervisor and passed to the child as a ``Process`` argument.
+    Each slot is written only by the child's thread or coroutine that owns it; a per-slot sequence
+    number (odd while writing) lets the reader skip a torn value.  Created by the supervisor and
+    passed to the child as a ``Process`` argument.
     """
 
     ID_BYTES = 256
 
-    def __init__(self, context: Any = None) -> None:
+    def __init__(self, context: Any = None, slots: int = 1) -> None:
         import ctypes  # noqa: PLC0415
         import multiprocessing  # noqa: PLC0415
 
         ctx = context or multiprocessing.get_context()
-        self._id = ctx.RawArray(ctypes.c_char, self.ID_BYTES)
-        self._nums = ctx.RawArray(ctypes.c_double, 3)  # sequence, started (wall time), timeout_s (0: none)
+        self.slots = slots
+        self._ids = [ctx.RawArray(ctypes.c_char, self.ID_BYTES) for _ in range(slots)]
+        # per slot: sequence, started (wall time), timeout_s (0: none)
+        self._nums = ctx.RawArray(ctypes.c_double, 3 * slots)
 
-    def set(self, task_id: str, started: float, timeout_s: float | None) -> None:
-        nums = self._nums
-        nums[0] += 1
-        self._id.value = task_id.encode()[: self.ID_BYTES - 1]
-        nums[1] = started
-        nums[2] = timeout_s or 0.0
-        nums[0] += 1
+    def set(self, task_id: str, started: float, timeout_s: float | None, slot: int = 0) -> None:
+        nums, base = self._nums, 3 * slot
+        nums[base] += 1
+        self._ids[slot].value = task_id.encode()[: self.ID_BYTES - 1]
+        nums[base + 1] = started
+        nums[base + 2] = timeout_s or 0.0
+        nums[base] += 1
 
-    def clear(self) -> None:
-        nums = self._nums
-        nums[0] += 1
-        self._id.value = b""
-        nums[0] += 1
+    def clear(self, slot: int = 0) -> None:
+        nums, base = self._nums, 3 * slot
+        nums[base] += 1
+        self._ids[slot].value = b""
+        nums[base] += 1
 
-    def read(self) -> Started | None:
-        """The task running (id, wall time it started, timeout_s or None), or None."""
-        nums = self._nums
+    def clear_all(self) -> None:
+        for slot in range(self.slots):
+            self.clear(slot)
+
+    def read(self, slot: int = 0) -> Started | None:
+        """The task running in ``slot`` (id, wall time it started, timeout_s or None), or None."""
+        nums, base, ids = self._nums, 3 * slot, self._ids[slot]
         for _ in range(100):
-            before = nums[0]
+            before = nums[base]
             if before % 2:
                 continue
-            raw, started, timeout = self._id.value, nums[1], nums[2]
-            if nums[0] == before:
+            raw, started, timeout = ids.value, nums[base + 1], nums[base + 2]
+            if nums[base] == before:
                 return Started(raw.decode(errors="replace"), started, timeout or None) if raw else None
         return None
+
+    def read_all(self) -> list[Started]:
+        """Every task running, in slot order."""
+        found = []
+        for slot in range(self.slots):
+            running = self.read(slot)
+            if running is not None:
+                found.append(running)
+        return found

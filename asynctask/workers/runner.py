@@ -84,6 +84,10 @@ class RunnerOptions(TypedDict, total=False):
     #: the shared-memory slot of the task in hand; the supervisor's crash notices (AMQP)
     current: P.CurrentTask | None
     inbox: Inbox | None
+    #: tasks run at once, and the grace of the others after a thread overran timeout_s (lane
+    #: runners only: asynctask.workers.lanes; the plain Runner runs one at a time)
+    concurrency: int
+    shutdown_timeout_s: float
     #: set to stop fetching; the clock and sleep (tests inject them)
     stop: threading.Event | None
     clock: Clock
@@ -128,6 +132,8 @@ class Runner:
         #: the runner's transport calls and reports, from its loop and from the ack flusher
         self.io_lock = threading.RLock()
         self._pending_acks: list[tuple[Task, float]] = []
+        #: guards the pending acks alone (a lane queues its ack without waiting for a fetch)
+        self._acks_lock = threading.Lock()
         self._pending_since = 0.0
         self._ack_window_s = transport.ack_window_s
         self._flusher: AckFlusher | None = None
@@ -240,9 +246,10 @@ class Runner:
     def flush_acks(self) -> None:
         """Ack every finished task not acked yet, in one call (thread-safe)."""
         with self.io_lock:
-            if not self._pending_acks:
-                return
-            pending, self._pending_acks = self._pending_acks, []
+            with self._acks_lock:
+                if not self._pending_acks:
+                    return
+                pending, self._pending_acks = self._pending_acks, []
             self.ack([task for task, _ in pending])
             self.finish([(task, P.ACKED, duration) for task, duration in pending])
 
@@ -253,7 +260,7 @@ class Runner:
         return self._pending_since + self._ack_window_s - self.clock()
 
     def _queue_ack(self, task: Task, duration: float, ended: float) -> None:
-        with self.io_lock:
+        with self._acks_lock:
             first = not self._pending_acks
             if first:
                 self._pending_since = ended
@@ -381,7 +388,11 @@ class Runner:
         self._avg_task_s = duration if self._avg_task_s is None else 0.8 * self._avg_task_s + 0.2 * duration
         if failed is None:
             self._queue_ack(task, duration, ended)
-            return
+        else:
+            self.settle_failed(task, duration, failed)
+
+    def settle_failed(self, task: Task, duration: float, failed: tuple[float | None, str]) -> None:
+        """Give back (``failed[0]`` the delay) or dead-letter (None) a task whose attempt failed."""
         delay, reason = failed
         if delay is not None:
             self.nack(task, delay_s=delay)

@@ -68,8 +68,8 @@ class ChildState:
     current: P.CurrentTask | None = None
     #: the task in hand from a ``Started`` message (children that send them)
     running: P.Started | None = None
-    #: the last task id passed on to listeners as ``started``
-    announced: str | None = None
+    #: the ids of running tasks passed on to listeners as ``started``
+    announced: set[str] = field(default_factory=set)
     kill_cause: str | None = None
     killing: bool = False
     halted: bool = False
@@ -83,6 +83,10 @@ class ChildState:
     rss_at: float = 0.0
     #: tasks the supervisor dead-lettered for this slot's dead children
     dead_lettered: int = 0
+    #: its worker's ``process`` is ``async def`` (coroutine lanes: a timeout cancels the task)
+    async_lanes: bool = False
+    #: the tasks past their ``timeout_s`` when the supervisor killed the child for it
+    timed_out_ids: set[str] = field(default_factory=set)
 
     @property
     def queue(self) -> str:
@@ -92,26 +96,41 @@ class ChildState:
     def worker(self) -> str:
         return self.spec.worker
 
-    def running_task(self) -> P.Started | None:
-        """The task in hand (id, wall time it started, timeout_s or None), or None."""
+    @property
+    def concurrency(self) -> int:
+        return self.spec.concurrency
+
+    def running_tasks(self) -> list[P.Started]:
+        """The tasks in hand (id, wall time it started, timeout_s or None), in slot order."""
         if self.current is not None:
-            found = self.current.read()
-            if found is not None:
+            found = self.current.read_all()
+            if found:
                 return found
-        return self.running
+        return [self.running] if self.running is not None else []
+
+    def running_task(self) -> P.Started | None:
+        """The first task in hand, or None."""
+        found = self.running_tasks()
+        return found[0] if found else None
+
+    def kill_after_s(self, timeout_s: float) -> float:
+        """How long after its start a task with ``timeout_s`` gets before the child is killed: the
+        hard timeout, plus the shutdown grace for thread lanes (the child itself settles a thread
+        that overran, lets the others finish within that grace, and leaves)."""
+        threads = self.concurrency > 1 and not self.async_lanes
+        return hard_timeout_s(timeout_s) + (self.spec.shutdown_timeout_s if threads else 0.0)
 
     def kill_deadline(self) -> float | None:
         """Wall time after which the child is killed for running past ``timeout_s``, or None."""
-        found = self.running_task()
-        if found is None or not found.timeout_s:
-            return None
-        return found.at + hard_timeout_s(found.timeout_s)
+        deadlines = [r.at + self.kill_after_s(r.timeout_s) for r in self.running_tasks() if r.timeout_s]
+        return min(deadlines, default=None)
 
     def attach(self, process: BaseProcess, conn: Connection) -> None:
         self.process, self.conn, self.pid = process, conn, process.pid
         self.started_at = time.monotonic()
         self.ready = self.halted = self.recycling = self.killing = False
         self.kill_cause = None
+        self.timed_out_ids = set()
 
     def detach(self) -> None:
         if self.conn is not None:
@@ -121,9 +140,9 @@ class ChildState:
         self.held.clear()
         self.started_ids.clear()
         self.running = None
-        self.announced = None
+        self.announced = set()
         if self.current is not None:
-            self.current.clear()
+            self.current.clear_all()
 
     def handle(self, message: P.Message) -> None:
         """Update the bookkeeping from one child message."""
@@ -132,6 +151,9 @@ class ChildState:
                 # a child fetches only after finishing its previous batch: these are all it holds now
                 self.held = {entry.id: entry for entry in message.entries}
                 self.started_ids.clear()
+                self.last_fetch_at = message.at
+            case P.Took():
+                self.held.update((entry.id, entry) for entry in message.entries)
                 self.last_fetch_at = message.at
             case P.Polled(at):
                 self.held.clear()

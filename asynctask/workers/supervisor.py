@@ -58,7 +58,7 @@ from asynctask.workers.extras import ExtrasWanted, Listener, build_extras
 from asynctask.workers.keepers import resident_mb
 from asynctask.workers.plan import build_children, import_requires
 from asynctask.workers.signals import StopSignals
-from asynctask.workers.state import ChildState, describe_exit, hard_timeout_s
+from asynctask.workers.state import ChildState, describe_exit
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class Supervisor:
             log_level=options.get("log_level", logging.INFO),
             quiet=options.get("quiet", False),
         )
-        self.children = build_children(settings, base, lambda: P.CurrentTask(self._context))
+        self.children = build_children(settings, base, lambda slots: P.CurrentTask(self._context, slots))
         self._leaving: list[tuple[BaseProcess, Connection]] = []
         wanted = ExtrasWanted(scheduler, options.get("metrics_port"), options.get("metrics_bind", "127.0.0.1"))
         self._extras = build_extras(settings, self.transport_url, [c.queue for c in self.children], wanted)
@@ -228,7 +228,10 @@ class Supervisor:
         child.attach(process, parent_conn)
         self.crashes.child_started(child)
         self._emit(child, P.ChildStarted(process.pid))
-        logger.info("started worker %s on queue %s (pid %s)", child.worker, child.queue, process.pid)
+        lanes = ""
+        if child.concurrency > 1 or child.async_lanes:
+            lanes = f", concurrency {child.concurrency} ({'async' if child.async_lanes else 'threads'})"
+        logger.info("started worker %s on queue %s (pid %s%s)", child.worker, child.queue, process.pid, lanes)
 
     def _drain(self, child: ChildState) -> None:
         conn = child.conn
@@ -281,28 +284,39 @@ class Supervisor:
                 continue
             if now - child.rss_at >= RSS_SAMPLE_S and child.pid is not None:
                 child.rss_mb, child.rss_at = resident_mb(child.pid), now
-            running = child.running_task()
-            if running is None:
+            running = child.running_tasks()
+            if not running:
+                child.announced.clear()
                 continue
-            task_id, started, timeout = running.task_id, running.at, running.timeout_s
-            if task_id != child.announced and wall - started >= ANNOUNCE_AFTER_S:
-                self._announce(child, running)
-            if timeout and wall >= started + hard_timeout_s(timeout):
-                logger.error(
-                    "task %s on queue %s ran past timeout_s=%s: killing worker %s (pid %s)",
-                    task_id,
-                    child.queue,
-                    timeout,
-                    child.worker,
-                    child.pid,
-                )
-                child.kill_cause = f"TaskTimeout: the task ran longer than timeout_s={timeout}; child killed"
-                child.killing = True
-                child.process.kill()
+            for task in running:
+                if task.task_id not in child.announced and wall - task.at >= ANNOUNCE_AFTER_S:
+                    self._announce(child, task)
+            child.announced.intersection_update(task.task_id for task in running)
+            overran = [t for t in running if t.timeout_s and wall >= t.at + child.kill_after_s(t.timeout_s)]
+            if overran:
+                self._kill_for_timeout(child, running, wall)
+
+    def _kill_for_timeout(self, child: ChildState, running: list[P.Started], wall: float) -> None:
+        """Kill ``child``: its tasks past their ``timeout_s`` count a failed attempt, the others go
+        back uncounted (:func:`~asynctask.workers.crashes.give_back`)."""
+        assert child.process is not None
+        child.timed_out_ids = {t.task_id for t in running if t.timeout_s and wall >= t.at + t.timeout_s}
+        timeout = child.timeout_s
+        logger.error(
+            "task(s) %s on queue %s ran past timeout_s=%s: killing worker %s (pid %s)",
+            ", ".join(sorted(child.timed_out_ids)),
+            child.queue,
+            timeout,
+            child.worker,
+            child.pid,
+        )
+        child.kill_cause = f"TaskTimeout: the task ran longer than timeout_s={timeout}; child killed"
+        child.killing = True
+        child.process.kill()
 
     def _announce(self, child: ChildState, running: P.Started) -> None:
         """Pass a ``Started`` message on to listeners for a task the child wrote to shared memory."""
-        child.announced = running.task_id
+        child.announced.add(running.task_id)
         self._emit(child, running)
 
     def _emit(self, child: ChildState, event: P.Event) -> None:
@@ -367,15 +381,16 @@ class Supervisor:
 
     def _account_exit(self, child: ChildState, exitcode: int | None, how: str) -> None:
         """Give back the dead child's tasks, then pass on what the supervisor did for it and its exit."""
-        running = child.running_task()
+        running = child.running_tasks()
         dead_before = child.dead_lettered
         given = self.crashes.child_died(child, self._siblings(child), how)
         if given.acked:  # finished by the child, acked by us: count them (duration unknown)
             finished = P.Finished([P.Outcome(task_id, P.ACKED, None) for task_id in given.acked])
             child.handle(finished)
             self._emit(child, finished)
-        if running is not None and running.task_id != child.announced:
-            self._announce(child, running)
+        for task in running:
+            if task.task_id not in child.announced:
+                self._announce(child, task)
         killed_by = signal.Signals(-exitcode).name if exitcode is not None and exitcode < 0 else None
         self._emit(
             child,
@@ -383,7 +398,7 @@ class Supervisor:
                 child.pid,
                 restarted=not (child.halted or child.done or child.recycling),
                 recycled=child.recycling,
-                signal_name=killed_by if running is not None else None,
+                signal_name=killed_by if running else None,
                 dead_lettered=child.dead_lettered - dead_before,
             ),
         )
