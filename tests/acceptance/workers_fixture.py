@@ -138,3 +138,90 @@ class BusyPastTimeout(AsyncTaskWorker):
     def process(self, payload: dict[str, Any]) -> None:
         record(self, payload)
         sum(range(10**11))
+
+
+def _concurrent_record(worker: AsyncTaskWorker, payload: dict[str, Any]) -> None:
+    """Record, with whether ``self.task`` still named this payload after the wait (a context variable)."""
+    task = worker.task
+    record(worker, payload, task_matches=task is not None and task.payload == payload, running=_RUNNING[0])
+
+
+_RUNNING = [0]
+
+
+class Threads8(AsyncTaskWorker):
+    """``def process`` on 8 threads: writes ``payload["started"]`` (its pid) when given, sleeps
+    ``payload["sleep_s"]`` (default 0.02), records."""
+
+    name = "acc_threads8"
+    concurrency = 8
+
+    def process(self, payload: dict[str, Any]) -> None:
+        if payload.get("started"):
+            Path(payload["started"]).write_text(str(os.getpid()))
+        _RUNNING[0] += 1
+        try:
+            time.sleep(payload.get("sleep_s", 0.02))
+        finally:
+            _RUNNING[0] -= 1
+        _concurrent_record(self, payload)
+
+
+class Async50(AsyncTaskWorker):
+    """``async def process`` as 50 coroutines: as ``acc_threads8`` with ``await asyncio.sleep``."""
+
+    name = "acc_async50"
+    concurrency = 50
+
+    async def setup(self) -> None:
+        import asyncio
+
+        self.loop = asyncio.get_running_loop()
+
+    async def process(self, payload: dict[str, Any]) -> None:
+        import asyncio
+
+        assert asyncio.get_running_loop() is self.loop  # setup and tasks share the child's loop
+        if payload.get("started"):
+            Path(payload["started"]).write_text(str(os.getpid()))
+        _RUNNING[0] += 1
+        try:
+            await asyncio.sleep(payload.get("sleep_s", 0.02))
+        finally:
+            _RUNNING[0] -= 1
+        _concurrent_record(self, payload)
+
+
+class ThreadsPastTimeout(AsyncTaskWorker):
+    """4 threads, ``timeout_s`` 0.5: ``payload["overrun"]`` sleeps 30 s, the others ``sleep_s``."""
+
+    name = "acc_threads_timeout"
+    concurrency = 4
+    timeout_s = 0.5
+    max_attempts = 2
+    retry_delay_s = 0.05
+
+    def process(self, payload: dict[str, Any]) -> None:
+        record(self, payload, started=True)
+        time.sleep(
+            30 if payload.get("overrun") and self.task and self.task.attempts == 1 else payload.get("sleep_s", 0.2)
+        )
+        record(self, payload)
+
+
+class AsyncPastTimeout(AsyncTaskWorker):
+    """As ``acc_threads_timeout`` with coroutines: the overrunning one is cancelled at 0.5 s."""
+
+    name = "acc_async_timeout"
+    concurrency = 4
+    timeout_s = 0.5
+    max_attempts = 2
+    retry_delay_s = 0.05
+
+    async def process(self, payload: dict[str, Any]) -> None:
+        import asyncio
+
+        record(self, payload, started=True)
+        overrun = payload.get("overrun") and self.task and self.task.attempts == 1
+        await asyncio.sleep(30 if overrun else payload.get("sleep_s", 0.2))
+        record(self, payload)
