@@ -15,6 +15,8 @@ gets the messages its children send and the supervisor's ``ChildStarted`` / ``Ch
     ``asynctask_tasks_dead_lettered_total{queue,worker}``  tasks sent to the dead-letter store
     ``asynctask_tasks_killed_total{queue,worker,signal}``  tasks whose child died while running them
     ``asynctask_tasks_in_flight{queue,worker}``            tasks the children hold now
+    ``asynctask_child_tasks_running{queue,worker,slot}``   tasks each child runs now (up to its
+                                                           ``concurrency``), read at scrape time
     ``asynctask_task_processing_seconds{queue,worker}``    histogram of processing time
     ``asynctask_child_restarts_total{queue,worker}``       children restarted after dying
     ``asynctask_child_recycles_total{queue,worker}``       children replaced on purpose (max tasks/memory)
@@ -102,6 +104,12 @@ class ChildView(Protocol):
     def worker(self) -> str: ...
 
 
+def _running_count(view: ChildView) -> int:
+    """How many tasks ``view`` runs now (a ``ChildState`` reads its shared memory; 0 otherwise)."""
+    running = getattr(view, "running_tasks", None)
+    return len(running()) if callable(running) else 0
+
+
 @dataclass
 class _Child:
     key: str
@@ -111,6 +119,8 @@ class _Child:
     task_started: float | None = None
     task_timeout_s: float | None = None
     held: int = 0
+    #: the supervisor's record of the child (tasks running are read from it at scrape time)
+    view: ChildView | None = None
 
 
 class WorkerMetrics:
@@ -233,6 +243,9 @@ class WorkerMetrics:
         key = str(child.pid)
         if isinstance(event, P.ChildStarted):
             self.child_started(str(event.pid), child.queue, child.worker)
+            with self._lock:
+                if str(event.pid) in self._children:
+                    self._children[str(event.pid)].view = child
         elif isinstance(event, P.ChildExited):
             if event.dead_lettered:
                 self.task_dead_lettered(child.queue, child.worker, event.dead_lettered)
@@ -256,6 +269,9 @@ class WorkerMetrics:
                     child.last_fetch = now
                     self._hold(child, len(rows))
                     child.task_started = None
+                case P.Took(rows):  # a child with concurrency: these in addition
+                    child.last_fetch = now
+                    self._hold(child, child.held + len(rows))
                 case P.Polled():
                     child.last_fetch = now
                     self._hold(child, 0)
@@ -315,6 +331,16 @@ class WorkerMetrics:
                     self._transport = None
             self._depth_at = self.clock()
             return dict(self._depth)
+
+    def running(self) -> list[tuple[str, str, str, int]]:
+        """(queue, worker, slot, tasks running) of every live child."""
+        with self._lock:
+            children = list(self._children.values())
+        return [
+            (child.queue, child.worker, str(getattr(child.view, "slot", child.key)), _running_count(child.view))
+            for child in children
+            if child.view is not None
+        ]
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(healthy, details): unhealthy when a live child is stuck (see the module docstring)."""
@@ -391,6 +417,12 @@ class _DepthCollector:
             oldest.add_metric([queue], stats.oldest_ready_age_s or 0.0)
         up = core.GaugeMetricFamily("asynctask_transport_up", "1 when the last queue-depth read answered.")
         up.add_metric([], self.metrics._transport_up)
+        running = core.GaugeMetricFamily(
+            "asynctask_child_tasks_running", "Tasks each child runs now.", labels=["queue", "worker", "slot"]
+        )
+        for queue, worker, slot, count in self.metrics.running():
+            running.add_metric([queue, worker, slot], count)
+        yield running
         yield depth
         yield oldest
         yield up
