@@ -213,23 +213,26 @@ def give_back(transport: Transport, child: ChildState, ledger: CrashLedger, how:
     time had finished those before it: they are acked.  With ``concurrency`` above 1 what it
     finished cannot be told from what it had not started: all go back uncounted (those acked
     already are not touched: a nack of a spent receipt is a no-op), so a task finished in the last
-    ``ack_window_s`` may run again.  Without portable receipts (AMQP) the broker gives the deliveries back itself; crash
-    records are then notices to send to the queue's children.  ``child.dead_lettered`` counts the
-    tasks this call dead-lettered.
+    ``ack_window_s`` may run again.  Without portable receipts (AMQP) the broker gives the
+    deliveries back itself; crash records are then notices to send to the queue's children.
+    ``child.dead_lettered`` counts the tasks this call dead-lettered.
     """
     entries = [child.held[r.task_id] for r in child.running_tasks() if r.task_id in child.held]
     changed: list[CrashRecord] = []
     acked: list[str] = []
     if entries and child.concurrency == 1:
         acked = _ack_finished(transport, child, entries[0])
+    crashed: list[Task] = []
     for entry in entries:
         task = P.task_from_entry(child.queue, entry)
         if child.kill_cause is None:
             del child.held[task.id]
             changed += _crashed(transport, child, ledger, task, crash_cause(child, how))
+            crashed.append(task)
         elif child.kill_cause.startswith("TaskTimeout") and (not child.timed_out_ids or task.id in child.timed_out_ids):
             del child.held[task.id]
             changed += _timed_out(transport, child, ledger, task)
+    _log_crashed(child, ledger, crashed, crash_cause(child, how))
     if not transport.portable_receipts:
         if child.held:
             logger.info("%d task(s) of the dead worker %s go back through the broker", len(child.held), child.worker)
@@ -279,22 +282,37 @@ def _timed_out(transport: Transport, child: ChildState, ledger: CrashLedger, tas
     return []
 
 
-def _crashed(transport: Transport, child: ChildState, ledger: CrashLedger, task: Task, cause: str) -> list[CrashRecord]:
-    record = ledger.record(child.queue, task.id, task.attempts, cause)
-    quarantine = record.crashes >= child.max_crashes
-    if quarantine:
-        record.dead_reason = quarantine_reason(record, child.max_crashes)
-        logger.error("task %s on %s quarantined after %d crash(es): %s", task.id, task.queue, record.crashes, cause)
-    else:
+def _log_crashed(child: ChildState, ledger: CrashLedger, crashed: list[Task], cause: str) -> None:
+    """One warning for the tasks given back after a crash (quarantines have their own error lines)."""
+    if len(crashed) > 1:
+        logger.warning(
+            "%d tasks on %s crashed their worker: %s; given back (quarantined after max_crashes=%d)",
+            len(crashed),
+            child.queue,
+            cause,
+            child.max_crashes,
+        )
+        return
+    record = ledger.get(crashed[0].id) if crashed else None
+    if record is not None and record.dead_reason is None:
         logger.warning(
             "task %s on %s crashed its worker (%d of max_crashes=%d): %s; again in %.1f s",
-            task.id,
-            task.queue,
+            record.task_id,
+            child.queue,
             record.crashes,
             child.max_crashes,
             cause,
             crash_delay_s(record.crashes),
         )
+
+
+def _crashed(transport: Transport, child: ChildState, ledger: CrashLedger, task: Task, cause: str) -> list[CrashRecord]:
+    """Count a crash of ``task`` and give it back, or quarantine it at ``max_crashes``."""
+    record = ledger.record(child.queue, task.id, task.attempts, cause)
+    quarantine = record.crashes >= child.max_crashes
+    if quarantine:
+        record.dead_reason = quarantine_reason(record, child.max_crashes)
+        logger.error("task %s on %s quarantined after %d crash(es): %s", task.id, task.queue, record.crashes, cause)
     if not transport.portable_receipts:
         return [record]
     try:
