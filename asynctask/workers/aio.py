@@ -27,7 +27,7 @@ from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import AsyncTaskWorker, is_async_worker
 from asynctask.workers.failures import failure
 from asynctask.workers.lanes import BUSY_POLL_S, IDLE_WAIT_S, LaneRunner, ThreadRunner
-from asynctask.workers.runner import STOPPED, Runner, RunnerOptions
+from asynctask.workers.runner import MAX_TASKS, STOPPED, Runner, RunnerOptions
 
 __all__ = ["AsyncRunner", "WorkerLoop", "make_runner"]
 
@@ -93,11 +93,13 @@ class AsyncRunner(LaneRunner):
         self._io = ThreadPoolExecutor(1, thread_name_prefix="asynctask-io")
         self._queue, self._changed = asyncio.Queue(), asyncio.Event()
         lanes = [asyncio.create_task(self._lane(slot)) for slot in range(self.concurrency)]
+        outcome = STOPPED
         try:
             outcome = await self._dispatch()
         finally:
             unstarted = []
-            while not self._queue.empty():
+            # max_tasks counted the waiting ones as taken: the lanes run them before leaving
+            while outcome != MAX_TASKS and not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is not None:
                     unstarted.append(item[0])
@@ -185,7 +187,11 @@ class AsyncRunner(LaneRunner):
             await self._io_call(self.settle, task, duration, failed)
 
     async def _may_start(self, task: Task, outages: int) -> bool:
-        """Rate slot, lease check after an outage, acks before a task that crashed a child before."""
+        """Not stopped, a rate slot, the lease after an outage, acks before a task that crashed a child
+        before; a task that may not start is given back (uncounted) or dropped (its lease lost)."""
+        if self.stop.is_set():
+            await self._io_call(self._release, [task])
+            return False
         while (wait := self.rate_wait_s()) > 0:
             await asyncio.sleep(min(wait, IDLE_WAIT_S))
             if self.stop.is_set():

@@ -195,13 +195,16 @@ class ThreadRunner(LaneRunner):
         ]
         for thread in threads:
             thread.start()
+        outcome = STOPPED
         try:
             outcome = self._dispatch()
         finally:
             with self._work:
                 self._closing = True
-                unstarted = [task for task, _ in self._waiting]
-                self._waiting.clear()
+                # max_tasks counted the waiting ones as taken: the lanes run them before leaving
+                unstarted = [] if outcome == MAX_TASKS else [task for task, _ in self._waiting]
+                if unstarted:
+                    self._waiting.clear()
                 self._work.notify_all()
             self._release(unstarted)
         self._drain_lanes()
@@ -298,7 +301,11 @@ class ThreadRunner(LaneRunner):
         while True:
             with self._work:
                 overran = self._overrun_lanes()
-                running = len(self._lanes)
+                running = len(self._lanes) + len(self._waiting)
+                unstarted = [task for task, _ in self._waiting] if self.stop.is_set() else []
+                if unstarted:
+                    self._waiting.clear()
+            self._release(unstarted)
             if overran:
                 self._fail_overrun(overran)
             if not running:
@@ -362,8 +369,12 @@ class ThreadRunner(LaneRunner):
         return True
 
     def _may_start(self, lane: _Lane) -> bool:
-        """Rate slot, lease check after an outage, acks before a task that crashed a child before."""
+        """Not stopped, a rate slot, the lease after an outage, acks before a task that crashed a child
+        before; a task that may not start is given back (uncounted) or dropped (its lease lost)."""
         task = lane.task
+        if self.stop.is_set():
+            self._release([task])
+            return False
         while (wait := self.rate_wait_s()) > 0:
             self.sleep(wait)
             if self.stop.is_set():
