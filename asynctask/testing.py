@@ -6,7 +6,8 @@ the transport ``get_transport()`` resolves (pass ``transport=`` to choose), stop
 ready, and return how many tasks ran.  Retries with a delay stay in the store: set the worker's
 ``retry_delay_s = 0`` in a test to see them run in the same drain.  With a ``memory://`` transport
 this is an eager mode that still encodes and decodes every payload.  A worker with ``concurrency``
-above 1, or an ``async def process``, runs as it would in a child (threads, or its event loop).
+above 1 (the class's), or an ``async def process``, runs as it would in a child (threads, or its
+event loop); after a thread overran ``timeout_s`` a fresh runner goes on with the drain.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from asynctask.transports import get_transport
 from asynctask.transports.base import Transport
 from asynctask.workers.aio import WorkerLoop, make_runner
 from asynctask.workers.base import get_worker
+from asynctask.workers.lanes import TIMED_OUT
 from asynctask.workers.runner import HALT_IDLE
 
 __all__ = ["process_queue", "run_worker"]
@@ -72,11 +74,15 @@ def _drain(queue: str, worker_name: str, transport: Transport | None) -> int:
         with WorkerLoop(worker) as loop:
             loop.call(worker.setup)
             try:
-                runner = make_runner(
-                    store, queue, worker, loop, concurrency=worker.concurrency, halt=HALT_IDLE, max_batch=100
-                )
-                runner.run()
-                return runner.processed
+                processed = 0
+                while True:
+                    runner = make_runner(
+                        store, queue, worker, loop, concurrency=worker.concurrency, halt=HALT_IDLE, max_batch=100
+                    )
+                    outcome = runner.run()
+                    processed += runner.processed
+                    if outcome != TIMED_OUT:  # a child would be replaced: so is the runner
+                        return processed
             finally:
                 loop.call(worker.teardown)
     finally:

@@ -20,7 +20,10 @@ Class options (override in the subclass):
     first retry delay; doubles per attempt (capped by ``max_retry_delay_s``), with +-25 % jitter.
 ``timeout_s`` (None)
     a task running longer is stopped and counted as a failed attempt: the child interrupts Python
-    code itself, and the supervisor replaces a child stuck in C code shortly after.
+    code itself (one task at a time) or cancels the coroutine (``async def process``), and the
+    supervisor replaces a child stuck in C code shortly after.  A thread (``concurrency`` above 1)
+    cannot be interrupted: its task counts the failed attempt at once and the child is replaced once
+    its other tasks finish (:mod:`asynctask.workers.lanes`).
 ``lease_s`` (None: the transport's)
     the lease each fetch takes; the runner extends it while the task runs.
 ``concurrency`` (1)

@@ -14,9 +14,10 @@ one event loop.  What both guarantee, beyond :class:`~asynctask.workers.runner.R
   ``requeue()`` never wait behind a blocking fetch.
 * **Acks, retries, dead letters** as for one task, by the lane that ran it; acks are batched within
   the transport's ``ack_window_s``.  **Rate limits** count each task as a lane starts it.
-* **Stopping** (SIGTERM, ``max_tasks``, ``max_memory_mb``): no task is started any more, the held
-  ones not started go back uncounted, the running ones finish (the supervisor kills the child at
-  the end of the shutdown grace, giving them back uncounted).
+* **Stopping** (SIGTERM, ``max_memory_mb``): no task is started any more, the held ones not
+  started go back uncounted, the running ones finish (the supervisor kills the child at the end of
+  the shutdown grace, giving them back uncounted).  At ``max_tasks`` (counted as tasks are taken)
+  it stops fetching and the lanes run what they took before the child leaves.
 * **Reports**: ``Took`` per fetch, ``Polled`` only when nothing is held, ``Finished`` always (the
   supervisor must know every task the child still holds).
 * **timeout_s** on threads: a thread cannot be interrupted.  A task that overran is settled at once

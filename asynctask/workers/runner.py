@@ -17,6 +17,10 @@
   dead-letters at once (:mod:`asynctask.workers.failures`).
 * ``timeout_s``: SIGALRM interrupts Python code (main thread only) with :class:`TaskTimeout`, a failed
   attempt; the supervisor kills a child stuck in C code (it learns the start time from ``started``).
+
+This runner runs one task at a time; with ``concurrency`` above 1 or an ``async def process`` a
+child runs a lane runner instead (:mod:`asynctask.workers.lanes`, :mod:`asynctask.workers.aio`),
+which keeps these rules per task.
 * A background thread extends the lease of every held task every third of the lease.
 * Crash notices (``inbox``, AMQP only: :mod:`asynctask.workers.crashes`): a fetched task that crashed
   a child is given back with the crash delay, or dead-lettered when quarantined, instead of run.

@@ -394,3 +394,43 @@ def test_a_crash_counts_every_running_task_and_gives_the_held_ones_back_uncounte
     assert transport.stats("jobs").delayed == 2
     assert crash_delay_s(1) == 1.0
     supervisor.transport.close()
+
+
+class LaneRequeue(AsyncTaskWorker):
+    name = "lane_requeue"
+    concurrency = 4
+
+    def process(self, payload: dict[str, Any]) -> None:
+        if payload["n"] < 40:
+            self.requeue({"n": payload["n"] + 40})
+        note(self, payload)
+
+
+class LaneRequeueAsync(AsyncTaskWorker):
+    name = "lane_requeue_async"
+    concurrency = 10
+
+    async def process(self, payload: dict[str, Any]) -> None:
+        await asyncio.sleep(0.001)
+        if payload["n"] < 40:
+            self.requeue({"n": payload["n"] + 40})
+        note(self, payload)
+
+
+@pytest.mark.parametrize("worker", ["lane_requeue", "lane_requeue_async"])
+def test_requeue_works_from_every_thread_and_coroutine(worker: str) -> None:
+    transport = store()
+    transport.submit_tasks("jobs", [{"n": n} for n in range(40)])
+    assert process_queue("jobs", worker, transport=transport) == 80
+    assert sorted(r["n"] for r in RAN) == list(range(80))
+    assert all(r["matches"] for r in RAN)
+
+
+def test_an_eager_drain_goes_on_after_a_thread_overran_timeout() -> None:
+    transport = store()
+    transport.submit_task("jobs", {"n": 0, "sleep_s": 0.5})
+    transport.submit_tasks("jobs", [{"n": n, "sleep_s": 0.01} for n in range(1, 30)])
+    assert process_queue("jobs", "lane_threads_timeout", transport=transport) == 29
+    assert sorted(r["n"] for r in RAN) == list(range(1, 30))
+    (dead,) = transport.dead_tasks("jobs")  # it overran on both of its attempts
+    assert dead.attempts == 2 and dead.reason.startswith("TaskTimeout")
