@@ -3,7 +3,10 @@
 ``python -m bench transport [URL] [--tasks N] [--backlog N[,N...]] [--drain N] [--runs N]``
     a transport's submit, batch submit and drain rates beside the bare client loop (the floor);
 ``python -m bench workers [URL] [--tasks N] [--runs N] [--samples N]``
-    drain rate through ``asynctask-workers`` beside the consumer loop, and submit-to-start latency.
+    drain rate through ``asynctask-workers`` beside the consumer loop, and submit-to-start latency;
+``python -m bench workers [URL] --sleep-ms MS --concurrency N [--async] [--tasks N] [--runs N]``
+    I/O-bound tasks through one child with N lanes: drain rate beside the ideal N / sleep, and the
+    resident memory of the worker child and tree (see :mod:`bench.io_bound`).
 """
 
 from __future__ import annotations

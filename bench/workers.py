@@ -12,6 +12,11 @@ Figures, for any transport URL (default: the filesystem transport in a temporary
   single tasks submitted ``--gap-ms`` apart; p50 / p99 / max of the time from ``submit_task`` to the
   start of ``process``.
 
+``--concurrency N`` puts ``concurrency: N`` in the no-op worker's config entry (threads above 1).
+With ``--sleep-ms MS`` the tasks sleep instead (``--async``: ``async def process``): see
+:mod:`bench.io_bound`, which measures the drain rate against the ideal ``N / sleep`` and the
+resident memory of the worker tree.
+
 The worker below (``bench_noop``) is imported by the child with ``--require bench.workers``; it
 writes what it measured to ``$ASYNCTASK_BENCH_OUT.<pid>`` in ``teardown``.
 """
@@ -33,8 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from asynctask.transports import get_transport
-from asynctask.transports.base import mask_url
+from asynctask.transports.base import Transport, mask_url
 from asynctask.workers import AsyncTaskWorker
+from asynctask.workers.base import MAX_CONCURRENCY
 from bench.transport import bench_url, cleanup_queue_dirs, drain, fill, machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,18 +89,17 @@ def _results(out: str) -> dict[str, Any]:
     return merged
 
 
-def _command(url: str, queue: str, *extra: str) -> list[str]:
-    return [
-        CLI,
-        "--transport",
-        url,
-        "--require",
-        "bench.workers",
-        "--set",
-        f"asynctask_workers={{{queue}: bench_noop}}",
-        "-q",
-        *extra,
-    ]
+def _command(url: str, queue: str, *extra: str, entry: str | None = None, require: str = "bench.workers") -> list[str]:
+    """The ``asynctask-workers`` command line; ``entry``: the ``asynctask_workers`` value (YAML)."""
+    workers = entry if entry is not None else f"{{{queue}: bench_noop}}"
+    return [CLI, "--transport", url, "--require", require, "--set", f"asynctask_workers={workers}", "-q", *extra]
+
+
+def _noop_entry(queue: str, concurrency: int | None) -> str | None:
+    """The no-op worker's entry with ``concurrency`` (None: the plain ``{queue: bench_noop}``)."""
+    if concurrency is None:
+        return None
+    return json.dumps({queue: {"worker": "bench_noop", "concurrency": concurrency}})
 
 
 def _env(work: str, **extra: str) -> dict[str, str]:
@@ -103,7 +108,9 @@ def _env(work: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def through_supervisor(url: str, queue: str, tasks: int, work: str) -> tuple[float, float]:
+def through_supervisor(
+    url: str, queue: str, tasks: int, work: str, concurrency: int | None = None
+) -> tuple[float, float]:
     """(tasks/s inside the child, wall seconds of the whole run)."""
     transport = get_transport(url)
     try:
@@ -111,7 +118,8 @@ def through_supervisor(url: str, queue: str, tasks: int, work: str) -> tuple[flo
     finally:
         transport.close()
     started = time.perf_counter()
-    subprocess.run(_command(url, queue, "--halt-when-empty"), env=_env(work), check=True, timeout=600)
+    command = _command(url, queue, "--halt-when-empty", entry=_noop_entry(queue, concurrency))
+    subprocess.run(command, env=_env(work), check=True, timeout=600)
     wall = time.perf_counter() - started
     result = _results(os.path.join(work, "out"))
     if result["count"] != tasks:
@@ -119,10 +127,11 @@ def through_supervisor(url: str, queue: str, tasks: int, work: str) -> tuple[flo
     return result["count"] / max(result["last"] - result["first"], 1e-9), wall
 
 
-def latency(url: str, queue: str, samples: int, gap_s: float, work: str) -> list[float]:
-    """Submit-to-start latencies (seconds) with an idle worker."""
+def latency(url: str, queue: str, args: argparse.Namespace, work: str) -> list[float]:
+    """Submit-to-start latencies (seconds) with an idle worker: ``args.samples``, ``args.gap_ms`` apart."""
     ready = os.path.join(work, "ready")
-    process = subprocess.Popen(_command(url, queue), env=_env(work, ASYNCTASK_BENCH_READY=ready))
+    command = _command(url, queue, entry=_noop_entry(queue, args.concurrency))
+    process = subprocess.Popen(command, env=_env(work, ASYNCTASK_BENCH_READY=ready))
     transport = get_transport(url)
     try:
         deadline = time.monotonic() + 60
@@ -131,9 +140,9 @@ def latency(url: str, queue: str, samples: int, gap_s: float, work: str) -> list
                 raise RuntimeError("the worker did not start")
             time.sleep(0.05)
         time.sleep(0.5)
-        for _ in range(samples):
+        for _ in range(args.samples):
             transport.submit_task(queue, {"t": time.time()})
-            time.sleep(gap_s)
+            time.sleep(args.gap_ms / 1000)
         deadline = time.monotonic() + 30
         while transport.stats(queue).ready or transport.stats(queue).in_flight:
             if time.monotonic() > deadline:
@@ -146,25 +155,64 @@ def latency(url: str, queue: str, samples: int, gap_s: float, work: str) -> list
     return sorted(_results(os.path.join(work, "out"))["latencies"])
 
 
+def purge(transport: Transport, queues: list[str]) -> None:
+    """Empty and remove the bench's queues, saying so when one cannot be."""
+    for queue in queues:
+        try:
+            transport.purge(queue)
+        except Exception as exc:  # the figures matter more than the cleanup
+            print(f"(could not purge {queue}: {exc})")
+    cleanup_queue_dirs(transport, queues)
+
+
 def percentile(sorted_values: list[float], fraction: float) -> float:
     index = min(round(fraction * (len(sorted_values) - 1)), len(sorted_values) - 1)
     return sorted_values[index]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench workers", description=__doc__.split("\n\n")[0])
     parser.add_argument("url", nargs="?", help="transport URL (default: filesys: in a temporary directory)")
-    parser.add_argument("--tasks", type=int, default=20000, help="tasks per throughput run (default 20000)")
+    parser.add_argument(
+        "--tasks", type=int, help="tasks per throughput run (default 20000; with --sleep-ms: 5 s of ideal work)"
+    )
     parser.add_argument("--runs", type=int, default=3, help="throughput repetitions, median shown (default 3)")
     parser.add_argument("--samples", type=int, default=200, help="latency samples (default 200)")
     parser.add_argument("--gap-ms", type=float, default=20.0, help="ms between latency samples (default 20)")
+    parser.add_argument("--sleep-ms", type=float, help="I/O-bound tasks sleeping this long (see bench.io_bound)")
+    parser.add_argument("--concurrency", type=int, help="concurrency of the worker's config entry (default: none)")
+    parser.add_argument(
+        "--async", dest="use_async", action="store_true", help="with --sleep-ms: async def process, asyncio.sleep"
+    )
     args = parser.parse_args(argv)
+    if args.sleep_ms is not None and args.sleep_ms <= 0:
+        parser.error("--sleep-ms must be > 0")
+    if args.use_async and args.sleep_ms is None:
+        parser.error("--async needs --sleep-ms")
+    if args.concurrency is not None and not 1 <= args.concurrency <= MAX_CONCURRENCY:
+        parser.error(f"--concurrency must be from 1 to {MAX_CONCURRENCY}")
+    if args.sleep_ms is not None and args.concurrency is None:
+        args.concurrency = 1
+    if args.tasks is None:  # with --sleep-ms: about 5 s of ideal work (N lanes, one task per sleep each)
+        args.tasks = 20000 if args.sleep_ms is None else max(1, round(5 * args.concurrency * 1000 / args.sleep_ms))
+    if args.tasks < 1 or args.runs < 1:
+        parser.error("--tasks and --runs must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     with bench_url(args.url) as url, tempfile.TemporaryDirectory(prefix="asynctask-bench-w-") as work:
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         print(f"asynctask bench workers {mask_url(url)}")
         print(f"date: {now}; machine: {machine()}")
         words = argv if argv is not None else sys.argv[1:]
         print(f"command: python -m bench workers {' '.join(mask_url(word) for word in words)}")
+        if args.sleep_ms is not None:
+            from bench import io_bound
+
+            io_bound.main(url, args, [f"bench_{uuid.uuid4().hex[:12]}"], work)
+            return 0
         queues = [f"bench_{uuid.uuid4().hex[:12]}" for _ in range(3)]
         loop_rates, sup_rates, walls = [], [], []
         transport = get_transport(url)
@@ -172,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.runs):
                 fill(transport, queues[0], args.tasks)
                 loop_rates.append(args.tasks / drain(transport, queues[0], args.tasks))
-                rate, wall = through_supervisor(url, queues[1], args.tasks, work)
+                rate, wall = through_supervisor(url, queues[1], args.tasks, work, args.concurrency)
                 sup_rates.append(rate)
                 walls.append(wall)
                 print(
@@ -180,23 +228,18 @@ def main(argv: list[str] | None = None) -> int:
                     f" ratio {rate / loop_rates[-1]:.2f}",
                     flush=True,
                 )
-            lat = latency(url, queues[2], args.samples, args.gap_ms / 1000, work) if args.samples else []
+            lat = latency(url, queues[2], args, work) if args.samples else []
         finally:
-            for queue in queues:
-                try:
-                    transport.purge(queue)
-                except Exception as exc:  # the figures matter more than the cleanup
-                    print(f"(could not purge {queue}: {exc})")
-            cleanup_queue_dirs(transport, queues)
+            purge(transport, queues)
             transport.close()
         loop, sup = statistics.median(loop_rates), statistics.median(sup_rates)
-        print(f"{'figure (median of ' + str(args.runs) + ' runs)':<40}{'tasks/s':>12}")
-        print(f"{'consumer loop (get_tasks 100 + ack_tasks)':<40}{loop:>12,.0f}")
+        lanes = f", concurrency {args.concurrency}" if args.concurrency is not None else ""
+        label = f"supervisor, 1 child{lanes}, no-op worker"
+        width = max(40, len(label) + 2)
+        print(f"{'figure (median of ' + str(args.runs) + ' runs)':<{width}}{'tasks/s':>12}")
+        print(f"{'consumer loop (get_tasks 100 + ack_tasks)':<{width}}{loop:>12,.0f}")
         whole = args.tasks / statistics.median(walls)
-        print(
-            f"{'supervisor, 1 child, no-op worker':<40}{sup:>12,.0f}"
-            f"   ratio {sup / loop:.2f}   (whole run incl. start/halt: {whole:,.0f}/s)"
-        )
+        print(f"{label:<{width}}{sup:>12,.0f}   ratio {sup / loop:.2f}   (whole run incl. start/halt: {whole:,.0f}/s)")
         if lat:
             print(
                 f"submit-to-start latency, idle worker, {len(lat)} samples: p50 {percentile(lat, 0.5) * 1000:.1f} ms"
