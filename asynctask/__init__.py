@@ -13,7 +13,7 @@ from asynctask.errors import (
     TransportURLError,
     UnknownTransportError,
 )
-from asynctask.task import DeadTask, QueueStats, Task
+from asynctask.message import DeadTask, QueueStats, Task
 from asynctask.transports import get_transport
 from asynctask.transports.base import Transport
 from asynctask.workers.base import AsyncTaskWorker, Reject, Retry

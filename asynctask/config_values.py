@@ -16,7 +16,7 @@ from typing import Any
 
 from asynctask.cron import check_entry_shape
 from asynctask.errors import ConfigurationError, QueueNameError, ScheduleError
-from asynctask.task import validate_queue_name
+from asynctask.message import validate_queue_name
 from asynctask.workers.base import MAX_CONCURRENCY
 
 __all__ = ["WORKER_KEYS", "WorkerEntry", "did_you_mean", "scalar", "scheduled", "str_list", "workers"]

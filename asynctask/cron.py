@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from asynctask.errors import AsyncTaskError, QueueNameError, ScheduleError
-from asynctask.task import encode_payload, validate_queue_name
+from asynctask.message import encode_payload, validate_queue_name
 
 if TYPE_CHECKING:  # imported when an entry is validated: loading config must not load APScheduler
     from apscheduler.triggers.cron import CronTrigger

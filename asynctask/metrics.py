@@ -55,8 +55,8 @@ from http.server import ThreadingHTTPServer
 from typing import Any, Protocol
 
 from asynctask.errors import AsyncTaskError, ConfigurationError
+from asynctask.message import QueueStats
 from asynctask.metrics_http import serve_http
-from asynctask.task import QueueStats
 from asynctask.transports.base import Transport
 from asynctask.workers import protocol as P  # noqa: N812
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from asynctask.errors import AsyncTaskError, PayloadError
-from asynctask.task import DeadTask, encode_payload, validate_queue_name
+from asynctask.message import DeadTask, encode_payload, validate_queue_name
 from asynctask.transports.base import Transport
 
 from .admin_output import (

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from asynctask.task import DeadTask, QueueStats
+from asynctask.message import DeadTask, QueueStats
 
 __all__ = ["AdminHooks", "Administration"]
 

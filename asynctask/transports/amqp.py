@@ -109,7 +109,7 @@ from typing import Any
 import pika
 
 from asynctask.errors import TaskDecodeError
-from asynctask.task import Task, decode_payload, new_task_id
+from asynctask.message import Task, decode_body, new_task_id
 from asynctask.transports.admin import AdminHooks
 from asynctask.transports.amqp_admin import AmqpAdmin
 from asynctask.transports.amqp_connection import AmqpConnection
@@ -216,7 +216,7 @@ class AmqpTransport(AdminHooks, Transport):
             properties = delivery.properties
             headers = properties.headers or {}
             try:
-                payload = decode_payload(delivery.body)
+                payload, meta = decode_body(delivery.body)
             except TaskDecodeError as exc:
                 self._bury(delivery, dead_reason_for_undecodable(exc))
                 continue
@@ -236,6 +236,7 @@ class AmqpTransport(AdminHooks, Transport):
                     enqueued_at(properties),
                     properties.priority or 0,
                     receipt,
+                    meta,
                 )
             )
         return tasks

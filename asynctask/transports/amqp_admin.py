@@ -27,7 +27,7 @@ import pika
 import pika.exceptions
 
 from asynctask.errors import TransportError
-from asynctask.task import DeadTask, QueueStats, new_task_id
+from asynctask.message import DeadTask, QueueStats, new_task_id
 from asynctask.transports.amqp_connection import AmqpConnection
 from asynctask.transports.amqp_consumer import Consumers
 from asynctask.transports.amqp_names import (

@@ -41,7 +41,7 @@ import pika
 import pika.exceptions
 
 from asynctask.errors import TransportError, TransportUnavailableError
-from asynctask.task import MAX_PRIORITY
+from asynctask.message import MAX_PRIORITY
 from asynctask.transports.amqp_names import (
     MAX_TTL_MS,
     PERSISTENT,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asynctask.errors import TransportError
-from asynctask.task import Task
+from asynctask.message import Task
 from asynctask.transports.amqp_connection import AmqpConnection
 from asynctask.transports.amqp_names import HDR_ATTEMPTS, enqueued_at
 

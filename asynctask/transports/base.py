@@ -5,7 +5,8 @@ owns every public method: each checks its arguments once (:mod:`asynctask.transp
 a bad argument raises the same error with the same message on every transport and before anything
 is stored or sent, then calls one protected hook (``_submit``, ``_get_tasks``, ``_ack``, ``_nack``,
 ``_extend``, ``_dead``, ``_stats``, ``_queues``, ``_purge``, ``_dead_tasks``, ``_replay_dead``,
-``_purge_dead``, ``_claim_once``; ``_ack_tasks`` optionally) that a transport implements with its
+``_purge_dead``, ``_claim_once``; ``_ack_tasks`` optionally; the keyed state's ``_state_*`` and
+``_cancel``: :mod:`asynctask.transports.state`) that a transport implements with its
 arguments already checked.  A new transport is one module implementing the hooks plus one
 ``tests/transports/harness_<name>.py``.
 
@@ -30,7 +31,15 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any, ClassVar
 
-from asynctask.task import DeadTask, QueueStats, Task, encode_payload, validate_delay, validate_queue_name
+from asynctask.message import (
+    DeadTask,
+    QueueStats,
+    Task,
+    encode_body,
+    encode_payload,
+    validate_delay,
+    validate_queue_name,
+)
 from asynctask.transports.checks import (
     MAX_BATCH,
     prepare_submit,
@@ -45,6 +54,7 @@ from asynctask.transports.checks import (
     validate_task,
     validate_tasks,
 )
+from asynctask.transports.state import KeyedState
 from asynctask.transports.urls import (
     ParsedURL,
     mask_url,
@@ -78,7 +88,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_LEASE_S = 30.0
 
 
-class Transport(abc.ABC):
+class Transport(KeyedState, abc.ABC):
     """Where tasks wait: the contract every transport keeps.
 
     Instances are safe to use from several threads of one process unless a transport's docstring
@@ -87,7 +97,7 @@ class Transport(abc.ABC):
     server cannot be reached).  Argument errors are raised before anything is stored or sent, the
     same on every transport: ``QueueNameError`` / ``PayloadError`` for queue names, payloads,
     priorities and delays; ``ValueError`` for the other arguments; ``TypeError`` where a
-    :class:`~asynctask.task.Task` is due and something else came.
+    :class:`~asynctask.message.Task` is due and something else came.
     """
 
     #: URL schemes this class handles; the first is its canonical name.
@@ -112,16 +122,24 @@ class Transport(abc.ABC):
     # -- producing ---------------------------------------------------------------------------
 
     def submit_task(
-        self, queue: str, payload: dict[str, Any] | None = None, *, delay_s: float = 0, priority: int = 0
+        self,
+        queue: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        delay_s: float = 0,
+        priority: int = 0,
+        meta: dict[str, Any] | None = None,
     ) -> str:
-        """Store one task durably and return its id (a new :func:`~asynctask.task.new_task_id`).
+        """Store one task durably and return its id (a new :func:`~asynctask.message.new_task_id`).
 
         Visible to consumers after ``delay_s`` seconds (finite, >= 0); ``priority`` 0..9, higher
-        first.  Raises ``QueueNameError`` / ``PayloadError`` (nothing stored) for bad arguments.
+        first; ``meta`` (a JSON object, for the framework) comes back as ``Task.meta`` on every
+        delivery and in the dead letters.  Raises ``QueueNameError`` / ``PayloadError`` (nothing
+        stored) for bad arguments.
         A transport may override this for a one-round-trip path; it checks through
         :func:`~asynctask.transports.checks.prepare_submit`, so it refuses exactly what this does.
         """
-        body, delay = prepare_submit(queue, payload, delay_s, priority)
+        body, delay = prepare_submit(queue, payload, delay_s, priority, meta)
         return self._submit(queue, [body], delay, priority)[0]
 
     def submit_tasks(
@@ -131,13 +149,18 @@ class Transport(abc.ABC):
         *,
         delay_s: float = 0,
         priority: int = 0,
+        meta: dict[str, Any] | None = None,
     ) -> list[str]:
         """Store many tasks in as few round trips as the server allows; return their ids in order.
 
-        Every payload is validated before any is stored: one bad payload stores none.
+        Every payload is validated before any is stored: one bad payload stores none.  ``meta``
+        goes with each of them.
         """
         delay = validate_submit_options(queue, delay_s, priority)
-        bodies = [encode_payload(payload) for payload in payloads]
+        if meta:
+            bodies = [encode_body(payload, meta) for payload in payloads]
+        else:
+            bodies = [encode_payload(payload) for payload in payloads]
         if not bodies:
             return []
         return self._submit(queue, bodies, delay, priority)
@@ -322,7 +345,7 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def _claim_once(self, key: str, ttl_s: float) -> bool: ...
 
-    def close(self) -> None:  # noqa: B027 - transports without resources need not override it
+    def close(self) -> None:
         """Release connections and files.  Idempotent."""
 
     def __enter__(self) -> Transport:

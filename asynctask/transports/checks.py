@@ -6,10 +6,10 @@ transport's hook; a transport that overrides a public method for speed (one roun
 with a message naming the argument, the bad value and what is allowed:
 
 * queue name, payload, priority, ``delay_s`` and ``timeout_s``: :class:`QueueNameError` /
-  :class:`PayloadError` (the rules of :mod:`asynctask.task`);
+  :class:`PayloadError` (the rules of :mod:`asynctask.message`);
 * ``lease_s``, ``max_count``, ``limit``, ``ids``, ``reason``, ``count_attempt``, claim key and
   ``ttl_s``: :class:`ValueError` ("``<name>=<value>``: ... is allowed");
-* something that is not a :class:`~asynctask.task.Task` where a task is due: :class:`TypeError`.
+* something that is not a :class:`~asynctask.message.Task` where a task is due: :class:`TypeError`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from asynctask.task import Task, encode_payload, validate_delay, validate_priority, validate_queue_name
+from asynctask.message import Task, encode_body, encode_payload, validate_delay, validate_priority, validate_queue_name
 
 #: Most tasks one ``get_tasks`` call may ask for.
 MAX_BATCH = 1000
@@ -125,7 +125,10 @@ def validate_submit_options(queue: object, delay_s: object, priority: object) ->
     return validate_delay(delay_s)
 
 
-def prepare_submit(queue: object, payload: Any, delay_s: object, priority: object) -> tuple[str, float]:
-    """Check one submission; return its JSON body and its delay (the one-task fast paths use this)."""
+def prepare_submit(
+    queue: object, payload: Any, delay_s: object, priority: object, meta: object = None
+) -> tuple[str, float]:
+    """Check one submission; return its JSON body (:func:`~asynctask.message.encode_body`) and its
+    delay (the one-task fast paths use this)."""
     delay = validate_submit_options(queue, delay_s, priority)
-    return encode_payload(payload), delay
+    return (encode_body(payload, meta) if meta else encode_payload(payload)), delay

@@ -62,7 +62,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from asynctask.errors import TaskDecodeError
-from asynctask.task import MAX_PRIORITY, Task, decode_payload, new_task_id
+from asynctask.message import MAX_PRIORITY, Task, decode_body, new_task_id
 from asynctask.transports.admin import AdminHooks
 from asynctask.transports.base import Backoff, Transport, dead_reason_for_undecodable
 from asynctask.transports.filesystem_admin import FileAdmin
@@ -236,11 +236,11 @@ class FilesystemTransport(AdminHooks, Transport):
             finally:
                 os.close(fd)
             try:
-                payload = decode_payload(data)
+                payload, meta = decode_body(data)
             except TaskDecodeError as exc:
                 self.store.bury(dirs, path, (task_id, deliveries, enq_us, priority), dead_reason_for_undecodable(exc))
                 continue
-            tasks.append(new_task(task_id, queue, payload, deliveries, int(enq_us) / 1e6, priority, receipt))
+            tasks.append(new_task(task_id, queue, payload, deliveries, int(enq_us) / 1e6, priority, receipt, meta))
 
     def _maintain(self, queue: str, dirs: Dirs) -> None:
         """Promote due delayed tasks and reclaim expired leases, at most PROMOTE_BATCH of each."""

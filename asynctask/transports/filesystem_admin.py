@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 
-from asynctask.task import DeadTask, QueueStats
+from asynctask.message import DeadTask, QueueStats
 from asynctask.transports.filesystem_layout import (
     DEAD_RE,
     NS,

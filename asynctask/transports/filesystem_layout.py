@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from asynctask.errors import TransportError, TransportURLError
-from asynctask.task import MAX_PRIORITY, Task, new_task_id, validate_queue_name
+from asynctask.message import MAX_PRIORITY, Task, new_task_id, validate_queue_name
 from asynctask.transports.base import (
     dead_reason_for_undecodable,
     option_bool,

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from asynctask.errors import TaskDecodeError
-from asynctask.task import DeadTask, QueueStats, Task, decode_payload, new_task_id
+from asynctask.message import DeadTask, QueueStats, Task, decode_body, new_task_id
 from asynctask.transports.base import (
     Transport,
     dead_reason_for_undecodable,
@@ -70,6 +70,8 @@ class _Store:
         self.changed = threading.Condition(self.lock)
         self.queues: dict[str, _Queue] = {}
         self.claims: dict[str, float] = {}
+        #: (queue, key) -> (value, expires at)
+        self.state: dict[tuple[str, str], tuple[str, float]] = {}
         self.sequence = itertools.count()
 
 
@@ -194,7 +196,7 @@ class MemoryTransport(Transport):
                 continue
             record.deliveries += 1
             try:
-                payload = decode_payload(record.body)
+                payload, meta = decode_body(record.body)
             except TaskDecodeError as exc:
                 self._bury(name, queue, record, dead_reason_for_undecodable(exc), now)
                 continue
@@ -203,7 +205,16 @@ class MemoryTransport(Transport):
             record.lease_until = now + lease_s
             heapq.heappush(queue.in_flight, (record.lease_until, record.version, record.id))
             tasks.append(
-                Task(record.id, name, payload, record.deliveries, record.enqueued_at, record.priority, record.receipt)
+                Task(
+                    record.id,
+                    name,
+                    payload,
+                    record.deliveries,
+                    record.enqueued_at,
+                    record.priority,
+                    record.receipt,
+                    meta,
+                )
             )
         return tasks
 
@@ -306,6 +317,62 @@ class MemoryTransport(Transport):
         record = _Record(dead.id, dead.body, queue.dead_priority.get(task_id, 0), now, state="")
         queue.records[record.id] = record
         self._make_ready(queue, record, now, 0)
+
+    # -- keyed state -------------------------------------------------------------------------------
+
+    def _live(self, queue: str, key: str, now: float) -> str | None:
+        found = self._store.state.get((queue, key))
+        if found is None:
+            return None
+        if found[1] <= now:
+            del self._store.state[(queue, key)]
+            return None
+        return found[0]
+
+    def _state_put(self, queue: str, key: str, value: str, ttl_s: float) -> None:
+        with self._store.lock:
+            self._store.state[(queue, key)] = (value, self._clock() + ttl_s)
+
+    def _state_add(self, queue: str, key: str, value: str, ttl_s: float) -> bool:
+        with self._store.lock:
+            now = self._clock()
+            if self._live(queue, key, now) is not None:
+                return False
+            self._store.state[(queue, key)] = (value, now + ttl_s)
+            return True
+
+    def _state_get(self, queue: str, key: str) -> str | None:
+        with self._store.lock:
+            return self._live(queue, key, self._clock())
+
+    def _state_delete(self, queue: str, key: str) -> bool:
+        with self._store.lock:
+            found = self._live(queue, key, self._clock()) is not None
+            self._store.state.pop((queue, key), None)
+            return found
+
+    def _state_keys(self, queue: str, prefix: str) -> list[str]:
+        with self._store.lock:
+            now = self._clock()
+            keys = [key for (name, key) in self._store.state if name == queue and key.startswith(prefix)]
+            return [key for key in keys if self._live(queue, key, now) is not None]
+
+    def _state_sweep(self) -> int:
+        with self._store.lock:
+            now = self._clock()
+            expired = [where for where, (_, until) in self._store.state.items() if until <= now]
+            for where in expired:
+                del self._store.state[where]
+            return len(expired)
+
+    def _cancel(self, queue: str, task_id: str) -> bool:
+        with self._store.lock:
+            found = self._store.queues.get(queue)
+            record = found.records.get(task_id) if found else None
+            if found is None or record is None or record.state == _IN_FLIGHT:
+                return False
+            self._set_state(found, record, None)  # its heap entries are skipped: the version moved
+            return True
 
     def _claim_once(self, key: str, ttl: float) -> bool:
         with self._store.lock:

@@ -53,9 +53,9 @@ from typing import Any
 
 import psycopg2
 
-from asynctask import task as _task
+from asynctask import message as _message
 from asynctask.errors import TaskDecodeError
-from asynctask.task import DeadTask, QueueStats, Task
+from asynctask.message import DeadTask, QueueStats, Task
 from asynctask.transports import base, pgsql_connection
 from asynctask.transports.pgsql_connection import (
     LOST,
@@ -166,13 +166,19 @@ class PgsqlTransport(base.Transport):
     # -- producing -------------------------------------------------------------------------
 
     def submit_task(
-        self, queue: str, payload: dict[str, Any] | None = None, *, delay_s: float = 0, priority: int = 0
+        self,
+        queue: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        delay_s: float = 0,
+        priority: int = 0,
+        meta: dict[str, Any] | None = None,
     ) -> str:
         """As :meth:`Transport.submit_task`, in one round trip (the common path, kept lean)."""
-        body, delay = base.prepare_submit(queue, payload, delay_s, priority)
+        body, delay = base.prepare_submit(queue, payload, delay_s, priority, meta)
         if queue not in self._link.registered:
             return self._submit(queue, [body], delay, priority)[0]
-        task_id = _task.new_task_id()
+        task_id = _message.new_task_id()
         execute = f"EXECUTE asynctask_submit_one ('{task_id}', '{queue}', {priority}, {delay!r}, %s)"
         self._call("submit_one", execute, [body])
         return task_id
@@ -181,7 +187,7 @@ class PgsqlTransport(base.Transport):
         if queue not in self._link.registered:
             self._run("register", queue)
             self._link.registered.add(queue)
-        ids = _task.new_task_ids(len(bodies))
+        ids = _message.new_task_ids(len(bodies))
         if len(bodies) == 1:
             self._run("submit_one", ids[0], queue, priority, delay_s, bodies[0])
         elif delay_s == 0:  # COPY: the fastest way in; then wake waiting consumers, if any
@@ -206,13 +212,13 @@ class PgsqlTransport(base.Transport):
             buried = 0
             for rowid, task_id, body, attempts, enqueued_at, priority in rows:
                 try:
-                    payload = _task.decode_payload(body)
+                    payload, meta = _message.decode_body(body)
                 except TaskDecodeError as exc:
                     logger.warning("task %s on queue %s does not decode; moved to dead letters", task_id, queue)
                     self._run("bury", rowid, token, base.dead_reason_for_undecodable(exc))
                     buried += 1
                     continue
-                tasks.append(Task(task_id, queue, payload, attempts, enqueued_at, priority, f"{rowid}.{token}"))
+                tasks.append(Task(task_id, queue, payload, attempts, enqueued_at, priority, f"{rowid}.{token}", meta))
             if not buried or len(rows) < want:
                 return tasks
 

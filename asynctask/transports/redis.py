@@ -58,11 +58,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from asynctask.errors import TaskDecodeError, TransportURLError
-from asynctask.task import (
+from asynctask.message import (
     DeadTask,
     QueueStats,
     Task,
-    decode_payload,
+    decode_body,
     new_task_id,
     new_task_ids,
     validate_queue_name,
@@ -178,10 +178,16 @@ class RedisTransport(Transport):
     # -- producing -----------------------------------------------------------------------------
 
     def submit_task(
-        self, queue: str, payload: dict[str, Any] | None = None, *, delay_s: float = 0, priority: int = 0
+        self,
+        queue: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        delay_s: float = 0,
+        priority: int = 0,
+        meta: dict[str, Any] | None = None,
     ) -> str:
         """As :meth:`Transport.submit_task` (the same checks), in one round trip: one EVALSHA."""
-        text, delay_s = prepare_submit(queue, payload, delay_s, priority)
+        text, delay_s = prepare_submit(queue, payload, delay_s, priority, meta)
         body = text.encode()
         base = self._bases.get(queue) or self._base(queue)
         if queue not in self._registered:
@@ -250,11 +256,13 @@ class RedisTransport(Transport):
             receipt = head.decode()
             _, attempts, priority, enqueued, task_id = receipt.split(":")
             try:
-                payload = decode_payload(body)
+                payload, meta = decode_body(body)
             except TaskDecodeError as exc:
                 buried += [receipt, dead_reason_for_undecodable(exc)]
                 continue
-            tasks.append(Task(task_id, queue, payload, int(attempts), int(enqueued) / 1e6, int(priority), receipt))
+            tasks.append(
+                Task(task_id, queue, payload, int(attempts), int(enqueued) / 1e6, int(priority), receipt, meta)
+            )
         if buried:
             logger.warning("queue %s: %d undecodable task(s) moved to the dead letters", queue, len(buried) // 2)
             self._eval(self._s["dead"], base, *buried)

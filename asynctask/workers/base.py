@@ -46,7 +46,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from asynctask.errors import ConfigurationError, UnknownWorkerError
-from asynctask.task import Task
+from asynctask.message import Task
 
 if TYPE_CHECKING:
     from asynctask.transports.base import Transport

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import traceback
 
-from asynctask.task import Task
+from asynctask.message import Task
 from asynctask.workers.base import AsyncTaskWorker, Reject, Retry, TaskTimeout
 
 __all__ = ["failure"]

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import Unpack
 
-from asynctask.task import Task
+from asynctask.message import Task
 from asynctask.transports.base import Transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import AsyncTaskWorker, TaskTimeout

@@ -58,7 +58,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from asynctask.task import Task
+from asynctask.message import Task
 
 #: outcomes of a task in :class:`Finished`, and of a crash notice in :class:`Settled`
 ACKED = "acked"

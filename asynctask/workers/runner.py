@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypedDict, TypeVar, Unpack
 
 from asynctask.errors import TransportError, TransportUnavailableError
-from asynctask.task import QueueStats, Task
+from asynctask.message import QueueStats, Task
 from asynctask.transports.base import MAX_BATCH, Transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import AsyncTaskWorker, TaskTimeout

@@ -21,7 +21,7 @@ import pytest
 from workers_support import SERVER_TRANSPORTS, Env, stop, transport_world, wait_for
 
 from asynctask.cli.exit_codes import EXIT_OK
-from asynctask.task import Task
+from asynctask.message import Task
 
 #: what a user gets without setting them (``workers_support.Env.config`` sets the FAST ones)
 DEFAULTS: dict[str, Any] = {

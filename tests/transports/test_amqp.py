@@ -20,7 +20,7 @@ from harness_amqp import BASE_URL, cleanup, make_url
 from support import AMQP_HOST, AMQP_PORT, free_port, require_service
 
 from asynctask.errors import TransportError, TransportUnavailableError, TransportURLError
-from asynctask.task import QueueStats
+from asynctask.message import QueueStats
 from asynctask.transports import get_transport
 from asynctask.transports.amqp import AmqpTransport
 from asynctask.transports.amqp_consumer import qos_for

@@ -17,7 +17,7 @@ from server_restarts import restart_rabbitmq
 from support import AMQP_HOST, AMQP_PORT, require_service
 
 from asynctask.errors import TransportUnavailableError
-from asynctask.task import QueueStats
+from asynctask.message import QueueStats
 from asynctask.transports.amqp import AmqpTransport
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,7 @@ import pytest
 from harnesslib import Harness
 
 from asynctask.errors import PayloadError, QueueNameError
-from asynctask.task import QueueStats, Task
+from asynctask.message import QueueStats, Task
 from asynctask.transports.base import Transport
 
 SHORT_LEASE_S = 0.5

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from asynctask.errors import TransportURLError
-from asynctask.task import QueueStats, decode_payload
+from asynctask.message import QueueStats, decode_payload
 from asynctask.transports import filesystem as fs
 from asynctask.transports import filesystem_admin, get_transport
 from asynctask.transports.filesystem import FilesystemTransport

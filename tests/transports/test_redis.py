@@ -26,7 +26,7 @@ from redis.crc import key_slot
 from support import REDIS_HOST, REDIS_PORT, RedisServer, free_port, require_service
 
 from asynctask.errors import TransportUnavailableError, TransportURLError
-from asynctask.task import QueueStats
+from asynctask.message import QueueStats
 from asynctask.transports import get_transport
 from asynctask.transports.redis import RedisTransport
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from asynctask.config import Settings, WorkerEntry
-from asynctask.task import Task
+from asynctask.message import Task
 from asynctask.transports.memory import MemoryTransport
 from asynctask.workers import AsyncTaskWorker
 from asynctask.workers import protocol as P  # noqa: N812

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from asynctask.task import QueueStats
+from asynctask.message import QueueStats
 from asynctask.transports.memory import MemoryTransport
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from asynctask.errors import ConfigurationError, TransportUnavailableError, UnknownWorkerError
-from asynctask.task import Task
+from asynctask.message import Task
 from asynctask.transports.memory import MemoryTransport
 from asynctask.workers import AsyncTaskWorker, Reject, Retry, get_worker
 from asynctask.workers import protocol as P  # noqa: N812

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from asynctask.errors import PayloadError, QueueNameError, TaskDecodeError
-from asynctask.task import (
+from asynctask.message import (
     DeadTask,
     Task,
     decode_payload,

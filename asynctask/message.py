@@ -1,4 +1,4 @@
-"""Tasks, the queue-name rule and payload encoding.
+"""Tasks, the queue-name rule and the encoding of stored bodies.
 
 A ``Task`` is what a transport hands a worker: frozen, so a worker cannot change what the transport
 will acknowledge. Payloads travel as compact JSON text; :func:`encode_payload` is the one gate every
@@ -21,7 +21,9 @@ __all__ = [
     "DeadTask",
     "QueueStats",
     "Task",
+    "decode_body",
     "decode_payload",
+    "encode_body",
     "encode_payload",
     "new_task_id",
     "new_task_ids",
@@ -116,6 +118,41 @@ def decode_payload(text: str | bytes) -> dict[str, Any]:
     return value
 
 
+def encode_body(payload: object, meta: object = None) -> str:
+    """The stored body of a task: its payload as :func:`encode_payload` makes it when ``meta`` is
+    empty (the body every task had before ``meta`` existed), else the JSON array ``[payload, meta]``
+    (an old body is always an object, so the two never mix).
+
+    Raises :class:`PayloadError` as :func:`encode_payload` does, or naming ``meta`` when it is not a
+    JSON object.
+    """
+    text = encode_payload(payload)
+    if not meta:
+        return text
+    if not isinstance(meta, dict) or not all(isinstance(key, str) for key in meta):
+        raise PayloadError(f"meta must be a JSON object (dict with string keys), not {meta!r:.80}")
+    try:
+        return f"[{text},{_ENCODER.encode(meta)}]"
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise PayloadError(f"meta is not JSON-encodable: {exc}") from None
+
+
+def decode_body(text: str | bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(payload, meta) of a stored body (:func:`encode_body`); meta is ``{}`` for a plain payload.
+
+    Raises :class:`TaskDecodeError` as :func:`decode_payload` does.
+    """
+    if text[:1] not in ("[", b"["):
+        return decode_payload(text), {}
+    try:
+        value = _DECODE(text if type(text) is str else text.decode())  # type: ignore[union-attr]
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise TaskDecodeError(f"stored task body is not valid JSON: {exc}") from None
+    if type(value) is not list or len(value) != 2 or type(value[0]) is not dict or type(value[1]) is not dict:
+        raise TaskDecodeError("stored task body is a JSON array but not [payload object, meta object]")
+    return value[0], value[1]
+
+
 def new_task_id() -> str:
     """A new task id: 32 lowercase hex digits (128 random bits), unique without coordination."""
     return os.urandom(16).hex()
@@ -133,6 +170,7 @@ class Task:
 
     ``attempts`` counts deliveries so far (1 on the first), less those that ended in a crash of the
     worker's process (a crash is not a failed attempt: :mod:`asynctask.workers.crashes`).
+    ``payload`` is the user's; ``meta`` the framework's (:func:`encode_body`).
     ``receipt`` is private to the transport that delivered the task: it names this delivery, so
     that an ``ack`` of a delivery whose lease was lost cannot remove a later delivery of the same
     task.  It is a string, so a task can be
@@ -146,6 +184,9 @@ class Task:
     enqueued_at: float = 0.0
     priority: int = 0
     receipt: str = field(default="", repr=False, compare=False)
+    #: the framework's and middleware's JSON object stored beside the payload (the function a
+    #: ``@task`` task calls, its options...); ``{}`` when none was given at submit
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, receipt included (for handing the task to another process)."""
@@ -190,6 +231,14 @@ class DeadTask:
     @property
     def payload(self) -> dict[str, Any] | None:
         try:
-            return decode_payload(self.body)
+            return decode_body(self.body)[0]
         except TaskDecodeError:
             return None
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The task's meta (``{}`` when it had none or its body does not decode)."""
+        try:
+            return decode_body(self.body)[1]
+        except TaskDecodeError:
+            return {}
