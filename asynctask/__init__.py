@@ -8,12 +8,17 @@ from asynctask.errors import (
     ConfigurationError,
     PayloadError,
     QueueNameError,
+    ResultUnavailableError,
+    TaskCancelledError,
+    TaskFailedError,
     TransportError,
     TransportUnavailableError,
     TransportURLError,
     UnknownTransportError,
 )
 from asynctask.message import DeadTask, QueueStats, Task
+from asynctask.results import TaskHandle
+from asynctask.tasks import task
 from asynctask.transports import get_transport
 from asynctask.transports.base import Transport
 from asynctask.workers.base import AsyncTaskWorker, Reject, Retry
@@ -27,14 +32,19 @@ __all__ = [
     "QueueNameError",
     "QueueStats",
     "Reject",
+    "ResultUnavailableError",
     "Retry",
     "Task",
+    "TaskCancelledError",
+    "TaskFailedError",
+    "TaskHandle",
     "Transport",
     "TransportError",
     "TransportURLError",
     "TransportUnavailableError",
     "UnknownTransportError",
     "get_transport",
+    "task",
 ]
 
 __version__ = "0.1.0.dev0"

@@ -28,6 +28,11 @@ Settings (rex.asynctask's names):
 ``asynctask_shutdown_timeout``              seconds running tasks get to finish at shutdown (30)
 ``asynctask_max_tasks_per_child``           recycle a child after this many tasks (null: never)
 ``asynctask_max_memory_mb``                 recycle a child above this resident memory (null: never)
+``asynctask_state_store``                   the transport URL that keeps task results, status and
+                                            cancel marks (default: the transport itself; required
+                                            for results on AMQP); ``$ASYNCTASK_STATE_STORE``
+``asynctask_eager``                         ``true``: ``submit`` runs the task at once in the
+                                            submitting process (tests); ``$ASYNCTASK_EAGER``
 ==========================================  =========================================================
 
 Every validation error is a :class:`ConfigurationError` whose one-line message names the source
@@ -74,8 +79,16 @@ _DEFAULTS: dict[str, Any] = {
     "asynctask_shutdown_timeout": 30,
     "asynctask_max_tasks_per_child": None,
     "asynctask_max_memory_mb": None,
+    "asynctask_state_store": None,
+    "asynctask_eager": False,
 }
 SETTING_NAMES = tuple(_DEFAULTS)
+#: environment variables that override a setting of the files
+_ENVIRONMENT = {
+    "ASYNCTASK_TRANSPORT": "asynctask_transport",
+    "ASYNCTASK_STATE_STORE": "asynctask_state_store",
+    "ASYNCTASK_EAGER": "asynctask_eager",
+}
 #: the settings whose values merge across files (maps queue by queue, lists by concatenation)
 _MERGED = ("asynctask_workers", "asynctask_scheduled_workers", "asynctask_require")
 #: the source name of ``--set`` layers: their values replace, never merge
@@ -98,6 +111,10 @@ class Settings:
     shutdown_timeout_s: float = 30.0
     max_tasks_per_child: int | None = None
     max_memory_mb: int | None = None
+    #: the transport that keeps results, status and cancel marks (None: the transport itself)
+    state_store: str | None = None
+    #: run submitted tasks at once in the submitting process (tests)
+    eager: bool = False
     #: the files read, in order
     files: tuple[str, ...] = ()
     #: setting name -> where its value came from (a file, ``--set``, ``environment``, ``default``)
@@ -149,6 +166,8 @@ class Settings:
             "asynctask_shutdown_timeout": self.shutdown_timeout_s,
             "asynctask_max_tasks_per_child": self.max_tasks_per_child,
             "asynctask_max_memory_mb": self.max_memory_mb,
+            "asynctask_state_store": mask_url(self.state_store) if self.state_store else None,
+            "asynctask_eager": self.eager,
         }
         origin = dict(self.origins)
         if not self.transport:
@@ -339,8 +358,9 @@ def load_settings(
         merge.layer(path, _read_file(path, named_by))
     for name, value in overrides:
         merge.layer(SET_SOURCE, {name: value})
-    if env.get("ASYNCTASK_TRANSPORT"):
-        merge.layer("environment ASYNCTASK_TRANSPORT", {"asynctask_transport": env["ASYNCTASK_TRANSPORT"]})
+    for variable, name in _ENVIRONMENT.items():
+        if env.get(variable):
+            merge.layer(f"environment {variable}", {name: env[variable]})
     requires = [*merge.requires, *require]
     merged = {**_DEFAULTS, **merge.scalars}
     return Settings(
@@ -354,6 +374,8 @@ def load_settings(
         shutdown_timeout_s=float(merged["asynctask_shutdown_timeout"]),
         max_tasks_per_child=merged["asynctask_max_tasks_per_child"],
         max_memory_mb=merged["asynctask_max_memory_mb"],
+        state_store=merged["asynctask_state_store"],
+        eager=merged["asynctask_eager"],
         files=tuple(files),
         origins=merge.origins,
     )

@@ -19,7 +19,7 @@ from asynctask.errors import ConfigurationError, QueueNameError, ScheduleError
 from asynctask.message import validate_queue_name
 from asynctask.workers.base import MAX_CONCURRENCY
 
-__all__ = ["WORKER_KEYS", "WorkerEntry", "did_you_mean", "scalar", "scheduled", "str_list", "workers"]
+__all__ = ["WORKER_KEYS", "WorkerEntry", "did_you_mean", "flag", "scalar", "scheduled", "str_list", "workers"]
 
 #: The keys of one ``asynctask_workers`` entry written as a mapping.
 WORKER_KEYS = ("worker", "processes", "concurrency", "rate_max_calls", "rate_period", "max_crashes")
@@ -65,15 +65,29 @@ def _positive_number(value: object, where: str) -> float:
 def scalar(name: str, value: Any, source: str) -> Any:
     """A setting that is replaced as a whole (the transport URL, intervals, limits)."""
     where = f"{source}: {name}"
-    if name == "asynctask_transport":
+    if name in ("asynctask_transport", "asynctask_state_store"):
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise ConfigurationError(f"{where}: a transport URL string is allowed, not {value!r}")
         return value or None
+    if name == "asynctask_eager":
+        return flag(value, where)
     if name in ("asynctask_workers_poll_interval", "asynctask_workers_check_child_interval"):
         return _int(value, f"{where} (milliseconds)", 1)
     if name == "asynctask_shutdown_timeout":
         return _positive_number(value, f"{where} (seconds)")
     return _int(value, where, 1, nullable=True)
+
+
+def flag(value: Any, where: str) -> bool:
+    """A yes/no setting: true/false (YAML), or 1/0, yes/no, on/off, true/false as text (environment)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigurationError(f"{where}: {value!r} is not allowed; true or false (1 or 0) is allowed")
 
 
 def str_list(value: Any, source: str, name: str) -> list[str]:

@@ -61,3 +61,20 @@ class TransportUnavailableError(TransportError, ConnectionError):
 
 class TaskDecodeError(AsyncTaskError, ValueError):
     """A stored task body could not be decoded."""
+
+
+class TaskFailedError(AsyncTaskError):
+    """The task failed: its last attempt raised (the error it raised is in the message)."""
+
+    def __init__(self, message: str | None = None, *, error_type: str = "", error_message: str = "") -> None:
+        super().__init__(message)
+        #: the remote exception's type name and message
+        self.error_type, self.error_message = error_type, error_message
+
+
+class TaskCancelledError(AsyncTaskError):
+    """The task was cancelled before it ran."""
+
+
+class ResultUnavailableError(AsyncTaskError):
+    """No result is stored for this task: it keeps none (no result_ttl_s), its result expired, or the id is unknown."""

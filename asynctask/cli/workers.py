@@ -21,6 +21,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from asynctask.cli.common import LOG_LEVELS, log_level
 from asynctask.cli.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
@@ -28,6 +29,9 @@ from asynctask.errors import AsyncTaskError, ConfigurationError, TransportUnavai
 
 #: The address ``--metrics-port`` listens on unless ``--metrics-bind`` names another.
 DEFAULT_METRICS_BIND = "127.0.0.1"
+
+if TYPE_CHECKING:
+    from asynctask.config import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +118,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+def with_task_queues(settings: Settings) -> Settings:
+    """With no ``asynctask_workers`` setting: the queues of the ``@task`` functions of the required
+    modules, each consumed by the built-in ``tasks`` worker (the required modules are imported)."""
+    from asynctask.config import WorkerEntry  # noqa: PLC0415
+    from asynctask.importing import import_modules  # noqa: PLC0415
+    from asynctask.tasks import task_queues  # noqa: PLC0415
+
+    if settings.workers or not settings.require:
+        return settings
+    import_modules(list(settings.require))
+    entries = tuple(WorkerEntry(queue, "tasks", source="@task functions") for queue in task_queues())
+    return replace(settings, workers=entries) if entries else settings
+
+
 def _run(args: argparse.Namespace, level: int) -> int:
     """Load the configuration and run the supervisor; errors are :func:`main`'s to report."""
     from asynctask.config import load_settings, parse_set_option, where_looked  # noqa: PLC0415
@@ -123,6 +141,7 @@ def _run(args: argparse.Namespace, level: int) -> int:
     settings = load_settings(args.config, overrides, require=args.require)
     if args.transport:
         settings = replace(settings, transport=args.transport)
+    settings = with_task_queues(settings)
     if not settings.workers and not settings.scheduled_only_workers():
         if not args.quiet:
             print(f"No workers configured; terminating.\n{where_looked(settings)}", file=sys.stderr)

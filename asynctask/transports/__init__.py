@@ -32,7 +32,14 @@ from importlib.metadata import entry_points
 from asynctask.errors import ConfigurationError, TransportURLError, UnknownTransportError
 from asynctask.transports.base import Transport, mask_url, parse_url
 
-__all__ = ["Transport", "get_transport", "known_schemes", "quiet_drivers", "resolve_transport_url"]
+__all__ = [
+    "Transport",
+    "attach_state_store",
+    "get_transport",
+    "known_schemes",
+    "quiet_drivers",
+    "resolve_transport_url",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -130,13 +137,20 @@ def transport_class(scheme: str, url: str = "") -> type[Transport]:
 
 
 def get_transport(url: str | None = None) -> Transport:
-    """Open the transport for ``url`` (resolved as the module docstring says when None).
+    """Open the transport for ``url`` (resolved as the module docstring says when None, with the
+    configured ``asynctask_state_store`` attached, or the eager transport under ``asynctask_eager``:
+    :mod:`asynctask.producer`).
 
     Raises :class:`TransportURLError` for a malformed URL or unknown option,
     :class:`UnknownTransportError` for an unknown scheme, and
     :class:`~asynctask.errors.TransportUnavailableError` when a server transport cannot connect.
     Passwords never appear in the messages.
     """
+    if url is None:
+        # the configured transport with its state store, or eager mode (asynctask.producer)
+        from asynctask.producer import open_default_transport  # noqa: PLC0415 - it imports this module
+
+        return open_default_transport()
     resolved = resolve_transport_url(url)
     parsed = parse_url(resolved)
     if not parsed.scheme:
@@ -144,3 +158,11 @@ def get_transport(url: str | None = None) -> Transport:
             f"transport URL {mask_url(resolved)!r} has no scheme; known schemes: {', '.join(known_schemes())}"
         )
     return transport_class(parsed.scheme, resolved)(resolved)
+
+
+def attach_state_store(transport: Transport, url: str | None) -> Transport:
+    """Give ``transport`` the state store named by ``url`` (``asynctask_state_store``) unless it is
+    None or names the transport's own URL; returns ``transport``."""
+    if url and url != transport.url:
+        transport.state_store = get_transport(url)
+    return transport

@@ -17,7 +17,8 @@ Guarantees every transport gives (``tests/transports/test_contract_state.py`` ch
   returns True; False when it is taken, done, cancelled already, or unknown.  True means no
   ``get_tasks`` hands it out again.  AMQP cannot remove from the middle of a queue: it marks the
   task in the state store and the fetch that meets it drops it (a cancel racing the fetch of its
-  task may return True while the task runs: the one exception).
+  task may return True while the task runs; and as it cannot tell an unknown id, or a task without
+  ``meta`` that a worker took, from a waiting one, it says True for those, to no effect).
 
 A transport whose server cannot keep such records (AMQP) uses another transport's: the setting
 ``asynctask_state_store`` names it (any transport URL); :attr:`KeyedState.state_store` is then set
@@ -29,9 +30,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from asynctask.errors import ConfigurationError
 from asynctask.message import validate_queue_name
+
+if TYPE_CHECKING:
+    from asynctask.results import TaskHandle
 
 __all__ = ["KEY_RULE", "KeyedState", "validate_state_key"]
 
@@ -68,6 +73,8 @@ class KeyedState:
 
     #: another transport that keeps this one's state (``asynctask_state_store``), or None
     state_store: KeyedState | None = None
+    #: False where the server cannot keep records itself (AMQP): a state store is then required
+    keeps_state: bool = True
 
     def _state(self) -> KeyedState:
         return self.state_store if self.state_store is not None else self
@@ -81,6 +88,13 @@ class KeyedState:
         """Write as :meth:`state_put` only when no live record is there; True when written."""
         validate_queue_name(queue)
         return self._state()._state_add(queue, validate_state_key(key), _value(value), _ttl(ttl_s))
+
+    def state_add_many(self, queue: str, keys: Sequence[str], value: str, ttl_s: float) -> list[bool]:
+        """:meth:`state_add` of each key with the same value, in order (as few round trips as the
+        store allows)."""
+        validate_queue_name(queue)
+        checked = [validate_state_key(key) for key in keys]
+        return self._state()._state_add_many(queue, checked, _value(value), _ttl(ttl_s))
 
     def state_get(self, queue: str, key: str) -> str | None:
         """The live record's value, or None."""
@@ -126,6 +140,13 @@ class KeyedState:
             raise ValueError(f"task id {task_id!r:.80}: a non-empty str is allowed")
         return self._cancel(queue, task_id)
 
+    def handle(self, queue: str, task_id: str) -> TaskHandle:
+        """A :class:`~asynctask.results.TaskHandle` for any task id of ``queue`` (status, result, cancel)."""
+        from asynctask.results import TaskHandle  # noqa: PLC0415 - results imports this module
+
+        validate_queue_name(queue)
+        return TaskHandle(task_id, queue, self)
+
     def state_get_many(self, queue: str, keys: Sequence[str]) -> list[str | None]:
         """:meth:`state_get` of each key, in order, in as few round trips as the store allows."""
         validate_queue_name(queue)
@@ -147,6 +168,9 @@ class KeyedState:
 
     def _state_get(self, queue: str, key: str) -> str | None:
         raise self._unsupported()
+
+    def _state_add_many(self, queue: str, keys: list[str], value: str, ttl_s: float) -> list[bool]:
+        return [self._state_add(queue, key, value, ttl_s) for key in keys]
 
     def _state_get_many(self, queue: str, keys: list[str]) -> list[str | None]:
         return [self._state_get(queue, key) for key in keys]

@@ -25,7 +25,7 @@ from asynctask.message import Task
 from asynctask.transports.base import Transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import AsyncTaskWorker, is_async_worker
-from asynctask.workers.failures import failure
+from asynctask.workers.failures import Failure, failure
 from asynctask.workers.lanes import BUSY_POLL_S, IDLE_WAIT_S, LaneRunner, ThreadRunner
 from asynctask.workers.runner import MAX_TASKS, STOPPED, Runner, RunnerOptions
 
@@ -160,17 +160,23 @@ class AsyncRunner(LaneRunner):
         worker = self.worker
         if not await self._may_start(task, outages):
             return
-        timeout = worker.timeout_s
+        timeout = worker.timeout_for(task)
+        ttl = self.result_ttl(task) if self.keeps_results else None
+        if ttl is not None:
+            await self._io_call(self.record_running, task, ttl)
         if self.current is not None:
             self.current.set(task.id, time.time(), timeout, slot)
         else:
             self.send(P.Started(task.id, time.time(), timeout))
-        failed: tuple[float | None, str] | None = None
+        failed: Failure | None = None
+        result: tuple[str, float] | None = None
         started = self.clock()
         worker.task = task  # this lane's context only
         try:
             async with asyncio.timeout(timeout) as scope:
-                await worker.process(task.payload)
+                value = await worker.process(task.payload)
+            if ttl is not None:
+                result = (self.result_text(task, value), ttl)
         except TimeoutError as exc:
             failed = self.timeout_failure(task) if scope.expired() else failure(worker, task, exc)
         except Exception as exc:
@@ -181,10 +187,10 @@ class AsyncRunner(LaneRunner):
                 self.current.clear(slot)
         self.processed += 1
         duration = self.clock() - started
-        if failed is None:
+        if failed is None and result is None:
             self.settle(task, duration, None)
         else:
-            await self._io_call(self.settle, task, duration, failed)
+            await self._io_call(self.settle, task, duration, failed, result)
 
     async def _may_start(self, task: Task, outages: int) -> bool:
         """Not stopped, a rate slot, the lease after an outage, acks before a task that crashed a child

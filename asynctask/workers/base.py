@@ -26,6 +26,9 @@ Class options (override in the subclass):
     its other tasks finish (:mod:`asynctask.workers.lanes`).
 ``lease_s`` (None: the transport's)
     the lease each fetch takes; the runner extends it while the task runs.
+``result_ttl_s`` (None)
+    keep each task's status and ``process``'s return value (JSON) this many seconds, for
+    :class:`~asynctask.results.TaskHandle` (failures: at least 7 days); None keeps nothing.
 ``concurrency`` (1)
     tasks one child runs at once: ``def process`` runs on that many threads (one shared worker
     instance), ``async def process`` as that many coroutines on one event loop (``setup`` and
@@ -114,6 +117,9 @@ class AsyncTaskWorker:
     lease_s: ClassVar[float | None] = None
     max_crashes: ClassVar[int] = 3
     concurrency: ClassVar[int] = 1
+    result_ttl_s: ClassVar[float | None] = None
+    #: options differ per task (the built-in ``tasks`` worker: per ``@task`` function)
+    per_task_options: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -202,9 +208,41 @@ class AsyncTaskWorker:
     def retry_delay(cls, attempts: int, rng: random.Random | None = None) -> float:
         """The delay before the next delivery after failed attempt number ``attempts`` (1-based):
         ``retry_delay_s * 2**(attempts-1)``, capped at ``max_retry_delay_s``, with +-25 % jitter."""
-        base = min(cls.retry_delay_s * 2 ** max(attempts - 1, 0), cls.max_retry_delay_s)
-        jitter = (rng or random).uniform(0.75, 1.25)
-        return max(float(base * jitter), 0.0)
+        return cls.jittered(min(cls.retry_delay_s * 2 ** max(attempts - 1, 0), cls.max_retry_delay_s), rng)
+
+    @staticmethod
+    def jittered(base_s: float, rng: random.Random | None = None) -> float:
+        return max(float(base_s * (rng or random).uniform(0.75, 1.25)), 0.0)
+
+    # -- per-task options (the built-in ``tasks`` worker has one set per function) ----------------
+
+    def max_attempts_for(self, task: Task) -> int:
+        return self.max_attempts
+
+    def retry_delay_for(self, task: Task) -> float:
+        """The delay before the next delivery of ``task`` after its failed attempt."""
+        return self.retry_delay(task.attempts)
+
+    def timeout_for(self, task: Task) -> float | None:
+        return self.timeout_s
+
+    def result_ttl_for(self, task: Task) -> float | None:
+        """How long ``task``'s status and result are kept (None: not at all)."""
+        return self.result_ttl_s
+
+    def result_name(self, task: Task) -> str:
+        """What produced ``task``'s result, for error messages."""
+        return f"worker {self.name}"
+
+    @classmethod
+    def queue_concurrency(cls, queue: str) -> int:
+        """The ``concurrency`` of this worker's children on ``queue`` (unless its entry says)."""
+        return cls.concurrency
+
+    @classmethod
+    def keeps_results_on(cls, queue: str) -> bool:
+        """Whether tasks of ``queue`` may keep results (the state store must then be there)."""
+        return cls.result_ttl_s is not None
 
 
 def is_async_worker(cls: type[AsyncTaskWorker]) -> bool:

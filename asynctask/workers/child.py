@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from asynctask.errors import TransportUnavailableError
-from asynctask.transports import get_transport, quiet_drivers
+from asynctask.transports import attach_state_store, get_transport, quiet_drivers
 from asynctask.transports.base import Transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.aio import WorkerLoop, make_runner
@@ -64,6 +64,8 @@ class ChildSpec:
     #: thread overran ``timeout_s``
     concurrency: int = 1
     shutdown_timeout_s: float = 30.0
+    #: ``asynctask_state_store``: where results, status and cancel marks live (None: the transport)
+    state_store_url: str | None = None
     #: send ``finished`` messages (the supervisor has metrics or listeners)
     report_outcomes: bool = False
     log_level: int = logging.INFO
@@ -102,12 +104,12 @@ def _watch_parent(supervisor_pid: int, stop: threading.Event) -> None:
             stop.set()
 
 
-def _open_transport(url: str, stop: threading.Event) -> Transport | None:
+def _open_transport(url: str, state_store_url: str | None, stop: threading.Event) -> Transport | None:
     delay = RECONNECT_FIRST_S
     logged = False
     while not stop.is_set():
         try:
-            return get_transport(url)
+            return attach_state_store(get_transport(url), state_store_url)
         except TransportUnavailableError as exc:
             if not logged:
                 logger.error("transport unavailable: %s; retrying with backoff", exc)
@@ -165,7 +167,7 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.Cu
     for module in spec.require:
         importlib.import_module(module)
     worker = get_worker(spec.worker)()
-    transport = _open_transport(spec.transport_url, stop)
+    transport = _open_transport(spec.transport_url, spec.state_store_url, stop)
     if transport is None:
         sys.exit(0)
     started = time.monotonic()
@@ -205,7 +207,7 @@ def _runner(spec: ChildSpec, worker: AsyncTaskWorker, transport: Transport, pipe
         max_memory_mb=spec.max_memory_mb,
         report=pipe.report,
         report_outcomes=spec.report_outcomes,
-        reopen=lambda: get_transport(spec.transport_url),
+        reopen=lambda: attach_state_store(get_transport(spec.transport_url), spec.state_store_url),
         current=pipe.current,
         inbox=None if transport.portable_receipts else pipe.inbox,
         stop=pipe.stop,

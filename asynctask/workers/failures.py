@@ -16,7 +16,10 @@ import traceback
 from asynctask.message import Task
 from asynctask.workers.base import AsyncTaskWorker, Reject, Retry, TaskTimeout
 
-__all__ = ["failure"]
+__all__ = ["Failure", "failure"]
+
+#: (the delay before the next attempt, or None to dead-letter; the reason to keep)
+Failure = tuple[float | None, str]
 
 # the runner's logger: these lines are the runner's, wherever the policy is written
 logger = logging.getLogger("asynctask.workers.runner")
@@ -31,34 +34,34 @@ def failure(worker: AsyncTaskWorker, task: Task, exc: BaseException) -> tuple[fl
     if isinstance(exc, Reject):
         return None, f"rejected: {exc.reason}"
     if isinstance(exc, Retry):
-        if task.attempts >= worker.max_attempts:
+        if task.attempts >= worker.max_attempts_for(task):
             return None, (
                 f"retries exhausted: Retry raised on attempt {task.attempts} of max_attempts="
-                f"{worker.max_attempts}" + (f": {exc.reason}" if exc.reason else "")
+                f"{worker.max_attempts_for(task)}" + (f": {exc.reason}" if exc.reason else "")
             )
-        delay = exc.delay_s if exc.delay_s is not None else worker.retry_delay(task.attempts)
+        delay = exc.delay_s if exc.delay_s is not None else worker.retry_delay_for(task)
         logger.info(
             "task %s on %s: retry requested%s (attempt %d of %d), again in %.2f s",
             task.id,
             task.queue,
             f": {exc.reason}" if exc.reason else "",
             task.attempts,
-            worker.max_attempts,
+            worker.max_attempts_for(task),
             delay,
         )
         return delay, ""
     if isinstance(exc, TaskTimeout):
-        reason = f"TaskTimeout: the task ran longer than timeout_s={worker.timeout_s}"
+        reason = f"TaskTimeout: the task ran longer than timeout_s={worker.timeout_for(task)}"
     else:
         reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-    if task.attempts < worker.max_attempts:
-        delay = worker.retry_delay(task.attempts)
+    if task.attempts < worker.max_attempts_for(task):
+        delay = worker.retry_delay_for(task)
         logger.warning(
             "task %s on %s failed (attempt %d of %d), retrying in %.2f s: %s",
             task.id,
             task.queue,
             task.attempts,
-            worker.max_attempts,
+            worker.max_attempts_for(task),
             delay,
             reason.splitlines()[0],
         )

@@ -40,7 +40,7 @@ from asynctask.message import Task
 from asynctask.transports.base import Transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import AsyncTaskWorker, TaskTimeout
-from asynctask.workers.failures import failure
+from asynctask.workers.failures import Failure, failure
 from asynctask.workers.keepers import resident_mb
 from asynctask.workers.runner import HALT_IDLE, HALTED, MAX_MEMORY, MAX_TASKS, STOPPED, Runner, RunnerOptions
 
@@ -147,13 +147,18 @@ class LaneRunner(Runner):
 
     def timeout_failure(self, task: Task) -> tuple[float | None, str]:
         try:
-            raise TaskTimeout(f"the task ran longer than timeout_s={self.worker.timeout_s}")
+            raise TaskTimeout(f"the task ran longer than timeout_s={self.worker.timeout_for(task)}")
         except TaskTimeout as exc:
             return failure(self.worker, task, exc)
 
-    def settle(self, task: Task, duration: float, failed: tuple[float | None, str] | None) -> None:
-        """Count a task a lane ran and queue its ack, or give it back / dead-letter it."""
+    def settle(
+        self, task: Task, duration: float, failed: Failure | None, result: tuple[str, float] | None = None
+    ) -> None:
+        """Queue the ack of a task a lane ran (after writing its ``result``: JSON and TTL, when it
+        keeps one), or give it back / dead-letter it."""
         if failed is None:
+            if result is not None:
+                self.record_done(task, *result)
             self._queue_ack(task, duration, self.clock())
         else:
             self.settle_failed(task, duration, failed)
@@ -166,6 +171,7 @@ class _Lane:
     task: Task
     outages: int
     started: float | None = None
+    timeout_s: float | None = None
 
 
 class ThreadRunner(LaneRunner):
@@ -257,23 +263,17 @@ class ThreadRunner(LaneRunner):
             self._changed.wait(min(timeout_s, self._next_timeout_s()))
 
     def _next_timeout_s(self) -> float:
-        """Seconds until a running task overruns ``timeout_s`` (caller holds the lock)."""
-        timeout = self.worker.timeout_s
-        starts = [lane.started for lane in self._lanes.values() if lane.started is not None]
-        if not timeout or not starts:
-            return IDLE_WAIT_S
-        return max(min(starts) + timeout - self.clock(), 0.0)
+        """Seconds until a running task overruns its ``timeout_s`` (caller holds the lock)."""
+        due = [lane.started + lane.timeout_s for lane in self._lanes.values() if lane.started and lane.timeout_s]
+        return max(min(due) - self.clock(), 0.0) if due else IDLE_WAIT_S
 
     def _overrun_lanes(self) -> list[tuple[int, _Lane]]:
         """Take the lanes whose task overran timeout_s out of the bookkeeping (caller holds the lock)."""
-        timeout = self.worker.timeout_s
-        if not timeout:
-            return []
         now = self.clock()
         overran = [
             (slot, lane)
             for slot, lane in self._lanes.items()
-            if lane.started is not None and now - lane.started >= timeout
+            if lane.started is not None and lane.timeout_s and now - lane.started >= lane.timeout_s
         ]
         for slot, _ in overran:
             del self._lanes[slot]
@@ -290,7 +290,7 @@ class ThreadRunner(LaneRunner):
                 " as a failed attempt, and this child is replaced once its other tasks finish",
                 lane.task.id,
                 lane.task.queue,
-                self.worker.timeout_s,
+                lane.timeout_s,
                 slot,
             )
             assert lane.started is not None
@@ -343,17 +343,24 @@ class ThreadRunner(LaneRunner):
         if not self._may_start(lane):
             self._leave(slot, lane)
             return True
-        timeout = worker.timeout_s
+        timeout = worker.timeout_for(task)
+        ttl = self.result_ttl(task) if self.keeps_results else None
+        if ttl is not None:
+            self.record_running(task, ttl)
         if self.current is not None:
             self.current.set(task.id, time.time(), timeout, slot)
         else:
             self.send(P.Started(task.id, time.time(), timeout))
         with self._work:
-            lane.started = started = self.clock()
-        failed: tuple[float | None, str] | None = None
+            lane.started, lane.timeout_s = self.clock(), timeout
+            started = lane.started
+        failed: Failure | None = None
+        result: tuple[str, float] | None = None
         worker.task = task
         try:
-            worker.process(task.payload)
+            value = worker.process(task.payload)
+            if ttl is not None:
+                result = (self.result_text(task, value), ttl)
         except (TaskTimeout, Exception) as exc:
             failed = failure(worker, task, exc)
         finally:
@@ -365,7 +372,7 @@ class ThreadRunner(LaneRunner):
             self.processed += 1
         if self.current is not None:
             self.current.clear(slot)
-        self.settle(task, self.clock() - started, failed)
+        self.settle(task, self.clock() - started, failed, result)
         self._leave(slot, lane)
         return True
 

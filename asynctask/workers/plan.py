@@ -13,13 +13,15 @@ from collections.abc import Callable
 
 from asynctask.config import Settings, WorkerEntry, check_worker_names
 from asynctask.cron import scheduled_queues, validate_entries
+from asynctask.errors import ConfigurationError
 from asynctask.importing import import_modules
+from asynctask.transports.state import KeyedState
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import get_worker, is_async_worker, registered_workers
 from asynctask.workers.child import ChildSpec
 from asynctask.workers.state import ChildState
 
-__all__ = ["COMMAND_MODULE", "build_children", "import_requires", "scheduled_children"]
+__all__ = ["COMMAND_MODULE", "build_children", "check_state_store", "import_requires", "scheduled_children"]
 
 #: The module of the built-in ``command`` worker, imported where scheduled entries are configured.
 COMMAND_MODULE = "asynctask.workers.command"
@@ -54,6 +56,21 @@ def scheduled_children(settings: Settings) -> dict[str, str]:
     return scheduled_queues(entries, settings.worker_queues)
 
 
+def check_state_store(settings: Settings, transport: KeyedState) -> None:
+    """ConfigurationError when a configured worker keeps results (``result_ttl_s``, or ``@task``
+    functions that do) on a transport that keeps no state itself (AMQP) with no
+    ``asynctask_state_store`` set: at start, not at the first result."""
+    if transport.keeps_state or transport.state_store is not None:
+        return
+    for entry in settings.workers:
+        if get_worker(entry.worker).keeps_results_on(entry.queue):
+            raise ConfigurationError(
+                f"{entry.source or 'asynctask_workers'}: queue {entry.queue!r}: worker {entry.worker!r} keeps results,"
+                f" which {type(transport).__name__} cannot store itself: set asynctask_state_store (or"
+                " $ASYNCTASK_STATE_STORE) to another transport URL, e.g. redis://... or filesys:/path"
+            )
+
+
 def build_children(
     settings: Settings, base: ChildSpec, shared_task: Callable[[int], P.CurrentTask]
 ) -> list[ChildState]:
@@ -66,7 +83,7 @@ def build_children(
     for entry in entries:
         queue, worker, processes = entry.queue, entry.worker, entry.processes
         cls = get_worker(worker)
-        concurrency = entry.concurrency or cls.concurrency
+        concurrency = entry.concurrency or cls.queue_concurrency(queue)
         spec = dataclasses.replace(
             base,
             queue=queue,
@@ -80,6 +97,7 @@ def build_children(
             max_memory_mb=settings.max_memory_mb,
             concurrency=concurrency,
             shutdown_timeout_s=settings.shutdown_timeout_s,
+            state_store_url=settings.state_store,
         )
         children += [
             ChildState(

@@ -44,8 +44,9 @@ from asynctask.transports.base import MAX_BATCH, Transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import AsyncTaskWorker, TaskTimeout
 from asynctask.workers.crashes import CrashNotices, Inbox
-from asynctask.workers.failures import failure
+from asynctask.workers.failures import Failure, failure
 from asynctask.workers.keepers import AckFlusher, Clock, LeaseKeeper, RateLimiter, resident_mb, soft_timeout
+from asynctask.workers.recording import ResultRecording
 
 __all__ = ["Clock", "RateLimiter", "Runner", "resident_mb"]
 
@@ -98,7 +99,7 @@ class RunnerOptions(TypedDict, total=False):
     sleep: Callable[[float], Any] | None
 
 
-class Runner:
+class Runner(ResultRecording):
     """Feeds one queue to one worker instance until stopped, halted or ``max_tasks`` ran.
 
     ``report`` receives the messages of :mod:`asynctask.workers.protocol` (the child sends them to
@@ -130,6 +131,7 @@ class Runner:
         self.stop = options.get("stop") or threading.Event()
         self.sleep: Callable[[float], Any] = options.get("sleep") or self.stop.wait
         self.lease_s = float(worker.lease_s or transport.lease_s)
+        self.keeps_results = worker.per_task_options or worker.result_ttl_s is not None
         self.processed = 0
         self._held: dict[str, Task] = {}
         self._held_lock = threading.Lock()
@@ -365,21 +367,17 @@ class Runner:
     def _process(self, task: Task) -> None:
         worker = self.worker
         worker.task = task
-        timeout = worker.timeout_s
+        timeout = worker.timeout_for(task)
+        ttl = self.result_ttl(task) if self.keeps_results else None
+        if ttl is not None:
+            self.record_running(task, ttl)
         started = self.clock()
         if self.current is not None:
             self.current.set(task.id, time.time(), timeout)
         else:
             self.send(P.Started(task.id, time.time(), timeout))
-        failed: tuple[float | None, str] | None = None
         try:
-            if timeout:
-                with soft_timeout(timeout):
-                    worker.process(task.payload)
-            else:
-                worker.process(task.payload)
-        except (TaskTimeout, Exception) as exc:
-            failed = failure(worker, task, exc)
+            failed, result = self._call(task, timeout, ttl is not None)
         finally:
             worker.task = None
             if self.current is not None:
@@ -391,13 +389,29 @@ class Runner:
             self.limiter.record()
         self._avg_task_s = duration if self._avg_task_s is None else 0.8 * self._avg_task_s + 0.2 * duration
         if failed is None:
+            if result is not None and ttl is not None:
+                self.record_done(task, result, ttl)
             self._queue_ack(task, duration, ended)
         else:
             self.settle_failed(task, duration, failed)
 
+    def _call(self, task: Task, timeout: float | None, keep: bool) -> tuple[Failure | None, str | None]:
+        """Run ``process``: (the failure, if it failed; the JSON of its value when ``keep``)."""
+        try:
+            if timeout:
+                with soft_timeout(timeout):
+                    value = self.worker.process(task.payload)
+            else:
+                value = self.worker.process(task.payload)
+            return None, (self.result_text(task, value) if keep else None)
+        except (TaskTimeout, Exception) as exc:
+            return failure(self.worker, task, exc), None
+
     def settle_failed(self, task: Task, duration: float, failed: tuple[float | None, str]) -> None:
         """Give back (``failed[0]`` the delay) or dead-letter (None) a task whose attempt failed."""
         delay, reason = failed
+        if self.keeps_results:
+            self.record_failed(task, reason, final=delay is None)
         if delay is not None:
             self.nack(task, delay_s=delay)
             self.finish([(task, P.RETRIED, duration)])

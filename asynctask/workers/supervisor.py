@@ -50,13 +50,14 @@ from typing import Any, TypedDict, Unpack
 
 from asynctask.cli.exit_codes import EXIT_FORCED, EXIT_OK
 from asynctask.config import Settings
-from asynctask.transports import get_transport
+from asynctask.errors import TransportError
+from asynctask.transports import attach_state_store, get_transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.child import ChildSpec, child_main
 from asynctask.workers.crashes import CrashKeeper
 from asynctask.workers.extras import ExtrasWanted, Listener, build_extras
 from asynctask.workers.keepers import resident_mb
-from asynctask.workers.plan import build_children, import_requires
+from asynctask.workers.plan import build_children, check_state_store, import_requires
 from asynctask.workers.signals import StopSignals
 from asynctask.workers.state import ChildState, describe_exit
 
@@ -73,6 +74,8 @@ HEALTHY_AFTER_S = 60.0
 ANNOUNCE_AFTER_S = 1.0
 #: how often the supervisor reads a child's resident memory (for the causes of crashes)
 RSS_SAMPLE_S = 1.0
+#: how often the supervisor removes expired task results (:mod:`asynctask.transports.state`)
+STATE_SWEEP_S = 60.0
 
 
 class SupervisorOptions(TypedDict, total=False):
@@ -118,8 +121,10 @@ class Supervisor:
         wanted = ExtrasWanted(scheduler, options.get("metrics_port"), options.get("metrics_bind", "127.0.0.1"))
         self._extras = build_extras(settings, self.transport_url, [c.queue for c in self.children], wanted)
         self.listeners += self._extras.listeners
-        self.transport = get_transport(self.transport_url)
+        self.transport = attach_state_store(get_transport(self.transport_url), settings.state_store)
+        check_state_store(settings, self.transport)
         self.crashes = CrashKeeper(self.transport)
+        self._swept_at = time.monotonic()
         if START_METHOD == "forkserver":
             # the fork server imports these once; each child is then a cheap fork of a clean process.
             # ``__main__`` as with spawn: workers defined in the main script (behind its
@@ -179,6 +184,7 @@ class Supervisor:
                         self._start(child)
             self._watch_children(now)
             self._reap_leaving()
+            self._sweep_state(now)
             if not self._leaving and all(child.done and child.process is None for child in self.children):
                 if grace_until is not None:
                     logger.info("all workers stopped; exiting")
@@ -186,6 +192,20 @@ class Supervisor:
                     logger.info("all queues are empty; exiting")
                 return EXIT_OK
             self._wait(self._next_deadline(now, grace_until))
+
+    def _sweep_state(self, now: float) -> None:
+        """Remove expired results and status records every STATE_SWEEP_S (where the store does not
+        expire them itself): nobody has to schedule it."""
+        if now - self._swept_at < STATE_SWEEP_S:
+            return
+        self._swept_at = now
+        try:
+            removed = self.transport.state_sweep()
+        except TransportError as exc:
+            logger.warning("sweeping expired task results failed: %s", exc)
+            return
+        if removed:
+            logger.debug("swept %d expired task record(s)", removed)
 
     def _wait(self, deadline: float) -> None:
         """Until a child speaks or leaves, a signal comes, or ``deadline``; then

@@ -153,17 +153,19 @@ def test_bad_keys_and_ttls_are_refused(store: Transport, queue: str, key: object
 # -- cancel ----------------------------------------------------------------------------------------
 
 
-def test_cancel_removes_a_waiting_task_and_not_a_taken_one(store: Transport, queue: str) -> None:
-    delayed = store.submit_task(queue, {"n": "delayed"}, delay_s=1.0)
-    ready = store.submit_task(queue, {"n": "ready"})
-    taken_id = store.submit_task(queue, {"n": "taken"}, priority=9)
+def test_cancel_removes_a_waiting_task_and_not_a_taken_one(harness: Harness, store: Transport, queue: str) -> None:
+    meta = {"fn": "app.f"}  # as @task submits (on AMQP a plain task taken by a worker cannot be told)
+    delayed = store.submit_task(queue, {"n": "delayed"}, delay_s=1.0, meta=meta)
+    ready = store.submit_task(queue, {"n": "ready"}, meta=meta)
+    taken_id = store.submit_task(queue, {"n": "taken"}, priority=9, meta=meta)
     (taken,) = store.get_tasks(queue, 1, timeout_s=2)
     assert taken.id == taken_id
     assert store.cancel(queue, taken_id) is False  # a worker has it
     assert store.cancel(queue, delayed) is True
     assert store.cancel(queue, ready) is True
     assert store.cancel(queue, ready) is False  # once
-    assert store.cancel(queue, "f" * 32) is False  # unknown
+    # unknown: AMQP cannot tell an id it never saw from a task still in the broker (a mark, unused)
+    assert store.cancel(queue, "f" * 32) is (harness.name == "amqp")
     store.ack(taken)
     assert store.cancel(queue, taken_id) is False  # done
     time.sleep(1.5)
