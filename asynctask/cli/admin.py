@@ -1,4 +1,4 @@
-"""``asynctask``: the admin command (queues, submit, purge, dead letters, doctor).
+"""``asynctask``: the admin command (queues, submit, purge, dead letters, tasks, doctor).
 
 Usage::
 
@@ -8,6 +8,8 @@ Usage::
     asynctask submit QUEUE --file tasks.jsonl [--partial] [--delay-s N] [--priority N] [--json]
     asynctask purge QUEUE [--yes] [--json]
     asynctask dead list|show|replay|purge QUEUE [IDS...] [--limit N] [--yes] [--json]
+    asynctask task ID [--queue QUEUE] [--json]
+    asynctask cancel ID --queue QUEUE [--json]
     asynctask doctor [--json]
 
 The transport is found as ``asynctask-workers`` finds it (see :mod:`asynctask.cli.admin_settings`).
@@ -18,12 +20,14 @@ Every user error prints ONE line on stderr, ``asynctask: error: ...``, and exits
 ====  ==========================================================================================
 0     done
 1     the command ran but found a problem (``doctor``), ``--partial`` skipped bad lines, the answer
-      at a confirmation was not "yes", or the transport cannot do what was asked (``dead purge``)
+      at a confirmation was not "yes", the transport cannot do what was asked (``dead purge``), or
+      the task could not be cancelled (``cancel``)
 2     bad usage or input: unknown option, bad queue name, bad JSON, bad line in a file, bad or
       unknown transport URL, invalid configuration, a destructive command without ``--yes`` and
       no terminal to ask on
 3     the transport cannot be reached or opened (server down, store directory not creatable)
-5     unknown queue (one the transport does not know) or unknown dead task id
+5     unknown queue (one the transport does not know), unknown dead task id, or no record of the task
+      (``task``)
 6     the transport failed an operation for another reason
 70    unexpected internal error (a bug: rerun with ``--log-level debug`` for the traceback)
 130   interrupted (Ctrl-C)
@@ -43,10 +47,10 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from asynctask.errors import AsyncTaskError, TransportError
-from asynctask.transports import get_transport
+from asynctask.transports import attach_state_store, get_transport
 from asynctask.transports.base import Transport
 
-from . import admin_commands, admin_settings
+from . import admin_commands, admin_settings, admin_tasks
 from .admin_doctor import doctor
 from .admin_output import CommandError, exit_code_for, one_line
 from .common import LOG_LEVELS, log_level
@@ -155,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--limit", type=int, default=100, metavar="N", help="list: at most N (default 100)")
     dead.add_argument("-y", "--yes", action="store_true", help="purge: do not ask")
 
+    task = command("task", "a task's status, result or error, attempts and times (tasks that keep results)")
+    task.add_argument("id", metavar="ID")
+    task.add_argument("--queue", metavar="QUEUE", help="its queue (default: look in every known queue)")
+
+    cancel = command("cancel", "cancel a task no worker has taken yet (exit 1 when it could not be)")
+    cancel.add_argument("id", metavar="ID")
+    cancel.add_argument("--queue", metavar="QUEUE", required=True, help="its queue")
+
     doctor = command("doctor", "check the configuration, the transport and the workers; exit 1 when something is wrong")
     doctor.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     return parser
@@ -174,6 +186,8 @@ _COMMANDS: dict[str, Callable[[Transport, argparse.Namespace], int]] = {
     "submit": admin_commands.cmd_submit,
     "purge": admin_commands.cmd_purge,
     "dead": admin_commands.cmd_dead,
+    "task": admin_tasks.cmd_task,
+    "cancel": admin_tasks.cmd_cancel,
 }
 
 
@@ -191,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
         return doctor(resolved, args)
     try:
         transport = get_transport(resolved.transport_url)
+        if resolved.settings is not None:
+            attach_state_store(transport, resolved.settings.state_store)
     except TransportError as exc:
         # A store that cannot be opened (a server that does not answer, a directory that cannot be
         # created) is "unreachable" whatever the transport calls it.
