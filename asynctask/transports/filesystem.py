@@ -16,6 +16,7 @@ Layout under the root (every name sorts by its first, fixed-width field)::
     queues/<q>/inflight/<deadline_ns>.<claimed_ns>.<id>.<deliveries>.<enqueued_us>.<priority>.<nonce>
     queues/<q>/dead/<dead_ns>.<id>.<deliveries>.<enqueued_us>.<priority>.task    (the body)
     queues/<q>/dead/<same stem>.reason                                           (the reason)
+    state/<q>/...                         keyed state (records with a TTL): see ``filesystem_state.py``
 
 A file holds only the JSON body; the rest is in its name, so each state change is one ``rename``.
 ``order_ns`` is a wall-clock key strictly increasing within a process (FIFO); ``<bucket>`` is
@@ -38,6 +39,8 @@ Each step, and why a process killed at any instant leaves no half task and loses
   and checks the name before setting the mtime, so an extend and a reclaim never both win.
 * dead: write ``<stem>.reason`` (tmp + rename), then ``rename`` the in-flight file to ``<stem>.task``.
   Killed between, the task stays in flight and the lone ``.reason`` is ignored, then swept.
+* cancel: ``rename`` the ready or delayed file into ``tmp/``, then unlink it: a claim is a rename of
+  the same file, so exactly one of the two wins (``filesystem_state.py``).
 * replay_dead: reset the mtime, ``rename`` the ``.task`` into ready (deliveries 0), drop the reason.
 * empty buckets are removed with ``rmdir`` (fails if a file arrived); a producer whose rename meets a
   removed bucket creates it again and retries.
@@ -83,6 +86,7 @@ from asynctask.transports.filesystem_layout import (
     parse_filesys_url,
     stray_meta,
 )
+from asynctask.transports.filesystem_state import FileStateHooks
 
 __all__ = ["BUCKET_SHIFT", "FilesystemTransport", "option_mode"]
 
@@ -92,12 +96,13 @@ PRIORITIES = range(MAX_PRIORITY, -1, -1)
 PROMOTE_BATCH = 1000
 
 
-class FilesystemTransport(AdminHooks, Transport):
+class FilesystemTransport(AdminHooks, FileStateHooks, Transport):
     """Queues as files under one directory; safe across threads and processes of one host.
 
     It holds a :class:`FileStore` (paths and atomic moves) and a :class:`FileAdmin` (inspection
     and administration over that store, which answers the admin hooks: :class:`AdminHooks`); the
-    fetch (``_take`` and the maintenance it runs) lives here.
+    keyed state and cancel are :class:`FileStateHooks` (``filesystem_state.py``); the fetch
+    (``_take`` and the maintenance it runs) lives here.
     """
 
     schemes = ("filesys", "file")

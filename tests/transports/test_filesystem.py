@@ -22,7 +22,7 @@ import pytest
 from asynctask.errors import TransportURLError
 from asynctask.message import QueueStats, decode_payload
 from asynctask.transports import filesystem as fs
-from asynctask.transports import filesystem_admin, get_transport
+from asynctask.transports import filesystem_admin, filesystem_state, get_transport
 from asynctask.transports.filesystem import FilesystemTransport
 
 QUEUE = "jobs"
@@ -70,6 +70,15 @@ def churn(url: str, queue: str) -> None:
             print("\n".join(f"P {t.id}" for t in tasks), flush=True)
             transport.ack_tasks(tasks)
             print("\n".join(f"A {t.id}" for t in tasks), flush=True)
+
+
+def add(url: str, queue: str, count: int, start_at: float) -> None:
+    """state_add keys k.0 .. k.<count-1> with this process's id, printing ``<n> <pid>`` for each add won."""
+    with get_transport(url) as transport:
+        _wait_until(start_at)
+        for n in range(count):
+            if transport.state_add(queue, f"k.{n}", str(os.getpid()), 60):
+                print(n, os.getpid(), flush=True)
 
 
 def _child(*args: str) -> subprocess.Popen[str]:
@@ -364,6 +373,110 @@ def test_receipts_are_portable_and_checked(tmp_path: Path) -> None:
         assert second.stats(QUEUE) == QueueStats()
 
 
+# -- keyed state, cancel ----------------------------------------------------------------------------
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
+
+
+def test_a_sweep_after_the_ttl_leaves_no_file_of_the_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "state" / QUEUE
+    with FilesystemTransport(f"filesys:{tmp_path}") as transport:
+        transport.state_put(QUEUE, "short", "v", 0.3)
+        transport.state_put(QUEUE, "short", "v2", 0.3)  # replaced: still one record
+        assert transport.state_add(QUEUE, "Claimed.X", "v", 0.3) is True
+        transport.state_put(QUEUE, "gone", "v", 0.3)
+        assert transport.state_delete(QUEUE, "gone") is True  # its marker stays until its sweep
+        for n in range(200):
+            transport.state_put(QUEUE, f"long.{n}", "v", 60)
+        assert {"records/short", "records/claimed.x~101", "lock"} <= set(_files(state))
+        reads = Counter[str]()
+        real_expiry = filesystem_state._expiry
+
+        def counting_expiry(path: str) -> int | None:
+            reads[path.rsplit("/", 1)[-1]] += 1
+            return real_expiry(path)
+
+        monkeypatch.setattr(filesystem_state, "_expiry", counting_expiry)
+        assert transport.state_sweep() == 0  # nothing due yet
+        time.sleep(0.6)
+        assert transport.state_sweep() == 2  # short and Claimed.X; gone was deleted already
+        assert sorted(reads) == ["claimed.x~101", "gone", "short"]  # the live records were not read
+        files = _files(state)
+        assert not [f for f in files if "short" in f or "claimed" in f or "gone" in f]
+        assert len(files) == 1 + 2 * 200  # the lock, the live records and their markers
+        assert len(list((state / "expiring").glob("*/*"))) == 1  # the swept subs were removed
+        assert transport.state_sweep() == 0
+        assert transport.state_keys(QUEUE) == sorted(f"long.{n}" for n in range(200))
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_keys_that_differ_in_case_or_are_dots_are_records_of_their_own(tmp_path: Path) -> None:
+    keys = [".", "..", ".hidden", "a", "A", "Ab.C", "aB.c", "x" * 200, "X" * 200, "a-1:_"]
+    with FilesystemTransport(f"filesys:{tmp_path}") as transport:
+        for key in keys:
+            transport.state_put(QUEUE, key, f"value of {key}", 60)
+        assert [transport.state_get(QUEUE, key) for key in keys] == [f"value of {key}" for key in keys]
+        (tmp_path / "state" / QUEUE / "records" / "not~a~record").write_text("x")  # ignored
+        assert transport.state_keys(QUEUE) == sorted(keys)
+        assert transport.state_keys(QUEUE, ".") == [".", "..", ".hidden"]
+        names = os.listdir(tmp_path / "state" / QUEUE / "records")
+        assert max(len(name) for name in names) <= 255 and not [n for n in names if n.startswith(".")]
+        assert len({name.lower() for name in names}) == len(names)  # apart on a case-insensitive filesystem too
+        assert transport.state_delete(QUEUE, "A") is True
+        assert transport.state_get(QUEUE, "a") == "value of a"
+
+
+def test_add_has_one_winner_among_processes_also_over_expired_records(tmp_path: Path) -> None:
+    url = f"filesys:{tmp_path}"
+    with FilesystemTransport(url) as transport:
+        for n in range(100):
+            transport.state_put(QUEUE, f"k.{n}", "expired", 0.05)
+        start_at = str(time.time() + 2.0)
+        children = [_child("add", url, QUEUE, "100", start_at) for _ in range(3)]
+        won = [line.split() for c in children for line in c.communicate(timeout=120)[0].splitlines()]
+        assert [c.returncode for c in children] == [0] * 3
+        assert sorted(int(n) for n, _ in won) == list(range(100))
+        assert all(transport.state_get(QUEUE, f"k.{n}") == pid for n, pid in won)
+        assert len({pid for _, pid in won}) > 1  # they did compete
+
+
+def test_a_cancelled_task_leaves_no_file_behind(tmp_path: Path) -> None:
+    with FilesystemTransport(f"filesys:{tmp_path}") as transport:
+        ready = transport.submit_task(QUEUE, {"n": 1}, priority=3)
+        delayed = transport.submit_task(QUEUE, {"n": 2}, delay_s=60)
+        kept = transport.submit_task(QUEUE, {"n": 3})
+        stats = transport.stats(QUEUE)
+        assert (stats.ready, stats.delayed, stats.in_flight) == (2, 1, 0)
+        assert transport.cancel(QUEUE, ready) is True
+        assert transport.cancel(QUEUE, delayed) is True
+        assert transport.cancel(QUEUE, "../../claims") is False
+        files = _files(tmp_path)
+        assert not [f for f in files if ready in f or delayed in f]
+        assert [f for f in files if kept in f]
+        stats = transport.stats(QUEUE)
+        assert (stats.ready, stats.delayed, stats.in_flight) == (1, 0, 0)
+
+
+def test_cancel_and_claims_racing_in_other_processes_never_both_get_a_task(tmp_path: Path) -> None:
+    url = f"filesys:{tmp_path}"
+    with FilesystemTransport(url) as transport:
+        ids = transport.submit_tasks(QUEUE, [{"n": n} for n in range(400)])
+        start_at = time.time() + 2.0
+        consumers = [_child("consume", url, QUEUE, str(start_at)) for _ in range(2)]
+        order = ids[:]
+        random.Random(3).shuffle(order)
+        _wait_until(start_at)
+        cancelled = {task_id for task_id in order if transport.cancel(QUEUE, task_id)}
+        lines = [line for c in consumers for line in c.communicate(timeout=120)[0].splitlines() if line]
+        delivered = {line[2:] for line in lines if line.startswith("D ")}
+        assert cancelled and delivered
+        assert not cancelled & delivered
+        assert cancelled | delivered == set(ids)
+        assert transport.stats(QUEUE) == QueueStats()
+
+
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "produce":
@@ -372,3 +485,5 @@ if __name__ == "__main__":
         consume(args[0], args[1], float(args[2]))
     elif mode == "churn":
         churn(args[0], args[1])
+    elif mode == "add":
+        add(args[0], args[1], int(args[2]), float(args[3]))
