@@ -24,6 +24,7 @@ a delivery's *receipt* (``Task.receipt``) is ``<seq>:<entry after this delivery>
     Q deadinfo        hash: id -> "<attempts>:<priority>:<enqueued_us>:<reason>"
     Q wake            list of wake-up tokens a waiting fetch BLPOPs on (submit, nack, replay push)
     Q seq             counter naming fetches (the <seq> of receipts)
+    Q s:<key>         string: a keyed-state record, expiring with its TTL (``redis_state.py``)
     <key_prefix>:queues         set of the queue names ever submitted to (``queues()``)
     <key_prefix>:claim:<key>    ``claim_once`` keys (SET NX PX)
 
@@ -39,7 +40,8 @@ fetch, so the server runs that fetch the moment a submit pushes a token: an idle
 task one round trip after its submit.  Batches (submit, ack) are one script call per 1000 tasks, all calls of a
 batch in one round trip.  The hot scripts go over a connection of the transport's own with RESP
 packed by hand (a fraction of redis-py's per-call cost; :mod:`asynctask.transports.redis_connection`);
-admin and blocking calls use redis-py's pool.
+admin and blocking calls use redis-py's pool.  Keyed state and cancel (``redis_cancel.lua``: a
+waiting task's entry and body go) are :mod:`asynctask.transports.redis_state`'s.
 
 A submit skips an id already stored, so a call retried after a lost reply stores the task once.  A
 ready entry that is not an entry, and a body that does not decode, go to the dead letters.  With
@@ -76,6 +78,7 @@ from asynctask.transports.base import (
     take_options,
 )
 from asynctask.transports.redis_connection import RedisConnection, load_script, pack
+from asynctask.transports.redis_state import RedisKeyedState
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +128,7 @@ def _option_choice(*choices: str) -> Any:
     return parse
 
 
-class RedisTransport(Transport):
+class RedisTransport(RedisKeyedState, Transport):
     """Queues in Redis 6.2 or later (RPOP with a count, ZMSCORE).  Thread-safe; fork-safe (a child
     process opens its own connections)."""
 

@@ -1,9 +1,10 @@
 """The Redis transport's connections and scripts (see :mod:`asynctask.transports.redis`).
 
 :class:`RedisConnection` holds redis-py's connection pool (admin and blocking calls, with its
-retries) and the transport's own connections, over which the hot scripts go with RESP packed here
-(a fraction of redis-py's per-call cost).  :func:`script` loads ``redis_<op>.lua`` (after
-``redis_common.lua``) beside the transport; scripts run by EVALSHA and are loaded again on NOSCRIPT.
+retries) and the transport's own connections, over which the hot scripts (and the keyed state's
+commands) go with RESP packed here (a fraction of redis-py's per-call cost).  :func:`load_script`
+loads ``redis_<op>.lua`` (after ``redis_common.lua``) beside the transport; scripts run by EVALSHA
+and are loaded again on NOSCRIPT.
 """
 
 from __future__ import annotations
@@ -112,25 +113,35 @@ class RedisConnection:
         except redis.RedisError as exc:
             raise TransportError(f"Redis at {self._where} failed: {exc}") from None
 
-    def eval(self, script: Script, base: bytes, *args: Any) -> Any:
-        return self.evals([(script, base, args)])[0]
+    def eval(self, script: Script, base: bytes, *args: Any, repeat: bool = True) -> Any:
+        return self.evals([(script, base, args)], repeat=repeat)[0]
 
-    def evals(self, calls: Sequence[tuple[Script, bytes, Sequence[Any]]]) -> list[Any]:
+    def evals(self, calls: Sequence[tuple[Script, bytes, Sequence[Any]]], *, repeat: bool = True) -> list[Any]:
         """Run scripts in one round trip on the transport's own connection (each call atomic).
 
         The hot path: RESP is packed here and sent on a dedicated connection, which costs a
         fraction of a pooled redis-py call.  A connection that broke (server restarted) is
         reconnected and the calls sent once more (every script is safe to repeat); NOSCRIPT loads
-        the scripts and sends again.
+        the scripts and sends again.  ``repeat=False`` is for calls whose reply would lie when
+        repeated (a cancel, an add): a connection that went stale while idle is replaced before
+        sending, and one that breaks after sending raises TransportUnavailableError (the outcome is
+        unknown) instead of sending again.
         """
         blob = b"".join(pack((b"EVALSHA", script.bsha, b"1", base, *args)) for script, base, args in calls)
-        return self.send(blob, [script for script, _, _ in calls])
+        return self.send(blob, [script for script, _, _ in calls], repeat=repeat)
 
-    def send(self, blob: bytes, scripts: list[Script]) -> list[Any]:
-        """Send EVALSHA commands packed in ``blob``, one per script in ``scripts``; their replies."""
+    def command(self, *args: Any, repeat: bool = True) -> Any:
+        """One plain command on the transport's own connection (as :meth:`evals`); its reply."""
+        return self.send(pack(args), [None], repeat=repeat)[0]
+
+    def send(self, blob: bytes, scripts: Sequence[Script | None], *, repeat: bool = True) -> list[Any]:
+        """Send the commands packed in ``blob``: EVALSHA of each script in ``scripts`` (None: a plain
+        command) in that order; their replies."""
         with self._lock:
             for attempt in range(3):
                 conn = self._own_connection("hot")
+                if not repeat:
+                    self._drop_stale(conn)
                 try:
                     conn.send_packed_command([blob], check_health=False)
                     replies: list[Any] = []
@@ -140,7 +151,7 @@ class RedisConnection:
                         except redis.ResponseError as exc:
                             replies.append(exc)
                 except (redis.TimeoutError, redis.ConnectionError, OSError) as exc:
-                    self._broken(conn, exc, last=attempt > 0)
+                    self._broken(conn, exc, last=attempt > 0 or not repeat)
                     continue
                 except BaseException:
                     conn.disconnect()  # replies may be left unread: never reuse the connection
@@ -150,7 +161,7 @@ class RedisConnection:
                     return replies
                 if not all(isinstance(error, NoScriptError) for error in errors) or attempt == 2:
                     raise TransportError(f"Redis at {self._where} failed: {errors[0]}")
-                for script in {id(script): script for script in scripts}.values():
+                for script in {id(script): script for script in scripts if script is not None}.values():
                     conn.send_packed_command([pack((b"SCRIPT", b"LOAD", script.text))], check_health=False)
                     conn.read_response()
         raise AssertionError("unreachable")
@@ -161,6 +172,19 @@ class RedisConnection:
         conn.disconnect()
         if last or isinstance(exc, redis.TimeoutError):
             raise self._unavailable(exc) from None
+
+    @staticmethod
+    def _drop_stale(conn: Any) -> None:
+        """Disconnect ``conn`` when it is connected and readable while idle (closed by the server, a
+        restart): the next send reconnects, so a command is never sent on a dead connection."""
+        if getattr(conn, "_sock", None) is None:
+            return
+        try:
+            stale = conn.can_read(0)
+        except (redis.ConnectionError, OSError):
+            stale = True
+        if stale:
+            conn.disconnect()
 
     def _own_connection(self, name: str) -> Any:
         """The transport's own connection ``name`` (caller holds its lock); new in a forked child."""

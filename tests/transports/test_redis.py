@@ -17,8 +17,9 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -180,6 +181,166 @@ def test_every_key_of_a_queue_shares_one_cluster_slot(shared_prefix: str) -> Non
         assert len({key_slot(k.encode()) for k in queue_keys}) == 1
         del third
     finally:
+        transport.close()
+
+
+# -- keyed state and cancel, as they lie on the server --------------------------------------------
+
+
+def raw_keys(client: redis.Redis, base: str) -> dict[str, Any]:
+    """Every key under ``base`` (a queue's ``{prefix:queue}:``), by name after the base, with its content."""
+    readers: dict[str, Callable[[bytes], Any]] = {
+        "string": client.get,
+        "list": lambda key: client.lrange(key, 0, -1),
+        "zset": lambda key: client.zrange(key, 0, -1),
+        "hash": client.hgetall,
+        "set": client.smembers,
+    }
+    found = {}
+    for key in client.scan_iter(match=base + "*", count=1000):
+        found[key.decode()[len(base) :]] = readers[client.type(key).decode()](key)
+    return found
+
+
+def test_a_record_leaves_no_key_on_the_server_once_its_ttl_ran_out(server: Server) -> None:
+    transport = RedisTransport(server.url("ttl").replace("/0?", "/7?"))
+    client = redis.Redis(port=server.port, password=PASSWORD, db=7)
+    try:
+        client.flushdb()
+        expired_before = client.info("stats")["expired_keys"]
+        transport.state_put("results", "r.1", '{"status":"done"}', 0.3)
+        assert transport.state_add("results", "lock.1", "me", 0.3) is True
+        names = {b"{ttl:results}:s:r.1", b"{ttl:results}:s:lock.1"}
+        assert set(client.keys("*")) == names  # under the queue's hash tag, nothing else
+        assert all(0 < client.pttl(name) <= 300 for name in names)
+        assert transport.state_sweep() == 0  # the server expires them itself
+        # Wait for the server's own expiry cycle: DBSIZE counts keys without touching (expiring) them.
+        deadline = time.monotonic() + 5
+        while client.dbsize() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.dbsize() == 0
+        assert client.info("stats")["expired_keys"] - expired_before == 2
+        assert transport.state_keys("results") == []
+    finally:
+        client.flushdb()
+        client.close()
+        transport.close()
+
+
+def test_a_cancelled_task_leaves_no_more_trace_than_an_acked_one(shared_prefix: str) -> None:
+    transport = RedisTransport(f"redis://{REDIS_HOST}:{REDIS_PORT}/9?key_prefix={shared_prefix}")
+    try:
+        acked_id = transport.submit_task("acked", {"n": 0}, priority=5)
+        (acked,) = transport.get_tasks("acked", 10, timeout_s=2)
+        transport.ack(acked)
+        after_ack = raw_keys(transport.client, f"{{{shared_prefix}:acked}}:")
+
+        first = transport.submit_tasks("gone", [{"n": 1}, {"n": 2}, {"n": 3}], priority=9)
+        taken = transport.get_tasks("gone", 3, timeout_s=2)
+        transport.nack(taken[0])  # back to ready, attempts 1
+        transport.nack(taken[1], delay_s=60)  # back, delayed
+        transport.nack(taken[2], delay_s=60, count_attempt=False)
+        ids = [
+            *first,
+            transport.submit_task("gone", {"n": 4}),
+            transport.submit_task("gone", {"n": 5}, priority=7),
+            transport.submit_task("gone", {"n": 6}, delay_s=60),
+            transport.submit_task("gone", {"n": 7}, delay_s=60, priority=3),
+            *transport.submit_tasks("gone", [{"n": 8}, {"n": 9}], priority=2),
+        ]
+        before = transport.stats("gone")
+        assert (before.ready, before.delayed, before.in_flight) == (5, 4, 0)
+        assert [transport.cancel("gone", task_id) for task_id in ids] == [True] * 9
+        assert transport.stats("gone") == QueueStats()
+        after_cancel = raw_keys(transport.client, f"{{{shared_prefix}:gone}}:")
+        assert set(after_cancel) <= set(after_ack) <= {"wake", "seq"}
+        assert len(after_cancel.get("wake", [])) <= 1
+        everything = repr(after_ack) + repr(after_cancel)
+        assert not any(task_id in everything for task_id in [*ids, acked_id])
+        assert transport.get_tasks("gone", 10, timeout_s=0.2) == []
+        assert transport.cancel("gone", ids[0]) is False
+    finally:
+        transport.close()
+
+
+def test_cancel_finds_a_task_anywhere_in_a_long_backlog(shared_prefix: str) -> None:
+    transport = RedisTransport(f"redis://{REDIS_HOST}:{REDIS_PORT}/9?key_prefix={shared_prefix}")
+    try:
+        high = transport.submit_tasks("long", [{"n": n} for n in range(2500)], priority=3)
+        low = transport.submit_tasks("long", [{"n": n} for n in range(1200)])
+        doomed = [high[0], high[999], high[1000], high[1499], high[-1], low[0], low[600], low[-1]]
+        assert all(transport.cancel("long", task_id) for task_id in doomed)
+        assert not any(transport.cancel("long", task_id) for task_id in doomed)
+        assert transport.cancel("long", "bad*[id]") is False  # no glob or pattern reaches the server
+        assert transport.stats("long").ready == 3700 - len(doomed)
+        drained = []
+        while batch := transport.get_tasks("long", 1000, timeout_s=0.2):
+            drained += batch
+            transport.ack_tasks(batch)
+        assert [t.id for t in drained] == [i for i in high + low if i not in doomed]
+    finally:
+        transport.close()
+
+
+def test_cancel_takes_back_a_task_whose_lease_ran_out(shared_prefix: str) -> None:
+    transport = RedisTransport(f"redis://{REDIS_HOST}:{REDIS_PORT}/9?key_prefix={shared_prefix}")
+    try:
+        task_id = transport.submit_task("lapsed", {"n": 1})
+        (task,) = transport.get_tasks("lapsed", 1, timeout_s=2, lease_s=0.2)
+        assert transport.cancel("lapsed", task_id) is False  # held
+        time.sleep(0.4)
+        assert transport.cancel("lapsed", task_id) is True  # waiting again, as a fetch would see it
+        transport.ack(task)  # the lost delivery: a no-op
+        assert transport.stats("lapsed") == QueueStats()
+        assert transport.get_tasks("lapsed", 1, timeout_s=0.2) == []
+    finally:
+        transport.close()
+
+
+def test_state_keys_escape_glob_characters_and_stay_in_their_queue(shared_prefix: str) -> None:
+    transport = RedisTransport(f"redis://{REDIS_HOST}:{REDIS_PORT}/9?key_prefix={shared_prefix}")
+    try:
+        for key in ("a.1", "a.2", "ab", "b:1"):
+            transport.state_put("one", key, key, 60)
+        transport.state_put("one_more", "a.3", "x", 60)
+        assert transport.state_keys("one", "a.") == ["a.1", "a.2"]
+        assert transport.state_keys("one", "a") == ["a.1", "a.2", "ab"]
+        assert transport.state_keys("one", "*") == []
+        assert transport.state_keys("one", "[ab]") == []
+        assert transport.state_keys("one", "?.1") == []
+        assert transport.state_keys("one", "b:") == ["b:1"]
+        assert transport.state_get_many("one", []) == []
+        transport.client.set(f"{{{shared_prefix}:one}}:s:raw", b"\xff bytes")  # not UTF-8: replaced
+        assert transport.state_get("one", "raw") == "\ufffd bytes"
+    finally:
+        transport.close()
+
+
+def test_add_delete_and_cancel_reconnect_after_a_restart_before_sending(server: Server) -> None:
+    """Calls whose reply would lie when sent twice are never sent again, but a connection the
+    restart closed while idle is replaced before they are sent: no error."""
+    transport = RedisTransport(server.url("again"))
+    try:
+        task_id = transport.submit_task("again", {"n": 1})
+        assert transport.state_add("again", "k", "v", 60) is True
+        server.stop()
+        server.start()
+        assert transport.state_add("again", "k", "w", 60) is False  # the AOF kept it
+        assert transport.state_add("again", "k2", "w", 60) is True
+        server.stop()
+        server.start()
+        assert transport.state_delete("again", "k") is True
+        server.stop()
+        server.start()
+        assert transport.cancel("again", task_id) is True
+        server.stop()
+        with pytest.raises(TransportUnavailableError, match="cannot reach Redis"):
+            transport.state_add("again", "k3", "v", 60)
+        with pytest.raises(TransportUnavailableError, match="cannot reach Redis"):
+            transport.cancel("again", task_id)
+    finally:
+        if server.process is None:
+            server.start()
         transport.close()
 
 
