@@ -23,7 +23,8 @@ Where receipts are portable (filesystem, Redis, PostgreSQL, memory) the supervis
 through its own transport.  On AMQP a delivery belongs to the dead child's connection and the broker
 gives it back when that closes; the supervisor sends the children of the queue a crash notice
 (:class:`~asynctask.workers.protocol.CrashNotice`, and to each new child of the queue the notices
-still open), and the child that next fetches the task acts on it: gives it back with the delay
+still open), and the child that next fetches the task acts on it
+(:mod:`asynctask.workers.crash_notices`): gives it back with the delay
 (and the ``attempts`` it had, undoing the broker's redelivery count), or dead-letters it.
 
 Bound: the ledger is the memory of one supervisor, kept for an hour after a task's last crash
@@ -36,12 +37,11 @@ its own children's deaths: at most H x ``max_crashes``.  A supervisor restart fo
 from __future__ import annotations
 
 import collections
-import dataclasses
 import itertools
 import logging
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -50,27 +50,21 @@ from asynctask.message import Task
 from asynctask.transports.base import Transport
 from asynctask.workers import protocol as P  # noqa: N812
 
-if TYPE_CHECKING:  # state imports the child, which imports the runner, which imports this
-    from asynctask.workers.runner import Runner
+if TYPE_CHECKING:  # state imports the child, which imports the runner
     from asynctask.workers.state import ChildState
 
 __all__ = [
     "CRASH_DELAY_S",
     "CrashKeeper",
     "CrashLedger",
-    "CrashNotices",
     "CrashRecord",
     "GivenBack",
-    "Inbox",
     "crash_delay_s",
     "give_back",
-    "settle_fetched",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: A child's read of the supervisor's messages received so far (crash notices)
-Inbox = Callable[[], Sequence[object]]
 #: How many tasks a ledger, and a child's notices, remember at most
 MAX_RECORDS = 10_000
 
@@ -363,58 +357,3 @@ class CrashKeeper:
                     child.conn.send(record.notice())
                 except OSError:  # it is leaving; its replacement hears of the open records at start
                     break
-
-
-class CrashNotices:
-    """The child's side (AMQP): the crash notices it heard from its supervisor, by task id (the
-    latest per task, at most :data:`MAX_RECORDS`)."""
-
-    def __init__(self, inbox: Inbox) -> None:
-        self.inbox = inbox
-        self.notices: dict[str, P.CrashNotice] = {}
-
-    def settle(self, runner: Runner, tasks: list[Task]) -> list[Task]:
-        """Hear the notices that came, then act on those naming fetched ``tasks`` (:func:`settle_fetched`)."""
-        for message in self.inbox():
-            if isinstance(message, P.CrashNotice):
-                self.notices.pop(message.task_id, None)
-                self.notices[message.task_id] = message
-        while len(self.notices) > MAX_RECORDS:
-            del self.notices[next(iter(self.notices))]
-        return settle_fetched(runner, self.notices, tasks) if self.notices else tasks
-
-
-def settle_fetched(runner: Runner, notices: dict[str, P.CrashNotice], tasks: list[Task]) -> list[Task]:
-    """A child's side (AMQP): act on the crash ``notices`` heard (task id -> message) for the fetched
-    ``tasks``: give back with the crash delay, or dead-letter; returns the tasks to run.
-
-    A task to run that crashed before is put in ``runner.ack_before``: the acks of the tasks before
-    it go out first, so that if it crashes again they are not run twice.
-    """
-    runnable = []
-    for task in tasks:
-        notice = notices.get(task.id)
-        if notice is None:
-            runnable.append(task)
-            continue
-        if notice.dead_reason is not None:
-            logger.error("task %s on %s dead-lettered: %s", task.id, task.queue, notice.dead_reason)
-            runner.dead(task, notice.dead_reason)
-            del notices[task.id]
-            outcome = P.DEAD
-        elif notice.deferred < notice.crashes:
-            # the broker's redelivery raised attempts: give it back with those it had
-            runner.nack(
-                dataclasses.replace(task, attempts=notice.attempts),
-                delay_s=crash_delay_s(notice.crashes),
-                count_attempt=False,
-            )
-            notices[task.id] = notice._replace(deferred=notice.crashes, dead_reason=None)
-            outcome = P.DEFERRED
-        else:
-            runnable.append(task)
-            runner.ack_before.add(task.id)
-            continue
-        runner.send(P.Settled(task.id, notice.crashes, outcome))
-        runner.finish([(task, P.DEAD if outcome == P.DEAD else P.RELEASED, 0.0)])
-    return runnable

@@ -6,7 +6,10 @@
   and of the supervisor's :class:`~asynctask.workers.protocol.ChildStarted` /
   :class:`~asynctask.workers.protocol.ChildExited`, served over HTTP.
 
-Both are built before any child starts (:func:`build_extras`), so their configuration errors stop
+* always: the sweeper of expired task results and status records (:func:`sweep_state`), a thread
+  with a transport of its own (a PostgreSQL or filesystem store does not expire them by itself).
+
+They are built before any child starts (:func:`build_extras`), so their configuration errors stop
 the command at once; the supervisor starts them (:attr:`Extras.starters`) when it runs.
 """
 
@@ -20,7 +23,8 @@ from typing import TYPE_CHECKING
 
 from asynctask.config import Settings
 from asynctask.cron import scheduled_queue_name
-from asynctask.transports import get_transport
+from asynctask.errors import AsyncTaskError
+from asynctask.transports import attach_state_store, get_transport
 from asynctask.workers import protocol as P  # noqa: N812
 
 if TYPE_CHECKING:  # imported when asked for (a child process loads none of them)
@@ -31,6 +35,11 @@ if TYPE_CHECKING:  # imported when asked for (a child process loads none of them
 logger = logging.getLogger(__name__)
 
 __all__ = ["Extras", "Listener", "build_extras", "build_metrics", "build_scheduler"]
+
+#: how often the supervisor's sweeper removes expired task results (:mod:`asynctask.transports.state`)
+STATE_SWEEP_S = 60.0
+#: a sweep that removed this many may have left more: the sweeper goes on at once
+SWEEP_FULL_BATCH = 1000
 
 #: Called with every child message (after the supervisor's own bookkeeping) and the supervisor's events.
 Listener = Callable[["ChildState", P.Event], None]
@@ -59,6 +68,12 @@ class Extras:
 def build_extras(settings: Settings, transport_url: str, queues: Iterable[str], wanted: ExtrasWanted) -> Extras:
     """The scheduler when ``wanted.scheduler``, the metrics when ``wanted.metrics_port`` is not None."""
     extras = Extras()
+
+    def start_sweeper(stop: threading.Event) -> None:
+        args = (transport_url, settings.state_store, stop)
+        threading.Thread(target=sweep_state, args=args, name="asynctask-sweeper", daemon=True).start()
+
+    extras.starters.append(start_sweeper)
     metrics_port, metrics_bind = wanted.metrics_port, wanted.metrics_bind
     found = build_scheduler(settings, transport_url) if wanted.scheduler else None
     if found is not None:
@@ -72,6 +87,27 @@ def build_extras(settings: Settings, transport_url: str, queues: Iterable[str], 
         extras.listeners.append(metrics.listen)
         extras.starters.append(lambda stop: metrics.serve(metrics_port, metrics_bind))
     return extras
+
+
+def sweep_state(transport_url: str, state_store_url: str | None, stop: threading.Event) -> None:
+    """Until ``stop``: every :data:`STATE_SWEEP_S`, remove the expired records of the state store
+    (again at once while a sweep found a full batch, so a backlog drains).  Failures are logged and
+    tried again next time: an unreachable server only delays the sweep."""
+    transport = None
+    while not stop.wait(STATE_SWEEP_S):
+        try:
+            if transport is None:
+                transport = attach_state_store(get_transport(transport_url), state_store_url)
+            for _ in range(100):
+                if transport.state_sweep() < SWEEP_FULL_BATCH or stop.is_set():
+                    break
+        except AsyncTaskError as exc:
+            logger.warning("sweeping expired task results failed: %s", exc)
+            if transport is not None:
+                transport.close()
+                transport = None
+    if transport is not None:
+        transport.close()
 
 
 def build_scheduler(settings: Settings, transport_url: str) -> Scheduler | None:

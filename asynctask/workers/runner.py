@@ -43,7 +43,7 @@ from asynctask.message import QueueStats, Task
 from asynctask.transports.base import MAX_BATCH, Transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import AsyncTaskWorker, TaskTimeout
-from asynctask.workers.crashes import CrashNotices, Inbox
+from asynctask.workers.crash_notices import CrashNotices, Inbox
 from asynctask.workers.failures import Failure, failure
 from asynctask.workers.keepers import AckFlusher, Clock, LeaseKeeper, RateLimiter, resident_mb, soft_timeout
 from asynctask.workers.recording import ResultRecording

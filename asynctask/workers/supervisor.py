@@ -50,7 +50,6 @@ from typing import Any, TypedDict, Unpack
 
 from asynctask.cli.exit_codes import EXIT_FORCED, EXIT_OK
 from asynctask.config import Settings
-from asynctask.errors import TransportError
 from asynctask.transports import attach_state_store, get_transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.child import ChildSpec, child_main
@@ -74,8 +73,6 @@ HEALTHY_AFTER_S = 60.0
 ANNOUNCE_AFTER_S = 1.0
 #: how often the supervisor reads a child's resident memory (for the causes of crashes)
 RSS_SAMPLE_S = 1.0
-#: how often the supervisor removes expired task results (:mod:`asynctask.transports.state`)
-STATE_SWEEP_S = 60.0
 
 
 class SupervisorOptions(TypedDict, total=False):
@@ -124,7 +121,6 @@ class Supervisor:
         self.transport = attach_state_store(get_transport(self.transport_url), settings.state_store)
         check_state_store(settings, self.transport)
         self.crashes = CrashKeeper(self.transport)
-        self._swept_at = time.monotonic()
         if START_METHOD == "forkserver":
             # the fork server imports these once; each child is then a cheap fork of a clean process.
             # ``__main__`` as with spawn: workers defined in the main script (behind its
@@ -184,7 +180,6 @@ class Supervisor:
                         self._start(child)
             self._watch_children(now)
             self._reap_leaving()
-            self._sweep_state(now)
             if not self._leaving and all(child.done and child.process is None for child in self.children):
                 if grace_until is not None:
                     logger.info("all workers stopped; exiting")
@@ -192,20 +187,6 @@ class Supervisor:
                     logger.info("all queues are empty; exiting")
                 return EXIT_OK
             self._wait(self._next_deadline(now, grace_until))
-
-    def _sweep_state(self, now: float) -> None:
-        """Remove expired results and status records every STATE_SWEEP_S (where the store does not
-        expire them itself): nobody has to schedule it."""
-        if now - self._swept_at < STATE_SWEEP_S:
-            return
-        self._swept_at = now
-        try:
-            removed = self.transport.state_sweep()
-        except TransportError as exc:
-            logger.warning("sweeping expired task results failed: %s", exc)
-            return
-        if removed:
-            logger.debug("swept %d expired task record(s)", removed)
 
     def _wait(self, deadline: float) -> None:
         """Until a child speaks or leaves, a signal comes, or ``deadline``; then
