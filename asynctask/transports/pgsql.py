@@ -17,7 +17,10 @@ processes starting together do not race) from ``pgsql_schema_<n>.sql`` beside th
   delayed: no receipt, future ``visible_at``.  An expired lease is ready again with no write at all;
 * ``dead (id, n, dead_at, attempts, priority, queue, reason, body)``, index ``dead_queue_order (queue, n)``;
 * ``waiters (queue, pid, since)``, unlogged: consumers blocked in ``get_task``;
-* ``claims (key, expires_at)``: ``claim_once`` (``INSERT ... ON CONFLICT DO UPDATE ... WHERE expired``).
+* ``claims (key, expires_at)``: ``claim_once`` (``INSERT ... ON CONFLICT DO UPDATE ... WHERE expired``);
+* (version 2) ``state (queue, key, expires_at, value)``, index ``state_expiry (expires_at)``: the keyed
+  state; hash index ``tasks_id (id)``: ``cancel``, one ``DELETE`` of a row with no live lease
+  (:mod:`asynctask.transports.pgsql_state`).
 
 No functions or triggers.  The statements (``pgsql_queries.sql``) are PREPAREd once per connection.
 A fetch is one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)`` setting the lease and
@@ -46,7 +49,6 @@ import io
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -68,6 +70,7 @@ from asynctask.transports.pgsql_connection import (
     release_link,
     take_link,
 )
+from asynctask.transports.pgsql_state import HEX_ID_RE, PgsqlState
 
 __all__ = ["SCHEMA_VERSION", "PgsqlTransport", "parse_pgsql_url"]
 
@@ -78,7 +81,6 @@ SAFETY_POLL_S = 2.0
 #: The first wait after registering as a waiter is short: a submit whose statement began just before
 #: the registration did not see it and sent no notification.
 _FIRST_WAIT_S = 0.05
-_HEX_ID_RE = re.compile(r"[0-9a-f]{32}\Z")
 
 
 def _copy_escape(text: str) -> str:
@@ -90,7 +92,7 @@ def _copy_escape(text: str) -> str:
     return text
 
 
-class PgsqlTransport(base.Transport):
+class PgsqlTransport(PgsqlState, base.Transport):
     """Tasks in PostgreSQL tables; thread-safe.  Instances of one process on the same database and
     schema share one statement connection (behind a lock); a consumer that blocks opens its own
     listening connection."""
@@ -322,7 +324,7 @@ class PgsqlTransport(base.Transport):
     def _dead_op(self, statement: str, queue: str, ids: list[str] | None) -> int:
         """Run ``replay`` or ``purge_dead`` on all dead tasks of ``queue`` (None) or those of ``ids``."""
         # Only ids as new_task_id() makes them can name a row: the rest would fail the cast to uuid.
-        chosen = None if ids is None else [i for i in ids if _HEX_ID_RE.match(i)]
+        chosen = None if ids is None else [i for i in ids if HEX_ID_RE.match(i)]
         if chosen == []:
             return 0
         return int(self._run(statement, queue, chosen, rows=True)[0][0])

@@ -141,3 +141,56 @@ RETURNING 1;
 
 -- name: forget_claims ()
 DELETE FROM @schema@.claims WHERE expires_at < now() - interval '1 hour';
+
+-- Keyed state (schema version 2).  A record is live while expires_at > now(); now() is the start of
+-- the statement's transaction (autocommit: the statement's own), on the server's clock.
+
+-- name: state_put (text, text, text, float8)
+INSERT INTO @schema@.state AS s (queue, key, expires_at, value)
+VALUES ($1, $2, now() + $4 * interval '1 second', $3)
+ON CONFLICT (queue, key) DO UPDATE SET expires_at = excluded.expires_at, value = excluded.value;
+
+-- name: state_add (text, text, text, float8)
+-- Returns a row when it wrote.  Under READ COMMITTED, a caller that meets a row inserted or updated
+-- by a concurrent caller waits for it to commit, then locks the row's newest version and checks the
+-- WHERE against that version (not its snapshot): of concurrent callers exactly one writes.
+INSERT INTO @schema@.state AS s (queue, key, expires_at, value)
+VALUES ($1, $2, now() + $4 * interval '1 second', $3)
+ON CONFLICT (queue, key) DO UPDATE SET expires_at = excluded.expires_at, value = excluded.value
+WHERE s.expires_at <= now()
+RETURNING 1;
+
+-- name: state_get (text, text)
+SELECT value FROM @schema@.state WHERE queue = $1 AND key = $2 AND expires_at > now();
+
+-- name: state_get_many (text, text[])
+-- One row per key given, in order (NULL value: no live record).
+SELECT s.value
+FROM unnest($2) WITH ORDINALITY AS k (key, n)
+LEFT JOIN @schema@.state AS s ON s.queue = $1 AND s.key = k.key AND s.expires_at > now()
+ORDER BY k.n;
+
+-- name: state_delete (text, text)
+-- Removes an expired row too; returns whether the row was live.
+DELETE FROM @schema@.state WHERE queue = $1 AND key = $2 RETURNING expires_at > now();
+
+-- name: state_keys (text, text)
+-- The range bounds the primary key's scan: in byte order (COLLATE "C") every key that starts with
+-- $2 lies in it, since keys hold no character above 'z' (< '~'); starts_with keeps those that do.
+SELECT key FROM @schema@.state
+WHERE queue = $1 AND key >= $2 AND key < $2 || '~' AND starts_with(key, $2) AND expires_at > now()
+ORDER BY key;
+
+-- name: state_sweep (integer)
+-- At most $1 expired rows (the caller repeats while it gets $1), so the shared connection is never
+-- held long; rows another session holds (a state_add taking an expired key over) are skipped, and
+-- the re-check of expires_at keeps a row that was written again meanwhile.
+DELETE FROM @schema@.state AS s
+USING (SELECT queue, key FROM @schema@.state WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED) AS e
+WHERE s.queue = e.queue AND s.key = e.key AND s.expires_at <= now();
+
+-- name: cancel (text, uuid)
+-- Ready or delayed (not leased: no receipt, or a lease that ran out), as purge.  A fetch leasing
+-- the row at the same moment holds it FOR UPDATE: this waits, re-checks the leased row and leaves
+-- it.  Nothing becomes ready, so no NOTIFY; stats count rows, so they need nothing either.
+DELETE FROM @schema@.tasks WHERE id = $2 AND queue = $1 AND (receipt IS NULL OR visible_at <= now());

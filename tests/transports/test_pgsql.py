@@ -28,11 +28,12 @@ psycopg2 = pytest.importorskip("psycopg2")
 from support import PGSQL_HOST, PGSQL_PORT, require_service
 
 from asynctask.errors import TransportError, TransportUnavailableError, TransportURLError
-from asynctask.transports import get_transport, pgsql
+from asynctask.transports import get_transport, pgsql, pgsql_connection, pgsql_state
 from asynctask.transports.pgsql import SCHEMA_VERSION, PgsqlTransport, parse_pgsql_url
 
 BASE = "postgresql://postgres@127.0.0.1:5432/test"
 HERE = Path(__file__).parent
+ALL_VERSIONS = [(version,) for version in range(1, SCHEMA_VERSION + 1)]
 
 
 def sql(statement: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
@@ -207,13 +208,70 @@ def test_instances_of_one_process_share_one_connection(url: str) -> None:
 # -- schema -------------------------------------------------------------------------------------
 
 
-def test_schema_version_row_and_tables(transport: PgsqlTransport, schema: str) -> None:
+def tables_of(schema: str) -> set[str]:
+    return {str(row[0]) for row in sql("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,))}
+
+
+def counts(transport: PgsqlTransport, queue: str) -> tuple[int, int, int, int]:
+    """Ready, delayed, in flight, dead."""
+    stats = transport.stats(queue)
+    return stats.ready, stats.delayed, stats.in_flight, stats.dead
+
+
+def versions_of(schema: str) -> list[tuple[object, ...]]:
+    return sql(f'SELECT version FROM "{schema}".schema_version ORDER BY version')
+
+
+def test_schema_version_rows_and_tables(transport: PgsqlTransport, schema: str) -> None:
     transport.queues()
-    assert sql(f'SELECT version FROM "{schema}".schema_version') == [(SCHEMA_VERSION,)]
-    tables = {row[0] for row in sql("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,))}
-    assert tables == {"schema_version", "queues", "tasks", "dead", "waiters", "claims"}
+    assert versions_of(schema) == ALL_VERSIONS  # a row per version applied, in order
+    assert tables_of(schema) == {"schema_version", "queues", "tasks", "dead", "waiters", "claims", "state"}
     indexes = {row[0] for row in sql("SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,))}
-    assert {"tasks_fetch_order", "dead_queue_order"} <= indexes
+    assert {"tasks_fetch_order", "dead_queue_order", "state_expiry", "tasks_id"} <= indexes
+
+
+def make_version_1(url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The schema as a release of version 1 made it (the same code with SCHEMA_VERSION = 1; its
+    pgsql_schema_1.sql is this one), holding a task of each kind: name -> task id."""
+    monkeypatch.setattr(pgsql_connection, "SCHEMA_VERSION", 1)
+    with PgsqlTransport(url) as old:
+        ids = {"leased": old.submit_task("q_mig", {"n": "leased"}, priority=5)}
+        leased = old.get_task("q_mig", lease_s=60)
+        assert leased is not None and leased.id == ids["leased"]
+        ids["leased_receipt"] = leased.receipt
+        ids["dead"] = old.submit_task("q_mig", {"n": "dead"}, priority=4)
+        dead = old.get_task("q_mig")
+        assert dead is not None
+        old.dead(dead, "for the test")
+        ids["ready"] = old.submit_task("q_mig", {"n": "ready"})
+        ids["delayed"] = old.submit_task("q_mig", {"n": "delayed"}, delay_s=60)
+    monkeypatch.setattr(pgsql_connection, "SCHEMA_VERSION", SCHEMA_VERSION)
+    return ids
+
+
+def test_a_version_1_schema_migrates_and_keeps_its_tasks(
+    url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = make_version_1(url, monkeypatch)
+    assert versions_of(schema) == [(1,)] and "state" not in tables_of(schema)
+    with PgsqlTransport(url) as new:
+        assert counts(new, "q_mig") == (1, 1, 1, 1)  # connecting migrated the schema
+        assert versions_of(schema) == ALL_VERSIONS and "state" in tables_of(schema)
+        new.state_put("q_mig", "r.1", "one", 60)
+        assert new.state_add("q_mig", "r.1", "two", 60) is False
+        assert new.state_get_many("q_mig", ["r.1", "r.2"]) == ["one", None]
+        assert new.cancel("q_mig", ids["leased"]) is False
+        assert new.cancel("q_mig", ids["delayed"]) is True
+        (ready,) = new.get_tasks("q_mig", 10)
+        assert (ready.id, ready.payload) == (ids["ready"], {"n": "ready"})
+        new.ack_tasks([ready])
+        leased = type(ready)(ids["leased"], "q_mig", {}, receipt=ids["leased_receipt"])
+        new.ack(leased)  # a delivery made before the migration is acked after it
+        assert new.replay_dead("q_mig") == 1
+        (dead,) = new.get_tasks("q_mig", 10)
+        assert (dead.id, dead.payload) == (ids["dead"], {"n": "dead"})
+        new.ack(dead)
+        assert counts(new, "q_mig") == (0, 0, 0, 0)
 
 
 def test_a_newer_schema_version_is_refused(transport: PgsqlTransport, schema: str) -> None:
@@ -224,21 +282,97 @@ def test_a_newer_schema_version_is_refused(transport: PgsqlTransport, schema: st
         other.queues()
 
 
-def test_schema_creation_race_between_processes(url: str, schema: str) -> None:
+RACER = """
+    import sys, time
+    from asynctask.transports import get_transport
+    transport = get_transport(sys.argv[1])
+    time.sleep(max(float(sys.argv[2]) - time.time(), 0))
+    transport.submit_task("q_race")
+    print(transport.state_add("q_race", "winner", "me", 60))
+"""
+
+
+@pytest.mark.parametrize("start", ["empty", "version 1"])
+def test_schema_creation_and_migration_race_between_processes(
+    url: str, schema: str, start: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = 0
+    if start == "version 1":
+        make_version_1(url, monkeypatch)
+        before = 3  # leased, ready, delayed
     start_at = time.time() + 1.5
-    code = """
-        import sys, time
-        from asynctask.transports import get_transport
-        transport = get_transport(sys.argv[1])
-        time.sleep(max(float(sys.argv[2]) - time.time(), 0))
-        transport.submit_task("q_race")
-        print("ok")
-    """
-    procs = [run_python(code, url, str(start_at)) for _ in range(6)]
+    procs = [run_python(RACER, url, str(start_at)) for _ in range(6)]
     outputs = [proc.communicate(timeout=60) for proc in procs]
     assert [proc.returncode for proc in procs] == [0] * 6, [err for _, err in outputs]
-    assert sql(f'SELECT version FROM "{schema}".schema_version') == [(SCHEMA_VERSION,)]
-    assert sql(f'SELECT count(*) FROM "{schema}".tasks') == [(6,)]
+    assert versions_of(schema) == ALL_VERSIONS
+    assert sql(f'SELECT count(*) FROM "{schema}".tasks') == [(6 + before,)]
+    assert sorted(out.strip() for out, _ in outputs) == ["False"] * 5 + ["True"]  # state_add: one winner
+
+
+# -- keyed state and cancel ---------------------------------------------------------------------
+
+
+def test_expired_records_leave_no_row_after_a_sweep(
+    transport: PgsqlTransport, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pgsql_state, "SWEEP_BATCH", 2)  # several statements per sweep
+    for key in ("r.1", "r.2", "r.3"):
+        transport.state_put("q_sweep", key, "short", 0.3)
+    transport.state_put("q_other", "r.1", "short", 0.3)
+    assert transport.state_add("q_sweep", "claim", "short", 0.3) is True
+    transport.state_put("q_sweep", "long", "kept", 60)
+    assert transport.state_sweep() == 0  # nothing expired yet
+    time.sleep(0.6)
+    assert sql(f'SELECT count(*) FROM "{schema}".state') == [(6,)]  # expired, not yet removed
+    assert transport.state_sweep() == 5
+    assert sql(f'SELECT queue, key, value FROM "{schema}".state') == [("q_sweep", "long", "kept")]
+    assert transport.state_sweep() == 0
+    transport.state_put("q_sweep", "gone", "v", 0.2)
+    time.sleep(0.4)
+    assert transport.state_delete("q_sweep", "gone") is False  # expired: not live, but removed all the same
+    assert sql(f'SELECT key FROM "{schema}".state') == [("long",)]
+
+
+def test_state_keys_prefix_is_literal_and_values_are_exact(transport: PgsqlTransport) -> None:
+    for key in ("a_b", "axb", "a", "a_bz", "a-", "b"):
+        transport.state_put("q_keys", key, key, 60)
+    assert transport.state_keys("q_keys", "a_") == ["a_b", "a_bz"]  # "_" is no wildcard
+    assert transport.state_keys("q_keys", "a%") == [] and transport.state_keys("q_keys", "z") == []
+    assert transport.state_keys("q_keys", "a") == ["a", "a-", "a_b", "a_bz", "axb"]
+    assert transport.state_keys("q_keys", "\x00") == []
+    value = "quote ' backslash \\ percent %s %(x)s tab\t \u2603"
+    transport.state_put("q_keys", "v", value, 1e15)  # a TTL beyond timestamptz: kept (cut to MAX_TTL_S)
+    assert transport.state_get("q_keys", "v") == value
+    with pytest.raises(ValueError, match="NUL"):
+        transport.state_put("q_keys", "v", "a\x00b", 60)
+    assert transport.state_get("q_keys", "v") == value
+
+
+def test_a_cancelled_task_leaves_no_row(transport: PgsqlTransport, schema: str) -> None:
+    ready = transport.submit_task("q_cancel", {"n": "ready"})
+    delayed = transport.submit_task("q_cancel", {"n": "delayed"}, delay_s=60)
+    leased_id = transport.submit_task("q_cancel", {"n": "leased"}, priority=9)
+    lapsed_id = transport.submit_task("q_cancel", {"n": "lapsed"}, priority=8)
+    leased = transport.get_task("q_cancel", lease_s=60)
+    lapsed = transport.get_task("q_cancel", lease_s=0.2)
+    assert leased is not None and lapsed is not None and (leased.id, lapsed.id) == (leased_id, lapsed_id)
+    time.sleep(0.4)
+    assert counts(transport, "q_cancel") == (2, 1, 1, 0)  # the lapsed lease counts as ready again
+
+    assert transport.cancel("q_cancel", leased_id) is False
+    assert transport.cancel("other_queue", ready) is False  # the queue must match
+    assert transport.cancel("q_cancel", "not-a-task-id") is False
+    for task_id in (ready, delayed, lapsed_id):  # ready, delayed, and ready again after its lease ran out
+        assert transport.cancel("q_cancel", task_id) is True
+        assert transport.cancel("q_cancel", task_id) is False
+
+    rows = sql(f"SELECT translate(id::text, '-', '') FROM \"{schema}\".tasks")
+    assert rows == [(leased_id,)]
+    assert counts(transport, "q_cancel") == (0, 0, 1, 0)
+    transport.ack(lapsed)  # the lapsed delivery: a no-op
+    transport.ack(leased)
+    assert sql(f'SELECT count(*) FROM "{schema}".tasks') == [(0,)]
+    assert transport.cancel("q_cancel", leased_id) is False  # done
 
 
 # -- bad data -----------------------------------------------------------------------------------
