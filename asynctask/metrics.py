@@ -49,13 +49,14 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from typing import Any, Protocol
 
 from asynctask.errors import AsyncTaskError, ConfigurationError
 from asynctask.message import QueueStats
+from asynctask.metrics_collect import ScrapeCollector
 from asynctask.metrics_http import serve_http
 from asynctask.transports.base import Transport
 from asynctask.workers import protocol as P  # noqa: N812
@@ -181,7 +182,7 @@ class WorkerMetrics:
             buckets=BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_DepthCollector(self, prom))
+        self.registry.register(ScrapeCollector(self, prom))
 
     # -- feeding ---------------------------------------------------------------------------------
 
@@ -393,36 +394,3 @@ class WorkerMetrics:
             if self._transport is not None:
                 self._transport.close()
                 self._transport = None
-
-
-class _DepthCollector:
-    """Reads queue depths from the transport when Prometheus scrapes."""
-
-    def __init__(self, metrics: WorkerMetrics, prom: Any) -> None:
-        self.metrics = metrics
-        self.prom = prom
-
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> Iterator[Any]:
-        core = self.prom.metrics_core
-        depth = core.GaugeMetricFamily("asynctask_queue_depth", "Tasks per queue and state.", labels=["queue", "state"])
-        oldest = core.GaugeMetricFamily(
-            "asynctask_queue_oldest_ready_age_seconds", "Age of the oldest ready task.", labels=["queue"]
-        )
-        for queue, stats in sorted(self.metrics.depths().items()):
-            for state in ("ready", "delayed", "in_flight", "dead"):
-                depth.add_metric([queue, state], getattr(stats, state))
-            oldest.add_metric([queue], stats.oldest_ready_age_s or 0.0)
-        up = core.GaugeMetricFamily("asynctask_transport_up", "1 when the last queue-depth read answered.")
-        up.add_metric([], self.metrics._transport_up)
-        running = core.GaugeMetricFamily(
-            "asynctask_child_tasks_running", "Tasks each child runs now.", labels=["queue", "worker", "slot"]
-        )
-        for queue, worker, slot, count in self.metrics.running():
-            running.add_metric([queue, worker, slot], count)
-        yield running
-        yield depth
-        yield oldest
-        yield up

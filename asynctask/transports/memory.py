@@ -368,6 +368,8 @@ class MemoryTransport(Transport):
     def _cancel(self, queue: str, task_id: str) -> bool:
         with self._store.lock:
             found = self._store.queues.get(queue)
+            if found is not None:
+                self._promote(found, self._clock())  # a lapsed lease counts as ready, as a fetch sees it
             record = found.records.get(task_id) if found else None
             if found is None or record is None or record.state == _IN_FLIGHT:
                 return False

@@ -36,23 +36,23 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypedDict, TypeVar, Unpack
+from typing import Any, TypeVar, Unpack
 
 from asynctask.errors import TransportError, TransportUnavailableError
 from asynctask.message import QueueStats, Task
 from asynctask.transports.base import MAX_BATCH, Transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.base import AsyncTaskWorker, TaskTimeout
-from asynctask.workers.crash_notices import CrashNotices, Inbox
+from asynctask.workers.crash_notices import CrashNotices
 from asynctask.workers.failures import Failure, failure
 from asynctask.workers.keepers import AckFlusher, Clock, LeaseKeeper, RateLimiter, resident_mb, soft_timeout
 from asynctask.workers.recording import ResultRecording
+from asynctask.workers.runner_options import Report, RunnerOptions
 
-__all__ = ["Clock", "RateLimiter", "Runner", "resident_mb"]
+__all__ = ["Clock", "RateLimiter", "Runner", "RunnerOptions", "resident_mb"]
 
 logger = logging.getLogger(__name__)
 
-Report = Callable[[P.Message], None]
 T = TypeVar("T")
 
 BATCH_TARGET_S = 0.25
@@ -64,39 +64,6 @@ STOPPED, HALTED, MAX_TASKS, MAX_MEMORY = "stopped", "halted", "max_tasks", "max_
 #: halt modes: stop when the queue is empty (nothing ready, delayed or in flight), or when nothing
 #: is ready right now (the eager drain of asynctask.testing)
 HALT_EMPTY, HALT_IDLE = "empty", "idle"
-
-
-class RunnerOptions(TypedDict, total=False):
-    """The keyword options of :class:`Runner` (defaults in brackets)."""
-
-    #: the longest a fetch waits on an empty queue (0.5)
-    poll_interval_s: float
-    #: None (run until stopped), HALT_EMPTY or HALT_IDLE
-    halt: str | None
-    #: at most this many tasks per ``rate_period_s`` (None: no limit)
-    rate_max_calls: int | None
-    rate_period_s: float
-    #: most tasks per fetch (100)
-    max_batch: int
-    #: leave after this many tasks, or once resident memory passed this (None: never)
-    max_tasks: int | None
-    max_memory_mb: float | None
-    #: where the protocol messages go, and whether task outcomes are among them (True)
-    report: Report | None
-    report_outcomes: bool
-    #: opens a fresh transport after an outage
-    reopen: Callable[[], Transport] | None
-    #: the shared-memory slot of the task in hand; the supervisor's crash notices (AMQP)
-    current: P.CurrentTask | None
-    inbox: Inbox | None
-    #: tasks run at once, and the grace of the others after a thread overran timeout_s (lane
-    #: runners only: asynctask.workers.lanes; the plain Runner runs one at a time)
-    concurrency: int
-    shutdown_timeout_s: float
-    #: set to stop fetching; the clock and sleep (tests inject them)
-    stop: threading.Event | None
-    clock: Clock
-    sleep: Callable[[float], Any] | None
 
 
 class Runner(ResultRecording):
