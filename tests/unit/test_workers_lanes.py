@@ -434,3 +434,39 @@ def test_an_eager_drain_goes_on_after_a_thread_overran_timeout() -> None:
     assert sorted(r["n"] for r in RAN) == list(range(1, 30))
     (dead,) = transport.dead_tasks("jobs")  # it overran on both of its attempts
     assert dead.attempts == 2 and dead.reason.startswith("TaskTimeout")
+
+
+class LaneResultsAsync(AsyncTaskWorker):
+    name = "lane_results_async"
+    concurrency = 10
+    result_ttl_s = 60
+
+    async def process(self, payload: dict[str, Any]) -> int:
+        await asyncio.sleep(0.01)
+        if payload["n"] == 3:
+            raise ValueError("three")
+        return int(payload["n"]) * 2
+
+
+class LaneResultsThreads(AsyncTaskWorker):
+    name = "lane_results_threads"
+    concurrency = 4
+    result_ttl_s = 60
+
+    def process(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"n": payload["n"]}
+
+
+@pytest.mark.parametrize("worker", ["lane_results_async", "lane_results_threads"])
+def test_lanes_keep_each_tasks_result_and_error(worker: str) -> None:
+    transport = store()
+    ids = transport.submit_tasks("jobs", [{"n": n} for n in range(6)])
+    process_queue("jobs", worker, transport=transport)
+    handles = [transport.handle("jobs", task_id) for task_id in ids]
+    if worker == "lane_results_async":
+        assert [h.status() for h in handles] == ["done", "done", "done", "dead", "done", "done"]
+        assert handles[2].result(timeout_s=0) == 4
+        record = handles[3].record()
+        assert record is not None and record["error"]["type"] == "ValueError"
+    else:
+        assert [h.result(timeout_s=0) for h in handles] == [{"n": n} for n in range(6)]
