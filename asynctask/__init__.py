@@ -18,6 +18,7 @@ from asynctask.errors import (
 )
 from asynctask.message import DeadTask, QueueStats, Task
 from asynctask.results import TaskHandle
+from asynctask.schedules import cron_task, periodic_task
 from asynctask.tasks import task
 from asynctask.transports import get_transport
 from asynctask.transports.base import Transport
@@ -43,7 +44,9 @@ __all__ = [
     "TransportURLError",
     "TransportUnavailableError",
     "UnknownTransportError",
+    "cron_task",
     "get_transport",
+    "periodic_task",
     "task",
 ]
 

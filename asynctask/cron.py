@@ -19,11 +19,12 @@ import re
 import shlex
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timezone
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from asynctask.errors import AsyncTaskError, QueueNameError, ScheduleError
+from asynctask.fire_times import EveryTrigger, latest_before, next_after
 from asynctask.message import encode_payload, validate_queue_name
 
 if TYPE_CHECKING:  # imported when an entry is validated: loading config must not load APScheduler
@@ -36,6 +37,7 @@ __all__ = [
     "DEFAULT_SOURCE",
     "MISFIRE_MODES",
     "SCHEDULE_FIELDS",
+    "EveryTrigger",
     "ScheduleEntry",
     "check_entry_shape",
     "latest_before",
@@ -48,16 +50,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
-#: The fields that schedule an entry: the cron fields or ``crontab``; an entry needs at least one.
-SCHEDULE_FIELDS = (*CRON_FIELDS, "crontab")
+#: The fields that schedule an entry: the cron fields, ``crontab``, or ``every_s`` alone.
+SCHEDULE_FIELDS = (*CRON_FIELDS, "crontab", "every_s")
 MISFIRE_MODES = ("skip", "once")
-OPTIONAL_KEYS = ("payload", "queue", "start_date", "end_date", "timezone", "misfire")
-ALLOWED_KEYS = ("worker", "command", *CRON_FIELDS, "crontab", *OPTIONAL_KEYS)
+#: ``meta`` is set by the schedule decorators (:mod:`asynctask.schedules`), not by configuration
+OPTIONAL_KEYS = ("payload", "queue", "start_date", "end_date", "timezone", "misfire", "meta")
+ALLOWED_KEYS = ("worker", "command", *CRON_FIELDS, "crontab", "every_s", *OPTIONAL_KEYS)
 #: The setting the entries come from, named in error messages.
 DEFAULT_SOURCE = "asynctask_scheduled_workers"
 #: The built-in worker that runs ``command`` entries (:mod:`asynctask.workers.command`).
 COMMAND_WORKER = "command"
-_LOOKBACK_S = (60, 3600, 86400, 32 * 86400, 367 * 86400)
 _DOW = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 
 
@@ -81,10 +83,14 @@ class ScheduleEntry:
     command: tuple[str, ...] | None
     payload: dict[str, Any] = field(hash=False)
     queue: str | None
-    trigger: CronTrigger = field(hash=False)
+    trigger: CronTrigger | EveryTrigger = field(hash=False)
     timezone: str
     misfire: str
     canonical: str = field(repr=False)
+    #: the meta each fire submits (a ``@periodic_task`` / ``@cron_task`` names its function)
+    meta: dict[str, Any] = field(default_factory=dict, hash=False)
+    #: where the entry was defined, for ``asynctask schedules`` and messages
+    source: str = DEFAULT_SOURCE
 
     @property
     def label(self) -> str:
@@ -116,6 +122,19 @@ def check_entry_shape(entry: Any, where: str) -> None:
         raise ScheduleError(f"{where}: worker: a registered worker name is allowed, not {entry['worker']!r}")
     if not any(entry.get(name) is not None for name in SCHEDULE_FIELDS):
         raise ScheduleError(f"{where}: at least one schedule field is required: {', '.join(SCHEDULE_FIELDS)}")
+    if entry.get("every_s") is not None:
+        _every_alone(entry, where)
+
+
+def _every_alone(entry: Mapping[str, Any], where: str) -> float:
+    """``every_s`` as a number of seconds > 0, with no cron field beside it; else ScheduleError."""
+    others = [name for name in (*CRON_FIELDS, "crontab") if entry.get(name) is not None]
+    if others:
+        raise _fail(where, "every_s", f"every_s or cron fields are allowed, not both (found {', '.join(others)})")
+    every = entry["every_s"]
+    if isinstance(every, bool) or not isinstance(every, (int, float)) or not 0 < every < 10**9:
+        raise _fail(where, "every_s", f"{every!r}: a number of seconds > 0 is allowed")
+    return float(every)
 
 
 def _fail(where: str, key: str, problem: str) -> ScheduleError:
@@ -287,7 +306,10 @@ def _validate_entry(index: int, entry: object, source: str, known_workers: Colle
     worker, command = _entry_worker(entry, where, known_workers, canonical)
     tz_name = entry.get("timezone", "UTC")
     tz = _entry_timezone(tz_name, where)
-    fields = _entry_fields(entry, where, canonical)
+    every = _every_alone(entry, where) if "every_s" in entry else None
+    fields = _entry_fields(entry, where, canonical) if every is None else {}
+    if every is not None:
+        canonical["every_s"] = every
     dates = _entry_dates(entry, where, tz, canonical)
     misfire = entry.get("misfire", "skip")
     if misfire not in MISFIRE_MODES:
@@ -298,11 +320,23 @@ def _validate_entry(index: int, entry: object, source: str, known_workers: Colle
         validate_queue_name(queue if queue is not None else scheduled_queue_name(worker))
     except QueueNameError as exc:
         raise _fail(where, "queue" if queue is not None else "worker", exc.message) from None
+    meta = entry.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise _fail(where, "meta", f"{meta!r}: a mapping is allowed")
     canonical.update(payload=entry.get("payload") or {}, queue=queue, timezone=tz_name, misfire=misfire)
+    if meta:
+        canonical["meta"] = meta
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    trigger = _cron_trigger(**fields, start_date=dates.get("start_date"), end_date=dates.get("end_date"), timezone=tz)
+    start, end = dates.get("start_date"), dates.get("end_date")
+    trigger: CronTrigger | EveryTrigger
+    if every is not None:
+        trigger = EveryTrigger(every, start, end)
+    else:
+        trigger = _cron_trigger(**fields, start_date=start, end_date=end, timezone=tz)
     schedule_id = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return ScheduleEntry(index, schedule_id, worker, command, payload, queue, trigger, tz_name, misfire, text)
+    return ScheduleEntry(
+        index, schedule_id, worker, command, payload, queue, trigger, tz_name, misfire, text, dict(meta), source
+    )
 
 
 def validate_entries(
@@ -345,30 +379,3 @@ def scheduled_queues(entries: Sequence[ScheduleEntry], worker_queues: Mapping[st
         if queue not in configured:
             result.setdefault(queue, entry.worker)
     return result
-
-
-# -- fire-time arithmetic -------------------------------------------------------------------------
-
-
-def next_after(trigger: CronTrigger, moment: datetime) -> datetime | None:
-    """The first fire strictly after ``moment`` (a fire time)."""
-    result: datetime | None = trigger.get_next_fire_time(moment, moment)
-    return result
-
-
-def latest_before(trigger: CronTrigger, limit: datetime, known: datetime | None) -> datetime | None:
-    """The latest fire strictly before ``limit`` (looking back at most a year, or from ``known``)."""
-    first = known
-    for seconds in _LOOKBACK_S:
-        start = limit - timedelta(seconds=seconds)
-        if known is not None and start <= known:
-            break
-        found: datetime | None = trigger.get_next_fire_time(None, start)
-        if found is not None and found < limit:
-            first = found
-            break
-    if first is None:
-        return None
-    while (following := next_after(trigger, first)) is not None and following < limit:
-        first = following
-    return first

@@ -9,10 +9,15 @@ Entries (as in rex.asynctask; validated by :mod:`asynctask.cron`), each a mappin
   (APScheduler 3 ``CronTrigger`` semantics: every given field must match, 0 = Monday), or instead
   ``crontab: "m h dom mon dow"`` (crontab semantics for the weekday: 0 and 7 = Sunday; unlike
   cron, day of month and day of week must *both* match when both are restricted);
+* or instead of those, ``every_s: N``: every N seconds (> 0), at ``start_date + k * N`` (the Unix
+  epoch when no ``start_date``), the same fire times on every node;
 * optional ``payload`` (a JSON object; a command fire's payload is ``{"command": [argv...]}`` plus
   it), ``queue``, ``start_date`` and ``end_date`` (ISO text, a YAML date or datetime; naive means in
   the entry's time zone; both inclusive), ``timezone`` (an IANA name, default ``UTC``) and
   ``misfire`` (``skip``, the default, or ``once``).
+
+``@periodic_task`` and ``@cron_task`` functions (:mod:`asynctask.schedules`) are entries too, fired by
+every scheduler whose process imported them.
 
 Where a fire goes: the entry's ``queue``, else the queue the worker is configured on (the
 ``worker_queues`` mapping), else ``scheduled_<worker>`` (:func:`~asynctask.cron.scheduled_queue_name`),
@@ -39,6 +44,7 @@ fire and claims it: if no node submitted it, it runs now, anacron-like.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -48,6 +54,7 @@ from typing import Any
 
 from asynctask.cron import DEFAULT_SOURCE, ScheduleEntry, latest_before, next_after, validate_entries
 from asynctask.errors import AsyncTaskError, TransportError
+from asynctask.schedules import decorated_schedules
 from asynctask.transports import get_transport
 from asynctask.transports.base import Transport, mask_url
 from asynctask.workers.base import registered_workers
@@ -84,6 +91,21 @@ def _utc_iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat()
 
 
+#: the state key under which the last fire of a schedule is kept (``asynctask schedules`` reads it)
+LAST_FIRE_KEY = "schedule."
+LAST_FIRE_TTL_S = 367 * 86400.0
+
+
+def record_last_fire(transport: Transport, queue: str, schedule_id: str, fire_time: str, task_id: str) -> None:
+    """Keep the last fire of a schedule in the state store, for ``asynctask schedules``; a transport
+    that keeps no state (AMQP without a state store) is skipped, as is any error: it is a report."""
+    try:
+        text = json.dumps({"fire_time": fire_time, "task_id": task_id})
+        transport.state_put(queue, LAST_FIRE_KEY + schedule_id, text, LAST_FIRE_TTL_S)
+    except AsyncTaskError as exc:
+        logger.debug("cannot record the last fire of schedule %s: %s", schedule_id, exc)
+
+
 # -- the scheduler --------------------------------------------------------------------------------
 
 
@@ -105,7 +127,7 @@ class Scheduler:
         clock: Callable[[], datetime] | None = None,
         source: str = DEFAULT_SOURCE,
     ) -> None:
-        self.entries = validate_entries(entries, source, known_workers=registered_workers())
+        self.entries = validate_entries(entries, source, known_workers=registered_workers()) + decorated_schedules()
         self.source = source
         self.transport_url = transport_url
         self.queues = {entry.schedule_id: entry.queue_for(worker_queues) for entry in self.entries}
@@ -168,7 +190,8 @@ class Scheduler:
 
     def _submit(self, transport: Transport, fire: Fire) -> Fire:
         entry = next(e for e in self.entries if e.schedule_id == fire.schedule_id)
-        task_id = transport.submit_task(fire.queue, entry.payload)
+        task_id = transport.submit_task(fire.queue, entry.payload, meta=entry.meta or None)
+        record_last_fire(transport, fire.queue, entry.schedule_id, _utc_iso(fire.fire_time), task_id)
         logger.info(
             "%s%s fire %s -> queue %s, task %s",
             entry.label,
@@ -219,7 +242,7 @@ class Scheduler:
     def describe(self) -> list[str]:
         """One line per entry: what, when, time zone, misfire mode, queue and schedule id."""
         return [
-            f"{self.source}[{e.index}]: {e.label} at {e.trigger} timezone {e.timezone}, misfire {e.misfire}"
+            f"{e.source}[{e.index}]: {e.label} at {e.trigger} timezone {e.timezone}, misfire {e.misfire}"
             f" -> queue {self.queues[e.schedule_id]} (schedule {e.schedule_id})"
             for e in self.entries
         ]

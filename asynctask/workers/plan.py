@@ -52,7 +52,9 @@ def scheduled_children(settings: Settings) -> dict[str, str]:
     """``{queue: worker}`` for the queues scheduled fires go to that ``asynctask_workers`` does not
     configure (``scheduled_<worker>``, or an entry's own ``queue``): every supervisor consumes them,
     with or without ``--scheduler``, so a fire runs wherever a supervisor runs."""
-    entries = validate_entries(list(settings.scheduled_workers))
+    from asynctask.schedules import decorated_schedules  # noqa: PLC0415 - tasks imports the workers
+
+    entries = validate_entries(list(settings.scheduled_workers)) + decorated_schedules()
     return scheduled_queues(entries, settings.worker_queues)
 
 
