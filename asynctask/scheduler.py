@@ -47,14 +47,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from asynctask.cron import DEFAULT_SOURCE, ScheduleEntry, latest_before, next_after, validate_entries
 from asynctask.errors import AsyncTaskError, TransportError
-from asynctask.schedules import decorated_schedules
 from asynctask.transports import get_transport
 from asynctask.transports.base import Transport, mask_url
 from asynctask.workers.base import registered_workers
@@ -112,13 +111,14 @@ def record_last_fire(transport: Transport, queue: str, schedule_id: str, fire_ti
 class Scheduler:
     """Submits the fires of ``entries`` to the transport at ``transport_url``, each once across nodes.
 
-    ``worker_queues`` maps a worker name to the queue it is configured on.  ``clock`` returns the
+    ``worker_queues`` maps a worker name to the queue it is configured on; ``decorated`` adds the
+    schedules of ``@periodic_task`` / ``@cron_task`` functions (validated already).  ``clock`` returns the
     current time (timezone-aware; default: now in UTC).  The constructor validates (raising
     :class:`ScheduleError`); :meth:`tick` does one round at a given time; :meth:`run` loops.  One
     thread at a time may use an instance.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the decorated schedules joined the configured ones
         self,
         entries: list[dict[str, Any]],
         transport_url: str,
@@ -126,8 +126,9 @@ class Scheduler:
         *,
         clock: Callable[[], datetime] | None = None,
         source: str = DEFAULT_SOURCE,
+        decorated: Sequence[ScheduleEntry] = (),
     ) -> None:
-        self.entries = validate_entries(entries, source, known_workers=registered_workers()) + decorated_schedules()
+        self.entries = validate_entries(entries, source, known_workers=registered_workers()) + list(decorated)
         self.source = source
         self.transport_url = transport_url
         self.queues = {entry.schedule_id: entry.queue_for(worker_queues) for entry in self.entries}

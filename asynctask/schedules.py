@@ -21,7 +21,7 @@ each fire submits a call with no arguments.  ``every_s`` fires at ``start + k * 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from asynctask.cron import ScheduleEntry, validate_entries
@@ -29,12 +29,18 @@ from asynctask.tasks import TaskFunction, task
 
 __all__ = ["cron_task", "decorated_schedules", "periodic_task"]
 
-_schedules: dict[str, ScheduleEntry] = {}
+#: function name -> (its module, its schedule)
+_schedules: dict[str, tuple[str, ScheduleEntry]] = {}
 
 
-def decorated_schedules() -> list[ScheduleEntry]:
-    """The schedules of the ``@periodic_task`` / ``@cron_task`` functions imported so far."""
-    return list(_schedules.values())
+def decorated_schedules(modules: Sequence[str] | None = None) -> list[ScheduleEntry]:
+    """The schedules of the ``@periodic_task`` / ``@cron_task`` functions imported so far; with
+    ``modules`` (``asynctask_require``), only those defined in one of them or in a module under one."""
+    return [
+        entry
+        for module, entry in _schedules.values()
+        if modules is None or any(module == name or module.startswith(name + ".") for name in modules)
+    ]
 
 
 #: the options that belong to the schedule, not to the ``@task``
@@ -59,7 +65,7 @@ def _scheduled(
             **schedule,
         }
         (validated,) = validate_entries([entry], f"{label}({made.name})")
-        _schedules[made.name] = validated
+        _schedules[made.name] = (function.__module__, validated)
         return made
 
     return decorate

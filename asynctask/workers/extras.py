@@ -119,7 +119,14 @@ def build_scheduler(settings: Settings, transport_url: str) -> Scheduler | None:
         return None
     worker_queues = {w: scheduled_queue_name(w) for w in settings.scheduled_only_workers()}
     worker_queues.update(settings.worker_queues)
-    return Scheduler(entries=list(settings.scheduled_workers), transport_url=transport_url, worker_queues=worker_queues)
+    from asynctask.schedules import decorated_schedules  # noqa: PLC0415 - with the scheduler only
+
+    return Scheduler(
+        entries=list(settings.scheduled_workers),
+        transport_url=transport_url,
+        worker_queues=worker_queues,
+        decorated=decorated_schedules(settings.require),
+    )
 
 
 def build_metrics(queues: Iterable[str], transport_url: str) -> WorkerMetrics | None:

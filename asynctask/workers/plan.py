@@ -54,7 +54,7 @@ def scheduled_children(settings: Settings) -> dict[str, str]:
     with or without ``--scheduler``, so a fire runs wherever a supervisor runs."""
     from asynctask.schedules import decorated_schedules  # noqa: PLC0415 - tasks imports the workers
 
-    entries = validate_entries(list(settings.scheduled_workers)) + decorated_schedules()
+    entries = validate_entries(list(settings.scheduled_workers)) + decorated_schedules(settings.require)
     return scheduled_queues(entries, settings.worker_queues)
 
 

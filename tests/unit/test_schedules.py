@@ -40,8 +40,8 @@ def weekly_report() -> None:
     pass
 
 
-def scheduler(entries: list[dict[str, Any]], url: str) -> Scheduler:
-    return Scheduler(entries, url, {}, clock=lambda: T0)
+def scheduler(entries: list[dict[str, Any]], url: str, *, decorated: bool = False) -> Scheduler:
+    return Scheduler(entries, url, {}, clock=lambda: T0, decorated=decorated_schedules() if decorated else ())
 
 
 def test_every_s_fires_at_start_plus_multiples_the_same_on_every_node() -> None:
@@ -101,13 +101,13 @@ def test_decorated_functions_are_tasks_with_schedules_on_their_queue() -> None:
     assert every.source == f"@periodic_task({refresh.name})"
     assert (cron.queue, cron.timezone) == ("weekly", "Europe/Paris")
     # a supervisor runs the tasks worker on their queues even when asynctask_workers names others
-    children = scheduled_children(Settings())
+    children = scheduled_children(Settings(require=(__name__,)))
     assert children["low_jobs"] == "tasks" and children["weekly"] == "tasks"
 
 
 def test_a_scheduler_fires_the_decorated_function_with_its_meta() -> None:
     url = f"memory://{uuid.uuid4().hex}"
-    node = scheduler([], url)
+    node = scheduler([], url, decorated=True)
     start = refresh_first_fire()
     fires = [fire for fire in node.tick(start) if fire.queue == "low_jobs"]
     assert len(fires) == 1
