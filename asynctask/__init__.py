@@ -1,6 +1,6 @@
 """asynctask: background jobs for Python on a directory, Redis, PostgreSQL or RabbitMQ.
 
-The public names, re-exported; see DESIGN.md for the architecture.
+The public names, re-exported; docs/architecture.rst maps the modules.
 """
 
 from asynctask.errors import (

@@ -4,8 +4,9 @@ django-ztask's ``ZTASKD_ALWAYS_EAGER``, Celery's ``task_always_eager``: for test
 ``get_transport()`` returns an :class:`EagerTransport`, and ``@task`` submits go to it: each submit
 stores the task in this process's memory (so payload and meta make the JSON round trip a worker's
 would: a non-JSON argument fails as in production), then runs the worker of its queue through the
-real runner until nothing is left, retries and delays included (their delays are skipped).  The
-handle of a ``@task`` submit then holds its result (kept an hour, whatever ``result_ttl_s``).
+real runner until nothing is left, retries and delays included (their delays are skipped, on the
+queue's own clock: results age on the real one).  The handle of a ``@task`` submit then holds its
+result (for ``result_ttl_s``, an hour when the function keeps none).
 
 The worker of a queue: the built-in ``tasks`` worker for ``@task`` tasks, else the one the queue's
 ``asynctask_workers`` entry names (ConfigurationError when there is none).
@@ -38,7 +39,10 @@ class EagerTransport(MemoryTransport):
 
     def __init__(self, settings: Settings) -> None:
         self._skew_s = 0.0
-        super().__init__(f"memory://asynctask-eager-{os.getpid()}-{next(_stores)}", clock=self._now)
+        name = f"asynctask-eager-{os.getpid()}-{next(_stores)}"
+        super().__init__(f"memory://{name}", clock=self._now)
+        # records on the real clock: skipping a delay must not age the results of earlier tasks
+        self.state_store = MemoryTransport(f"memory://{name}-state")
         self.settings = settings
         self._draining: set[str] = set()
         import_modules(list(settings.require))
@@ -55,6 +59,12 @@ class EagerTransport(MemoryTransport):
         ids = super().submit_tasks(queue, payloads, **options)
         self.run_queue(queue, bool(options.get("meta")))
         return ids
+
+    def _next_due(self, queue: str) -> float | None:
+        """When the next delayed task of ``queue`` is due (this store's clock), or None."""
+        with self._store.lock:
+            found = self._store.queues.get(queue)
+            return found.delayed[0][0] if found is not None and found.delayed else None
 
     def worker_for(self, queue: str, tasks_worker: bool) -> str:
         if tasks_worker:
@@ -78,9 +88,9 @@ class EagerTransport(MemoryTransport):
         try:
             for _ in range(MAX_ROUNDS):
                 process_queue(queue, worker, transport=self)
-                stats = self.stats(queue)
-                if not stats.delayed:
+                due = self._next_due(queue)
+                if due is None:
                     return
-                self._skew_s += 3600.0  # skip the delays: retries run at once
+                self._skew_s += max(due - self._now(), 0.0) + 0.001  # skip the delay: retries run at once
         finally:
             self._draining.discard(queue)

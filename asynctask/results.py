@@ -15,8 +15,9 @@ JSON object, so a status is always written together with its result or error (ne
 ``unknown``    no record: it keeps no results, expired, or was never known   -
 =============  ============================================================  ===========================
 
-``error`` is ``{"type": ..., "message": ...}``; every record has ``attempts`` and the wall times it
-knows (``queued_at``, ``started_at``, ``finished_at``).
+``error`` is ``{"type": ..., "message": ..., "detail": ...}`` (the exception type, its message, and
+the reason the runner keeps: the traceback); every record has ``attempts``, and ``started_at``
+while running or ``finished_at`` once finished (wall time).
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ ERROR_KEEP_S = 7 * 24 * 3600.0
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+#: the reasons the runner gives for the worker's own signals -> the exception type they stand for
+_SIGNAL_TYPES = {"rejected": "Reject", "retries exhausted": "Retry"}
+
+
 def record_key(task_id: str) -> str:
     return "r." + task_id
 
@@ -98,6 +103,7 @@ class Results:
         (``Type: message`` then the traceback)."""
         head = reason.splitlines()[0] if reason else ""
         error_type, _, message = head.partition(": ")
+        error_type = _SIGNAL_TYPES.get(error_type, error_type)
         error = {"type": error_type, "message": message, "detail": reason}
         fields = {"status": DEAD if final else FAILED, "error": error, "finished_at": time.time()}
         self._put(task, max(ttl_s, ERROR_KEEP_S), fields)

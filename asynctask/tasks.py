@@ -125,8 +125,10 @@ class TaskFunction(Generic[P, R]):
         meta: dict[str, Any] = {"fn": self.name}
         transport = producer_transport()
         queue = self.options.queue
-        task_id = transport.submit_task(queue, payload, delay_s=delay_s, priority=priority, meta=meta)
         ttl = self.options.result_ttl_s
+        if ttl is not None and not transport.keeps_state and transport.state_store is None:
+            raise transport._unsupported()  # before anything is stored
+        task_id = transport.submit_task(queue, payload, delay_s=delay_s, priority=priority, meta=meta)
         if ttl is not None and not getattr(transport, "eager", False):
             record = f'{{"id":"{task_id}","status":"{QUEUED}","attempts":0}}'
             transport.state_add(queue, record_key(task_id), record, max(ttl, ERROR_KEEP_S))
@@ -208,6 +210,13 @@ class TasksWorker(AsyncTaskWorker):
     def queue_concurrency(cls, queue: str) -> int:
         found = [f.options.concurrency for f in _functions.values() if f.options.queue == queue]
         return max(found, default=1)
+
+    @classmethod
+    def queue_max_crashes(cls, queue: str) -> int:
+        """The smallest ``max_crashes`` of the queue's functions: the supervisor counts a child's
+        deaths per queue, not per function."""
+        found = [f.options.max_crashes for f in _functions.values() if f.options.queue == queue]
+        return min(found, default=cls.max_crashes)
 
     @classmethod
     def keeps_results_on(cls, queue: str) -> bool:

@@ -269,7 +269,7 @@ class AmqpTransport(AmqpCancelMarks, AdminHooks, Transport):
     def _ack(self, task: Task) -> None:
         self._ack_tasks([task])
 
-    def _ack_tasks(self, tasks: Sequence[Task]) -> None:
+    def _ack_deliveries(self, tasks: Sequence[Task]) -> None:
         """Ack in one frame when the tags are contiguous (``multiple``); a lost lease is a no-op."""
         by_consumer: dict[int, tuple[Consumer, list[int]]] = {}
         for delivery in map(self.consumers.take, tasks):
@@ -324,7 +324,7 @@ class AmqpTransport(AmqpCancelMarks, AdminHooks, Transport):
         """Local only (safe from another thread): True while the delivery is current."""
         return self.consumers.extend(task, lease_s)
 
-    def _dead(self, task: Task, reason: str) -> None:
+    def _bury_task(self, task: Task, reason: str) -> None:
         delivery = self.consumers.take(task)
         if delivery is not None:
             with self.consumers.kept_on_failure(delivery), self.connection.guard(reconnect=False):

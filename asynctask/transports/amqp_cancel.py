@@ -2,7 +2,9 @@
 
 ``cancel`` writes the task's cancel key (``state_add``) unless a fetch wrote it first: each fetch
 claims the keys of the ``@task`` tasks it hands out (one write per task, only when a state store
-is set), and acks unrun the tasks it finds marked cancelled.  See
+is set), and acks unrun the tasks it finds marked cancelled; an ack or a dead letter deletes the
+marks of its ``@task`` tasks (one call per batch), and a cancel reads the task's record first (a
+task keeping results is known to have started).  See
 :mod:`asynctask.transports.state` for the exceptions this leaves (a plain task taken by a worker,
 an unknown id, a cancel racing the fetch).
 """
@@ -10,9 +12,12 @@ an unknown id, a cancel racing the fetch).
 from __future__ import annotations
 
 import abc
+import json
 import logging
+from collections.abc import Sequence
 
 from asynctask.message import Task
+from asynctask.results import QUEUED, record_key
 from asynctask.transports.state import KeyedState
 
 __all__ = ["CANCEL_KEY", "AmqpCancelMarks"]
@@ -38,12 +43,44 @@ class AmqpCancelMarks(KeyedState, abc.ABC):
     @abc.abstractmethod
     def _ack(self, task: Task) -> None: ...
 
+    @abc.abstractmethod
+    def _ack_deliveries(self, tasks: Sequence[Task]) -> None:
+        """The transport's own ack."""
+
+    @abc.abstractmethod
+    def _bury_task(self, task: Task, reason: str) -> None:
+        """The transport's own dead-lettering."""
+
+    def _ack_tasks(self, tasks: Sequence[Task]) -> None:
+        self._ack_deliveries(tasks)
+        self._forget_taken(tasks)
+
+    def _dead(self, task: Task, reason: str) -> None:
+        self._bury_task(task, reason)
+        self._forget_taken([task])
+
+    def _forget_taken(self, tasks: Sequence[Task]) -> None:
+        """Delete the taken marks of finished ``@task`` tasks (one call per queue): the state store
+        keeps nothing of a task beyond its result record."""
+        if self.state_store is None:
+            return
+        by_queue: dict[str, list[str]] = {}
+        for task in tasks:
+            if task.meta:
+                by_queue.setdefault(task.queue, []).append(CANCEL_KEY + task.id)
+        for queue, keys in by_queue.items():
+            self.state_delete_many(queue, keys)
+
     keeps_state = False
 
     def _cancel(self, queue: str, task_id: str) -> bool:
-        """Mark the task cancelled unless a fetch claimed it first (see :meth:`_get_tasks`)."""
+        """Mark the task cancelled unless a fetch claimed it first (see :meth:`_get_tasks`), or its
+        record (a task keeping results) says a worker started it."""
         if self.state_store is None:
             raise self._unsupported()
+        record = self.state_get(queue, record_key(task_id))
+        if record is not None and json.loads(record).get("status") != QUEUED:
+            return False
         return self.state_add(queue, CANCEL_KEY + task_id, CANCELLED_MARK, CANCEL_MARK_TTL_S)
 
     def _get_tasks(self, queue: str, max_count: int, timeout_s: float, lease_s: float) -> list[Task]:

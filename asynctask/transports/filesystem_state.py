@@ -22,7 +22,8 @@ subs, 18.3 min), so no directory grows with the span of the TTLs.
 * sweep: list ``expiring/`` and take the subs that began before now (due), oldest first, at most
   :data:`SWEEP_BATCH` markers per call.  Under the lock, per marker: an expired record is
   unlinked (counted); a live one whose expiry is in this sub keeps its marker; any other marker
-  goes (each put makes the marker of its own expiry).  So every live record has a marker, and a
+  goes (each put makes the marker of its own expiry, and removes the one of the record it replaces,
+  as a delete does: no file outlives its record by more than a sweep).  So every live record has a marker, and a
   sweep reads only the markers of records that expired (or were replaced or deleted) plus those of
   the current 1.07 s: its cost does not grow with the number of live records.
 * cancel: find the ready or delayed file by the id in its name (a listing of ``delayed/`` and of the
@@ -91,6 +92,13 @@ def record_key(name: str) -> str | None:
     if mask:
         key = "".join(char.upper() if mask >> i & 1 else char for i, char in enumerate(key))
     return key if record_name(key) == name else None
+
+
+def _unmark(base: str, name: str, expires: int) -> None:
+    """Remove the marker of record ``name`` expiring at ``expires`` (caller holds the lock); its
+    emptied directory goes with the sweep of its sub."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(f"{base}/expiring/{expires >> TOP_SHIFT:012d}/{expires >> SUB_SHIFT:012d}/{name}")
 
 
 def _expiry(path: str) -> int | None:
@@ -187,7 +195,8 @@ class FileStateHooks:
         """Under the lock: mark, then move ``tmp`` over the record; the marker's directory, or None (add lost)."""
         record = f"{base}/records/{name}"
         with self._locked(base):
-            if only_if_absent and (_expiry(record) or 0) > time.time_ns():
+            previous = _expiry(record)
+            if only_if_absent and (previous or 0) > time.time_ns():
                 return None
             marked = self._mark(base, name, expires)
             try:
@@ -195,6 +204,8 @@ class FileStateHooks:
             except FileNotFoundError:  # the first record of the queue
                 self.store.makedir(f"{base}/records")
                 os.replace(tmp, record)
+            if previous is not None and previous >> SUB_SHIFT != expires >> SUB_SHIFT:
+                _unmark(base, name, previous)  # the replaced record's marker: no file outlives its record
             return marked
 
     def _state_get(self, queue: str, key: str) -> str | None:
@@ -220,7 +231,8 @@ class FileStateHooks:
                 expires = _expiry(record)
                 if expires is None:
                     return False
-                os.unlink(record)  # its marker goes with the next sweep of its sub
+                os.unlink(record)
+                _unmark(base, record_name(key), expires)
             self.store.sync_dir(f"{base}/records")
             return expires > time.time_ns()
 

@@ -106,6 +106,11 @@ class KeyedState:
         validate_queue_name(queue)
         return self._state()._state_delete(queue, validate_state_key(key))
 
+    def state_delete_many(self, queue: str, keys: Sequence[str]) -> None:
+        """:meth:`state_delete` of each key, in as few round trips as the store allows."""
+        validate_queue_name(queue)
+        self._state()._state_delete_many(queue, [validate_state_key(key) for key in keys])
+
     def state_keys(self, queue: str, prefix: str = "") -> list[str]:
         """The keys of the live records of ``queue`` that start with ``prefix``, sorted."""
         validate_queue_name(queue)
@@ -177,6 +182,10 @@ class KeyedState:
 
     def _state_delete(self, queue: str, key: str) -> bool:
         raise self._unsupported()
+
+    def _state_delete_many(self, queue: str, keys: list[str]) -> None:
+        for key in keys:
+            self._state_delete(queue, key)
 
     def _state_keys(self, queue: str, prefix: str) -> list[str]:
         raise self._unsupported()

@@ -240,6 +240,11 @@ class AsyncTaskWorker:
         return cls.concurrency
 
     @classmethod
+    def queue_max_crashes(cls, queue: str) -> int:
+        """The ``max_crashes`` of this worker's children on ``queue`` (unless its entry says)."""
+        return cls.max_crashes
+
+    @classmethod
     def keeps_results_on(cls, queue: str) -> bool:
         """Whether tasks of ``queue`` may keep results (the state store must then be there)."""
         return cls.result_ttl_s is not None

@@ -107,7 +107,7 @@ def build_children(
                 slot,
                 cls.max_attempts,
                 cls.timeout_s,
-                entry.max_crashes or cls.max_crashes,
+                entry.max_crashes or cls.queue_max_crashes(queue),
                 current=shared_task(concurrency),
                 async_lanes=is_async_worker(cls),
             )

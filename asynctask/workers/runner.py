@@ -374,12 +374,16 @@ class Runner(ResultRecording):
         except (TaskTimeout, Exception) as exc:
             return failure(self.worker, task, exc), None
 
-    def settle_failed(self, task: Task, duration: float, failed: tuple[float | None, str]) -> None:
-        """Give back (``failed[0]`` the delay) or dead-letter (None) a task whose attempt failed."""
+    def settle_failed(self, task: Task, duration: float, failed: Failure) -> None:
+        """Give back (``failed[0]`` the delay) or dead-letter (None) a task whose attempt failed.
+
+        A task keeping results gets its record first when it is given back (so the next attempt's
+        ``running`` comes after it), after the dead letter when it is dead (so ``dead`` is only ever
+        said of a task in the dead letters)."""
         delay, reason = failed
-        if self.keeps_results:
-            self.record_failed(task, reason, final=delay is None)
         if delay is not None:
+            if self.keeps_results:
+                self.record_failed(task, reason, final=False)
             self.nack(task, delay_s=delay)
             self.finish([(task, P.RETRIED, duration)])
             return
@@ -391,4 +395,6 @@ class Runner(ResultRecording):
             reason.splitlines()[0],
         )
         self.dead(task, reason)
+        if self.keeps_results:
+            self.record_failed(task, reason, final=True)
         self.finish([(task, P.DEAD, duration)])

@@ -301,8 +301,9 @@ class Supervisor:
         """Kill ``child``: its tasks past their ``timeout_s`` count a failed attempt, the others go
         back uncounted (:func:`~asynctask.workers.crashes.give_back`)."""
         assert child.process is not None
-        child.timed_out_ids = {t.task_id for t in running if t.timeout_s and wall >= t.at + t.timeout_s}
-        timeout = child.timeout_s
+        overran = [t for t in running if t.timeout_s and wall >= t.at + t.timeout_s]
+        child.timed_out_ids = {t.task_id for t in overran}
+        timeout = overran[0].timeout_s if overran else child.timeout_s
         logger.error(
             "task(s) %s on queue %s ran past timeout_s=%s: killing worker %s (pid %s)",
             ", ".join(sorted(child.timed_out_ids)),
