@@ -33,6 +33,8 @@ Settings (rex.asynctask's names):
                                             for results on AMQP); ``$ASYNCTASK_STATE_STORE``
 ``asynctask_eager``                         ``true``: ``submit`` runs the task at once in the
                                             submitting process (tests); ``$ASYNCTASK_EAGER``
+``asynctask_middleware``                    dotted paths of middleware classes, for workers and
+                                            producers (:mod:`asynctask.middleware`)
 ==========================================  =========================================================
 
 Every validation error is a :class:`ConfigurationError` whose one-line message names the source
@@ -81,6 +83,7 @@ _DEFAULTS: dict[str, Any] = {
     "asynctask_max_memory_mb": None,
     "asynctask_state_store": None,
     "asynctask_eager": False,
+    "asynctask_middleware": [],
 }
 SETTING_NAMES = tuple(_DEFAULTS)
 #: environment variables that override a setting of the files
@@ -115,6 +118,8 @@ class Settings:
     state_store: str | None = None
     #: run submitted tasks at once in the submitting process (tests)
     eager: bool = False
+    #: dotted paths of the middleware classes (:mod:`asynctask.middleware`)
+    middleware: tuple[str, ...] = ()
     #: the files read, in order
     files: tuple[str, ...] = ()
     #: setting name -> where its value came from (a file, ``--set``, ``environment``, ``default``)
@@ -168,6 +173,7 @@ class Settings:
             "asynctask_max_memory_mb": self.max_memory_mb,
             "asynctask_state_store": mask_url(self.state_store) if self.state_store else None,
             "asynctask_eager": self.eager,
+            "asynctask_middleware": list(self.middleware),
         }
         origin = dict(self.origins)
         if not self.transport:
@@ -376,6 +382,7 @@ def load_settings(
         max_memory_mb=merged["asynctask_max_memory_mb"],
         state_store=merged["asynctask_state_store"],
         eager=merged["asynctask_eager"],
+        middleware=tuple(merged["asynctask_middleware"]),
         files=tuple(files),
         origins=merge.origins,
     )

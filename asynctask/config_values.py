@@ -71,6 +71,8 @@ def scalar(name: str, value: Any, source: str) -> Any:
         return value or None
     if name == "asynctask_eager":
         return flag(value, where)
+    if name == "asynctask_middleware":
+        return str_list(value, source, name, "dotted class path")
     if name in ("asynctask_workers_poll_interval", "asynctask_workers_check_child_interval"):
         return _int(value, f"{where} (milliseconds)", 1)
     if name == "asynctask_shutdown_timeout":
@@ -90,14 +92,15 @@ def flag(value: Any, where: str) -> bool:
     raise ConfigurationError(f"{where}: {value!r} is not allowed; true or false (1 or 0) is allowed")
 
 
-def str_list(value: Any, source: str, name: str) -> list[str]:
-    """A module name or a list of them (``asynctask_require``)."""
+def str_list(value: Any, source: str, name: str, what: str = "module name") -> list[str]:
+    """A dotted name or a list of them (``asynctask_require``: modules; ``asynctask_middleware``:
+    classes; ``what`` names one in the message)."""
     if isinstance(value, str):
         value = [value]
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-        raise ConfigurationError(f"{source}: {name}: a module name or a list of module names is allowed, not {value!r}")
+        raise ConfigurationError(f"{source}: {name}: a {what} or a list of {what}s is allowed, not {value!r}")
     return list(value)
 
 

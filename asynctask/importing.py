@@ -23,7 +23,7 @@ from pathlib import Path
 
 from asynctask.errors import ConfigurationError
 
-__all__ = ["add_working_directory", "describe_import_error", "import_modules"]
+__all__ = ["add_working_directory", "describe_import_error", "import_modules", "import_object"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,29 @@ def import_modules(modules: Iterable[str]) -> None:
             raise ConfigurationError(
                 f"asynctask_require: cannot import module {module!r}: {describe_import_error(exc)}"
             ) from None
+
+
+def import_object(path: str, setting: str) -> object:
+    """The object at the dotted ``path`` (``package.module.Name``), the current directory first on
+    the path; ConfigurationError naming ``setting`` and the path when it does not import or has no
+    such name."""
+    add_working_directory()
+    module_name, _, name = path.rpartition(".")
+    if not module_name or not name:
+        raise ConfigurationError(f"{setting}: {path!r} is not a dotted path (package.module.Name is allowed)")
+    try:
+        module = importlib.import_module(module_name)
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        logger.debug("importing %r failed:", module_name, exc_info=exc)
+        raise ConfigurationError(
+            f"{setting}: cannot import module {module_name!r}: {describe_import_error(exc)}"
+        ) from None
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise ConfigurationError(f"{setting}: module {module_name!r} has no {name!r}") from None
 
 
 def describe_import_error(exc: BaseException) -> str:

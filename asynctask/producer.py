@@ -14,6 +14,7 @@ import os
 import threading
 
 from asynctask.config import Settings, load_settings
+from asynctask.middleware import load_middleware
 from asynctask.transports import attach_state_store, get_transport, resolve_transport_url
 from asynctask.transports.base import Transport
 
@@ -34,9 +35,12 @@ def open_default_transport(settings: Settings | None = None) -> Transport:
     if settings.eager:
         from asynctask.eager import EagerTransport  # noqa: PLC0415 - eager imports the workers
 
-        return EagerTransport(settings)
-    transport = get_transport(resolve_transport_url(settings.transport))
-    return attach_state_store(transport, settings.state_store)
+        eager = EagerTransport(settings)
+        eager.middleware = load_middleware(settings.middleware)
+        return eager
+    transport = attach_state_store(get_transport(resolve_transport_url(settings.transport)), settings.state_store)
+    transport.middleware = load_middleware(settings.middleware)
+    return transport
 
 
 def producer_transport() -> Transport:

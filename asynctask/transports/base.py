@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from asynctask.message import (
     DeadTask,
@@ -64,6 +64,9 @@ from asynctask.transports.urls import (
     quote_path,
     take_options,
 )
+
+if TYPE_CHECKING:
+    from asynctask.middleware import MiddlewareChain
 
 __all__ = [
     "DEFAULT_LEASE_S",
@@ -111,6 +114,9 @@ class Transport(KeyedState, abc.ABC):
     #: task can be re-delivered after a crash or a server restart, traded against a round trip per
     #: task.  (AMQP: 1 ms, as its ack is a frame without a round trip.)
     ack_window_s: ClassVar[float] = 0.02
+    #: the producer's middleware (``asynctask_middleware``, set by ``get_transport()``): its
+    #: ``before_submit`` hooks see every submit and may add to the meta
+    middleware: MiddlewareChain | None = None
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -139,6 +145,8 @@ class Transport(KeyedState, abc.ABC):
         A transport may override this for a one-round-trip path; it checks through
         :func:`~asynctask.transports.checks.prepare_submit`, so it refuses exactly what this does.
         """
+        if self.middleware is not None:
+            meta = self.middleware.before_submit(queue, payload, meta)
         body, delay = prepare_submit(queue, payload, delay_s, priority, meta)
         return self._submit(queue, [body], delay, priority)[0]
 
@@ -157,6 +165,11 @@ class Transport(KeyedState, abc.ABC):
         goes with each of them.
         """
         delay = validate_submit_options(queue, delay_s, priority)
+        if self.middleware is not None:
+            payloads = list(payloads)
+            metas = [self.middleware.before_submit(queue, payload, meta) for payload in payloads]
+            bodies = [encode_body(payload, each) for payload, each in zip(payloads, metas, strict=True)]
+            return self._submit(queue, bodies, delay, priority) if bodies else []
         if meta:
             bodies = [encode_body(payload, meta) for payload in payloads]
         else:

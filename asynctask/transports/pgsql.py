@@ -177,6 +177,8 @@ class PgsqlTransport(PgsqlState, base.Transport):
         meta: dict[str, Any] | None = None,
     ) -> str:
         """As :meth:`Transport.submit_task`, in one round trip (the common path, kept lean)."""
+        if self.middleware is not None:
+            meta = self.middleware.before_submit(queue, payload, meta)
         body, delay = base.prepare_submit(queue, payload, delay_s, priority, meta)
         if queue not in self._link.registered:
             return self._submit(queue, [body], delay, priority)[0]

@@ -190,6 +190,8 @@ class RedisTransport(RedisKeyedState, Transport):
         meta: dict[str, Any] | None = None,
     ) -> str:
         """As :meth:`Transport.submit_task` (the same checks), in one round trip: one EVALSHA."""
+        if self.middleware is not None:
+            meta = self.middleware.before_submit(queue, payload, meta)
         text, delay_s = prepare_submit(queue, payload, delay_s, priority, meta)
         body = text.encode()
         base = self._bases.get(queue) or self._base(queue)

@@ -170,17 +170,21 @@ class AsyncRunner(LaneRunner):
             self.send(P.Started(task.id, time.time(), timeout))
         failed: Failure | None = None
         result: tuple[str, float] | None = None
+        error: BaseException | None = None
         started = self.clock()
         worker.task = task  # this lane's context only
+        if self.middleware is not None:
+            self.middleware.before_process(task)
         try:
             async with asyncio.timeout(timeout) as scope:
                 value = await worker.process(task.payload)
             if ttl is not None:
                 result = (self.result_text(task, value), ttl)
         except TimeoutError as exc:
+            error = exc
             failed = self.timeout_failure(task) if scope.expired() else failure(worker, task, exc)
         except Exception as exc:
-            failed = failure(worker, task, exc)
+            failed, error = failure(worker, task, exc), exc
         finally:
             worker.task = None
             if self.current is not None:
@@ -188,9 +192,10 @@ class AsyncRunner(LaneRunner):
         self.processed += 1
         duration = self.clock() - started
         if failed is None and result is None:
-            self.settle(task, duration, None)
+            outcome = self.settle(task, duration, None)
         else:
-            await self._io_call(self.settle, task, duration, failed, result)
+            outcome = await self._io_call(self.settle, task, duration, failed, result)
+        self.settled(task, outcome, error)
 
     async def _may_start(self, task: Task, outages: int) -> bool:
         """Not stopped, a rate slot, the lease after an outage, acks before a task that crashed a child

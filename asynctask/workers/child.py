@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from asynctask.errors import TransportUnavailableError
+from asynctask.middleware import load_middleware
 from asynctask.transports import attach_state_store, get_transport, quiet_drivers
 from asynctask.transports.base import Transport
 from asynctask.workers import protocol as P  # noqa: N812
@@ -66,6 +67,8 @@ class ChildSpec:
     shutdown_timeout_s: float = 30.0
     #: ``asynctask_state_store``: where results, status and cancel marks live (None: the transport)
     state_store_url: str | None = None
+    #: ``asynctask_middleware``: dotted paths of the middleware classes
+    middleware: tuple[str, ...] = ()
     #: send ``finished`` messages (the supervisor has metrics or listeners)
     report_outcomes: bool = False
     log_level: int = logging.INFO
@@ -184,6 +187,8 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.Cu
             logger.info("worker %s started on queue %s", spec.worker, spec.queue)
             pipe.report(P.Ready(os.getpid()))
             runner = _runner(spec, worker, transport, pipe, loop)
+            if runner.middleware is not None:
+                runner.middleware.on_worker_start(worker)
             _run(spec, runner, pipe, started, loop)
     finally:
         (runner.transport if runner is not None else transport).close()
@@ -209,6 +214,7 @@ def _runner(spec: ChildSpec, worker: AsyncTaskWorker, transport: Transport, pipe
         report_outcomes=spec.report_outcomes,
         reopen=lambda: attach_state_store(get_transport(spec.transport_url), spec.state_store_url),
         current=pipe.current,
+        middleware=load_middleware(spec.middleware),
         inbox=None if transport.portable_receipts else pipe.inbox,
         stop=pipe.stop,
     )
@@ -219,6 +225,8 @@ def _run(spec: ChildSpec, runner: Runner, pipe: _Pipe, started: float, loop: Wor
     try:
         outcome = runner.run()
     finally:
+        if runner.middleware is not None:
+            runner.middleware.on_worker_stop(runner.worker)
         loop.call(runner.worker.teardown)
     logger.info(
         "worker %s on queue %s %s after %d task(s) in %.1f s",

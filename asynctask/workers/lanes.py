@@ -153,15 +153,20 @@ class LaneRunner(Runner):
 
     def settle(
         self, task: Task, duration: float, failed: Failure | None, result: tuple[str, float] | None = None
-    ) -> None:
+    ) -> str:
         """Queue the ack of a task a lane ran (after writing its ``result``: JSON and TTL, when it
-        keeps one), or give it back / dead-letter it."""
+        keeps one), or give it back / dead-letter it; returns the outcome."""
         if failed is None:
             if result is not None:
                 self.record_done(task, *result)
             self._queue_ack(task, duration, self.clock())
-        else:
-            self.settle_failed(task, duration, failed)
+            return P.ACKED
+        return self.settle_failed(task, duration, failed)
+
+    def settled(self, task: Task, outcome: str, error: BaseException | None) -> None:
+        """The middleware's ``after_process`` for a task a lane ran."""
+        if self.middleware is not None:
+            self.middleware.after_process(task, outcome, error)
 
 
 @dataclass
@@ -356,13 +361,16 @@ class ThreadRunner(LaneRunner):
             started = lane.started
         failed: Failure | None = None
         result: tuple[str, float] | None = None
+        error: BaseException | None = None
         worker.task = task
+        if self.middleware is not None:
+            self.middleware.before_process(task)
         try:
             value = worker.process(task.payload)
             if ttl is not None:
                 result = (self.result_text(task, value), ttl)
         except (TaskTimeout, Exception) as exc:
-            failed = failure(worker, task, exc)
+            failed, error = failure(worker, task, exc), exc
         finally:
             worker.task = None
         with self._work:
@@ -372,7 +380,7 @@ class ThreadRunner(LaneRunner):
             self.processed += 1
         if self.current is not None:
             self.current.clear(slot)
-        self.settle(task, self.clock() - started, failed, result)
+        self.settled(task, self.settle(task, self.clock() - started, failed, result), error)
         self._leave(slot, lane)
         return True
 

@@ -100,6 +100,7 @@ def build_children(
             concurrency=concurrency,
             shutdown_timeout_s=settings.shutdown_timeout_s,
             state_store_url=settings.state_store,
+            middleware=settings.middleware,
         )
         children += [
             ChildState(

@@ -99,6 +99,7 @@ class Runner(ResultRecording):
         self.sleep: Callable[[float], Any] = options.get("sleep") or self.stop.wait
         self.lease_s = float(worker.lease_s or transport.lease_s)
         self.keeps_results = worker.per_task_options or worker.result_ttl_s is not None
+        self.middleware = options.get("middleware")
         self.processed = 0
         self._held: dict[str, Task] = {}
         self._held_lock = threading.Lock()
@@ -334,6 +335,8 @@ class Runner(ResultRecording):
     def _process(self, task: Task) -> None:
         worker = self.worker
         worker.task = task
+        if self.middleware is not None:
+            self.middleware.before_process(task)
         timeout = worker.timeout_for(task)
         ttl = self.result_ttl(task) if self.keeps_results else None
         if ttl is not None:
@@ -344,7 +347,7 @@ class Runner(ResultRecording):
         else:
             self.send(P.Started(task.id, time.time(), timeout))
         try:
-            failed, result = self._call(task, timeout, ttl is not None)
+            failed, result, error = self._call(task, timeout, ttl is not None)
         finally:
             worker.task = None
             if self.current is not None:
@@ -359,23 +362,30 @@ class Runner(ResultRecording):
             if result is not None and ttl is not None:
                 self.record_done(task, result, ttl)
             self._queue_ack(task, duration, ended)
+            outcome = P.ACKED
         else:
-            self.settle_failed(task, duration, failed)
+            outcome = self.settle_failed(task, duration, failed)
+        if self.middleware is not None:
+            self.middleware.after_process(task, outcome, error)
 
-    def _call(self, task: Task, timeout: float | None, keep: bool) -> tuple[Failure | None, str | None]:
-        """Run ``process``: (the failure, if it failed; the JSON of its value when ``keep``)."""
+    def _call(
+        self, task: Task, timeout: float | None, keep: bool
+    ) -> tuple[Failure | None, str | None, BaseException | None]:
+        """Run ``process``: (the failure, if it failed; the JSON of its value when ``keep``; the
+        exception it raised)."""
         try:
             if timeout:
                 with soft_timeout(timeout):
                     value = self.worker.process(task.payload)
             else:
                 value = self.worker.process(task.payload)
-            return None, (self.result_text(task, value) if keep else None)
+            return None, (self.result_text(task, value) if keep else None), None
         except (TaskTimeout, Exception) as exc:
-            return failure(self.worker, task, exc), None
+            return failure(self.worker, task, exc), None, exc
 
-    def settle_failed(self, task: Task, duration: float, failed: Failure) -> None:
-        """Give back (``failed[0]`` the delay) or dead-letter (None) a task whose attempt failed.
+    def settle_failed(self, task: Task, duration: float, failed: Failure) -> str:
+        """Give back (``failed[0]`` the delay) or dead-letter (None) a task whose attempt failed;
+        returns the outcome (``retried`` or ``dead``).
 
         A task keeping results gets its record first when it is given back (so the next attempt's
         ``running`` comes after it), after the dead letter when it is dead (so ``dead`` is only ever
@@ -386,7 +396,7 @@ class Runner(ResultRecording):
                 self.record_failed(task, reason, final=False)
             self.nack(task, delay_s=delay)
             self.finish([(task, P.RETRIED, duration)])
-            return
+            return P.RETRIED
         logger.error(
             "task %s on %s dead-lettered after %d attempt(s): %s",
             task.id,
@@ -398,3 +408,4 @@ class Runner(ResultRecording):
         if self.keeps_results:
             self.record_failed(task, reason, final=True)
         self.finish([(task, P.DEAD, duration)])
+        return P.DEAD

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypedDict
 
+from asynctask.middleware import MiddlewareChain
 from asynctask.transports.base import Transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.crash_notices import Inbox
@@ -44,6 +45,8 @@ class RunnerOptions(TypedDict, total=False):
     #: runners only: asynctask.workers.lanes; the plain Runner runs one at a time)
     concurrency: int
     shutdown_timeout_s: float
+    #: the worker's middleware (``asynctask_middleware``): hooks around each task
+    middleware: MiddlewareChain | None
     #: set to stop fetching; the clock and sleep (tests inject them)
     stop: threading.Event | None
     clock: Clock

@@ -50,6 +50,7 @@ from typing import Any, TypedDict, Unpack
 
 from asynctask.cli.exit_codes import EXIT_FORCED, EXIT_OK
 from asynctask.config import Settings
+from asynctask.middleware import load_middleware
 from asynctask.transports import attach_state_store, get_transport
 from asynctask.workers import protocol as P  # noqa: N812
 from asynctask.workers.child import ChildSpec, child_main
@@ -120,6 +121,7 @@ class Supervisor:
         self.listeners += self._extras.listeners
         self.transport = attach_state_store(get_transport(self.transport_url), settings.state_store)
         check_state_store(settings, self.transport)
+        load_middleware(settings.middleware)  # a bad path stops the command at start, not each child
         self.crashes = CrashKeeper(self.transport)
         if START_METHOD == "forkserver":
             # the fork server imports these once; each child is then a cheap fork of a clean process.
