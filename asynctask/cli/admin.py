@@ -10,6 +10,7 @@ Usage::
     asynctask dead list|show|replay|purge QUEUE [IDS...] [--limit N] [--yes] [--json]
     asynctask task ID [--queue QUEUE] [--json]
     asynctask cancel ID --queue QUEUE [--json]
+    asynctask schedules [--json]
     asynctask doctor [--json]
 
 The transport is found as ``asynctask-workers`` finds it (see :mod:`asynctask.cli.admin_settings`).
@@ -50,7 +51,7 @@ from asynctask.errors import AsyncTaskError, TransportError
 from asynctask.transports import attach_state_store, get_transport
 from asynctask.transports.base import Transport
 
-from . import admin_commands, admin_settings, admin_tasks
+from . import admin_commands, admin_schedules, admin_settings, admin_tasks
 from .admin_doctor import doctor
 from .admin_output import CommandError, exit_code_for, one_line
 from .common import LOG_LEVELS, log_level
@@ -167,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("id", metavar="ID")
     cancel.add_argument("--queue", metavar="QUEUE", required=True, help="its queue")
 
+    command("schedules", "every schedule (configured and decorated): where defined, next and last fire")
+
     doctor = command("doctor", "check the configuration, the transport and the workers; exit 1 when something is wrong")
     doctor.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     return parser
@@ -212,6 +215,8 @@ def run(args: argparse.Namespace) -> int:
         # created) is "unreachable" whatever the transport calls it.
         raise CommandError(exc.message, EXIT_UNAVAILABLE) from None
     with transport:
+        if args.command == "schedules":
+            return admin_schedules.cmd_schedules(resolved, transport, args)
         return _COMMANDS[args.command](transport, args)
 
 

@@ -55,7 +55,8 @@ def scheduled_children(settings: Settings) -> dict[str, str]:
     from asynctask.schedules import decorated_schedules  # noqa: PLC0415 - tasks imports the workers
 
     entries = validate_entries(list(settings.scheduled_workers)) + decorated_schedules(settings.require)
-    return scheduled_queues(entries, settings.worker_queues)
+    configured = {entry.queue for entry in settings.workers}
+    return {q: w for q, w in scheduled_queues(entries, settings.worker_queues).items() if q not in configured}
 
 
 def check_state_store(settings: Settings, transport: KeyedState) -> None:
