@@ -20,6 +20,7 @@ import sysconfig
 import traceback
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from asynctask.errors import ConfigurationError
 
@@ -51,15 +52,19 @@ def import_modules(modules: Iterable[str]) -> None:
     """
     add_working_directory()
     for module in modules:
-        try:
-            importlib.import_module(module)
-        except ConfigurationError:
-            raise
-        except Exception as exc:
-            logger.debug("importing %r failed:", module, exc_info=exc)
-            raise ConfigurationError(
-                f"asynctask_require: cannot import module {module!r}: {describe_import_error(exc)}"
-            ) from None
+        _import(module, "asynctask_require")
+
+
+def _import(module: str, setting: str) -> Any:
+    """``importlib.import_module``; ConfigurationError naming ``setting``, the module and where the
+    user's code failed (a ConfigurationError raised by the module itself passes unchanged)."""
+    try:
+        return importlib.import_module(module)
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        logger.debug("importing %r failed:", module, exc_info=exc)
+        raise ConfigurationError(f"{setting}: cannot import module {module!r}: {describe_import_error(exc)}") from None
 
 
 def import_object(path: str, setting: str) -> object:
@@ -70,15 +75,7 @@ def import_object(path: str, setting: str) -> object:
     module_name, _, name = path.rpartition(".")
     if not module_name or not name:
         raise ConfigurationError(f"{setting}: {path!r} is not a dotted path (package.module.Name is allowed)")
-    try:
-        module = importlib.import_module(module_name)
-    except ConfigurationError:
-        raise
-    except Exception as exc:
-        logger.debug("importing %r failed:", module_name, exc_info=exc)
-        raise ConfigurationError(
-            f"{setting}: cannot import module {module_name!r}: {describe_import_error(exc)}"
-        ) from None
+    module = _import(module_name, setting)
     try:
         return getattr(module, name)
     except AttributeError:

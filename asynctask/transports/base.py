@@ -145,10 +145,17 @@ class Transport(KeyedState, abc.ABC):
         A transport may override this for a one-round-trip path; it checks through
         :func:`~asynctask.transports.checks.prepare_submit`, so it refuses exactly what this does.
         """
+        body, delay = self.prepare_one(queue, payload, delay_s, priority, meta)
+        return self._submit(queue, [body], delay, priority)[0]
+
+    def prepare_one(
+        self, queue: str, payload: dict[str, Any] | None, delay_s: float, priority: int, meta: dict[str, Any] | None
+    ) -> tuple[str, float]:
+        """One submit checked and encoded (the middleware's ``before_submit`` first): its body and
+        delay.  The one-round-trip ``submit_task`` of a transport goes through this too."""
         if self.middleware is not None:
             meta = self.middleware.before_submit(queue, payload, meta)
-        body, delay = prepare_submit(queue, payload, delay_s, priority, meta)
-        return self._submit(queue, [body], delay, priority)[0]
+        return prepare_submit(queue, payload, delay_s, priority, meta)
 
     def submit_tasks(
         self,

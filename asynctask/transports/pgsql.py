@@ -177,9 +177,7 @@ class PgsqlTransport(PgsqlState, base.Transport):
         meta: dict[str, Any] | None = None,
     ) -> str:
         """As :meth:`Transport.submit_task`, in one round trip (the common path, kept lean)."""
-        if self.middleware is not None:
-            meta = self.middleware.before_submit(queue, payload, meta)
-        body, delay = base.prepare_submit(queue, payload, delay_s, priority, meta)
+        body, delay = self.prepare_one(queue, payload, delay_s, priority, meta)
         if queue not in self._link.registered:
             return self._submit(queue, [body], delay, priority)[0]
         task_id = _message.new_task_id()

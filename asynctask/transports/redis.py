@@ -74,7 +74,6 @@ from asynctask.transports.base import (
     dead_reason_for_undecodable,
     option_positive_float,
     parse_url,
-    prepare_submit,
     take_options,
 )
 from asynctask.transports.redis_connection import RedisConnection, load_script, pack
@@ -190,9 +189,7 @@ class RedisTransport(RedisKeyedState, Transport):
         meta: dict[str, Any] | None = None,
     ) -> str:
         """As :meth:`Transport.submit_task` (the same checks), in one round trip: one EVALSHA."""
-        if self.middleware is not None:
-            meta = self.middleware.before_submit(queue, payload, meta)
-        text, delay_s = prepare_submit(queue, payload, delay_s, priority, meta)
+        text, delay_s = self.prepare_one(queue, payload, delay_s, priority, meta)
         body = text.encode()
         base = self._bases.get(queue) or self._base(queue)
         if queue not in self._registered:
