@@ -176,3 +176,33 @@ def test_serve_binds_this_machine_only_unless_told() -> None:
             server.server_close()
     with pytest.raises(ConfigurationError, match=r"cannot listen on 203\.0\.113\.9:"):
         metrics.serve(0, "203.0.113.9")
+
+
+@dataclass
+class BusyChild:
+    """A ChildState as the metrics read it at scrape time: its slot and the tasks it runs."""
+
+    pid: int
+    queue: str
+    worker: str
+    slot: int
+    running: int
+
+    def running_tasks(self) -> list[P.Started]:
+        return [P.Started(f"t{n}", 0.0, None) for n in range(self.running)]
+
+
+def test_tasks_running_per_child_and_took_moves_the_in_flight_gauge() -> None:
+    url = f"memory://metrics{uuid.uuid4().hex}"
+    metrics = WorkerMetrics(["crawl"], lambda: get_transport(url), depth_cache_s=0)
+    first, second = BusyChild(201, "crawl", "crawler", 0, 5), BusyChild(202, "crawl", "crawler", 1, 0)
+    for child in (first, second):
+        metrics.listen(child, P.ChildStarted(child.pid))
+    metrics.listen(first, P.Took([tuple(e) for e in held("a", "b", "c")], 0.0))
+    metrics.listen(first, P.Took([tuple(e) for e in held("d")], 0.0))
+    text = metrics.render().decode()
+    assert sample(text, "asynctask_child_tasks_running", queue="crawl", worker="crawler", slot="0") == 5
+    assert sample(text, "asynctask_child_tasks_running", queue="crawl", worker="crawler", slot="1") == 0
+    assert sample(text, "asynctask_tasks_in_flight", queue="crawl", worker="crawler") == 4
+    metrics.listen(first, P.Finished([("a", "acked", 0.01), ("b", "acked", 0.01)]))
+    assert sample(metrics.render().decode(), "asynctask_tasks_in_flight", queue="crawl", worker="crawler") == 2
