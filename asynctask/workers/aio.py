@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,8 @@ from asynctask.workers.lanes import BUSY_POLL_S, IDLE_WAIT_S, LaneRunner, Thread
 from asynctask.workers.runner import MAX_TASKS, STOPPED, Runner, RunnerOptions
 
 __all__ = ["AsyncRunner", "WorkerLoop", "make_runner"]
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -152,6 +155,9 @@ class AsyncRunner(LaneRunner):
             self._running += 1
             try:
                 await self._run_one(slot, *item)
+            except Exception:  # a bug of ours: the task goes back (uncounted), the lane goes on
+                logger.exception("lane %d failed on task %s; giving it back", slot, item[0].id)
+                await self._io_call(self._release, [item[0]])
             finally:
                 self._running -= 1
                 self._changed.set()

@@ -339,8 +339,13 @@ class ThreadRunner(LaneRunner):
                     return
                 task, outages = self._waiting.popleft()
                 lane = self._lanes[slot] = _Lane(task, outages)
-            if not self._run_one(slot, lane):
-                return  # abandoned after an overrun: this thread ends with its task
+            try:
+                if not self._run_one(slot, lane):
+                    return  # abandoned after an overrun: this thread ends with its task
+            except Exception:  # a bug of ours: the task goes back (uncounted), the lane goes on
+                logger.exception("lane %d failed on task %s; giving it back", slot, task.id)
+                self._release([task])
+                self._leave(slot, lane)
 
     def _run_one(self, slot: int, lane: _Lane) -> bool:
         """Run one task in lane ``slot``; False when the dispatcher abandoned it (timeout_s)."""
