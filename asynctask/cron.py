@@ -94,9 +94,12 @@ class ScheduleEntry:
 
     @property
     def label(self) -> str:
-        """``worker 'x'`` or ``command 'a b'``: how messages name the entry."""
+        """``worker 'x'``, ``command 'a b'`` or ``function 'm.f'`` (a decorated one): how messages
+        name the entry."""
         if self.command is not None:
             return f"command {shlex.join(self.command)!r}"
+        if isinstance(self.meta.get("fn"), str):
+            return f"function {self.meta['fn']!r}"
         return f"worker {self.worker!r}"
 
     def queue_for(self, worker_queues: Mapping[str, str]) -> str:

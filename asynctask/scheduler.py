@@ -54,6 +54,7 @@ from typing import Any
 
 from asynctask.cron import DEFAULT_SOURCE, ScheduleEntry, latest_before, next_after, validate_entries
 from asynctask.errors import AsyncTaskError, TransportError
+from asynctask.middleware import MiddlewareChain
 from asynctask.transports import get_transport
 from asynctask.transports.base import Transport, mask_url
 from asynctask.workers.base import registered_workers
@@ -135,11 +136,14 @@ class Scheduler:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._transport: Transport | None = None
         self._next: dict[str, datetime | None] = {}
+        #: the producer middleware of the fires (``before_submit``); set by the supervisor
+        self.middleware: MiddlewareChain | None = None
         self._pending: list[Fire] = []
 
     def _open(self) -> Transport:
         if self._transport is None:
             self._transport = get_transport(self.transport_url)
+            self._transport.middleware = self.middleware
         return self._transport
 
     def close(self) -> None:

@@ -24,7 +24,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from asynctask.config_values import did_you_mean
 from asynctask.cron import ScheduleEntry, validate_entries
+from asynctask.errors import ConfigurationError
 from asynctask.tasks import TaskFunction, task
 
 __all__ = ["cron_task", "decorated_schedules", "periodic_task"]
@@ -43,8 +45,9 @@ def decorated_schedules(modules: Sequence[str] | None = None) -> list[ScheduleEn
     ]
 
 
-#: the options that belong to the schedule, not to the ``@task``
+#: the options that belong to the schedule, not to the ``@task``; those of the ``@task``
 SCHEDULE_OPTIONS = ("start_date", "end_date", "misfire")
+TASK_OPTIONS = ("name", "max_attempts", "retry_delay_s", "timeout_s", "result_ttl_s", "max_crashes", "concurrency")
 
 
 def _scheduled(
@@ -53,6 +56,11 @@ def _scheduled(
     """The decorator: ``schedule`` holds the entry's schedule fields, ``options`` the schedule
     options (:data:`SCHEDULE_OPTIONS`) and the ``@task`` ones."""
     entry_options = {name: options.pop(name) for name in SCHEDULE_OPTIONS if name in options}
+    unknown = sorted(set(options) - set(TASK_OPTIONS))
+    if unknown:
+        known = (*SCHEDULE_OPTIONS, *TASK_OPTIONS)
+        hint = did_you_mean(unknown[0], known)
+        raise ConfigurationError(f"{label}: unknown option {unknown[0]!r}{hint}; allowed: {', '.join(known)}")
 
     def decorate(function: Callable[..., Any]) -> TaskFunction[Any, Any]:
         made: TaskFunction[Any, Any] = task(function, queue=queue, **options)

@@ -173,6 +173,8 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.Cu
     transport = _open_transport(spec.transport_url, spec.state_store_url, stop)
     if transport is None:
         sys.exit(0)
+    # the worker's hooks, and before_submit for its requeue(): one chain per child
+    transport.middleware = load_middleware(spec.middleware)
     started = time.monotonic()
     runner: Runner | None = None
     try:
@@ -212,12 +214,19 @@ def _runner(spec: ChildSpec, worker: AsyncTaskWorker, transport: Transport, pipe
         max_memory_mb=spec.max_memory_mb,
         report=pipe.report,
         report_outcomes=spec.report_outcomes,
-        reopen=lambda: attach_state_store(get_transport(spec.transport_url), spec.state_store_url),
+        reopen=lambda: _reopened(spec, transport),
         current=pipe.current,
-        middleware=load_middleware(spec.middleware),
+        middleware=transport.middleware,
         inbox=None if transport.portable_receipts else pipe.inbox,
         stop=pipe.stop,
     )
+
+
+def _reopened(spec: ChildSpec, first: Transport) -> Transport:
+    """A fresh transport after an outage, with the state store and the middleware of the first."""
+    fresh = attach_state_store(get_transport(spec.transport_url), spec.state_store_url)
+    fresh.middleware = first.middleware
+    return fresh
 
 
 def _run(spec: ChildSpec, runner: Runner, pipe: _Pipe, started: float, loop: WorkerLoop) -> None:

@@ -119,14 +119,17 @@ def build_scheduler(settings: Settings, transport_url: str) -> Scheduler | None:
         return None
     worker_queues = {w: scheduled_queue_name(w) for w in settings.scheduled_only_workers()}
     worker_queues.update(settings.worker_queues)
+    from asynctask.middleware import load_middleware  # noqa: PLC0415
     from asynctask.schedules import decorated_schedules  # noqa: PLC0415 - with the scheduler only
 
-    return Scheduler(
+    scheduler = Scheduler(
         entries=list(settings.scheduled_workers),
         transport_url=transport_url,
         worker_queues=worker_queues,
         decorated=decorated_schedules(settings.require),
     )
+    scheduler.middleware = load_middleware(settings.middleware)
+    return scheduler
 
 
 def build_metrics(queues: Iterable[str], transport_url: str) -> WorkerMetrics | None:

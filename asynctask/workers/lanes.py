@@ -299,7 +299,8 @@ class ThreadRunner(LaneRunner):
                 slot,
             )
             assert lane.started is not None
-            self.settle(lane.task, self.clock() - lane.started, self.timeout_failure(lane.task))
+            outcome = self.settle(lane.task, self.clock() - lane.started, self.timeout_failure(lane.task))
+            self.settled(lane.task, outcome, TaskTimeout(f"the task ran longer than timeout_s={lane.timeout_s}"))
 
     def _drain_lanes(self) -> None:
         """Wait for the running lanes; after an overrun, at most ``shutdown_timeout_s``, then give
