@@ -7,6 +7,10 @@
 ``python -m bench workers [URL] --sleep-ms MS --concurrency N [--async] [--tasks N] [--runs N]``
     I/O-bound tasks through one child with N lanes: drain rate beside the ideal N / sleep, and the
     resident memory of the worker child and tree (see :mod:`bench.io_bound`).
+``python -m bench workers [URL] --results [--tasks-fn] [--tasks N] [--runs N]``
+    no-op workers keeping results (``result_ttl_s``) beside the consumer loop doing the same storage
+    work, and (``--tasks-fn``) no-op ``@task`` functions through the ``tasks`` worker beside the
+    plain no-op worker (see :mod:`bench.results`).
 """
 
 from __future__ import annotations

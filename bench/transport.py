@@ -84,9 +84,12 @@ def submit_batches(transport: Transport, queue: str, n: int, batch: int) -> floa
     return time.perf_counter() - started
 
 
-def fill(transport: Transport, queue: str, n: int) -> None:
+def fill(transport: Transport, queue: str, n: int, payload: dict[str, Any] | None = None, **options: Any) -> None:
+    """Submit ``n`` tasks of ``payload`` (default :data:`~bench.floors.PAYLOAD`) in batches of 1000;
+    ``options`` go to ``submit_tasks`` (``meta``: only when not None, so older code takes the call)."""
+    options = {name: value for name, value in options.items() if value is not None}
     for start in range(0, n, 1000):
-        transport.submit_tasks(queue, [PAYLOAD] * min(1000, n - start))
+        transport.submit_tasks(queue, [PAYLOAD if payload is None else payload] * min(1000, n - start), **options)
 
 
 def drain(transport: Transport, queue: str, n: int) -> float:

@@ -15,10 +15,15 @@ Figures, for any transport URL (default: the filesystem transport in a temporary
 ``--concurrency N`` puts ``concurrency: N`` in the no-op worker's config entry (threads above 1).
 With ``--sleep-ms MS`` the tasks sleep instead (``--async``: ``async def process``): see
 :mod:`bench.io_bound`, which measures the drain rate against the ideal ``N / sleep`` and the
-resident memory of the worker tree.
+resident memory of the worker tree.  ``--results`` and ``--tasks-fn`` drain no-op workers keeping results
+and no-op ``@task`` functions beside the plain no-op worker and the floor of keeping results: see
+:mod:`bench.results`.
 
 The worker below (``bench_noop``) is imported by the child with ``--require bench.workers``; it
-writes what it measured to ``$ASYNCTASK_BENCH_OUT.<pid>`` in ``teardown``.
+writes what it measured to ``$ASYNCTASK_BENCH_OUT.<pid>`` in ``teardown``, with the path of the
+``asynctask`` it imported (the bench prints it: a check of ``PYTHONPATH`` when comparing commits).
+With ``$ASYNCTASK_BENCH_PROFILE`` set it runs under cProfile from ``setup`` to ``teardown`` and dumps
+the profile to ``$ASYNCTASK_BENCH_PROFILE.<pid>``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import asynctask
 from asynctask.transports import get_transport
 from asynctask.transports.base import Transport, mask_url
 from asynctask.workers import AsyncTaskWorker
@@ -45,6 +51,8 @@ from bench.transport import bench_url, cleanup_queue_dirs, drain, fill, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).parent / "asynctask-workers")
+#: where the last worker child imported ``asynctask`` from (its teardown says), to check PYTHONPATH
+child_import: dict[str, str] = {}
 
 
 class BenchNoop(AsyncTaskWorker):
@@ -56,6 +64,12 @@ class BenchNoop(AsyncTaskWorker):
         self.count = 0
         self.first = self.last = time.time()  # the clock starts before the first fetch, as the loop's does
         self.latencies: list[float] = []
+        self.profile = None
+        if os.environ.get("ASYNCTASK_BENCH_PROFILE"):  # cProfile of the child's tasks, dumped in teardown
+            import cProfile
+
+            self.profile = cProfile.Profile()
+            self.profile.enable()
         ready = os.environ.get("ASYNCTASK_BENCH_READY")
         if ready:
             Path(ready).write_text(str(os.getpid()))
@@ -68,9 +82,13 @@ class BenchNoop(AsyncTaskWorker):
         self.count += 1
 
     def teardown(self) -> None:
+        if self.profile is not None:
+            self.profile.disable()
+            self.profile.dump_stats(f"{os.environ['ASYNCTASK_BENCH_PROFILE']}.{os.getpid()}")
         out = os.environ.get("ASYNCTASK_BENCH_OUT")
         if out:
             data = {"count": self.count, "first": self.first, "last": self.last, "latencies": self.latencies}
+            data["asynctask"] = asynctask.__file__
             Path(f"{out}.{os.getpid()}").write_text(json.dumps(data))
 
 
@@ -82,6 +100,8 @@ def _results(out: str) -> dict[str, Any]:
             data = json.loads(Path(directory, name).read_text())
             merged["count"] += data["count"]
             merged["latencies"] += data["latencies"]
+            if "asynctask" in data:
+                child_import["asynctask"] = data["asynctask"]
             if data["count"]:
                 merged["first"] = min(filter(None, [merged["first"], data["first"]]))
                 merged["last"] = max(filter(None, [merged["last"], data["last"]]))
@@ -95,11 +115,11 @@ def _command(url: str, queue: str, *extra: str, entry: str | None = None, requir
     return [CLI, "--transport", url, "--require", require, "--set", f"asynctask_workers={workers}", "-q", *extra]
 
 
-def _noop_entry(queue: str, concurrency: int | None) -> str | None:
-    """The no-op worker's entry with ``concurrency`` (None: the plain ``{queue: bench_noop}``)."""
+def _noop_entry(queue: str, concurrency: int | None, worker: str = "bench_noop") -> str | None:
+    """``worker``'s entry with ``concurrency`` (None: the plain ``{queue: worker}``)."""
     if concurrency is None:
-        return None
-    return json.dumps({queue: {"worker": "bench_noop", "concurrency": concurrency}})
+        return None if worker == "bench_noop" else f"{{{queue}: {worker}}}"
+    return json.dumps({queue: {"worker": worker, "concurrency": concurrency}})
 
 
 def _env(work: str, **extra: str) -> dict[str, str]:
@@ -108,17 +128,26 @@ def _env(work: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def through_supervisor(
-    url: str, queue: str, tasks: int, work: str, concurrency: int | None = None
+def through_supervisor(  # noqa: PLR0913 - the figures of bench.results pick the worker and the tasks' meta
+    url: str,
+    queue: str,
+    tasks: int,
+    work: str,
+    concurrency: int | None = None,
+    *,
+    worker: str = "bench_noop",
+    require: str = "bench.workers",
+    meta: dict[str, Any] | None = None,
 ) -> tuple[float, float]:
-    """(tasks/s inside the child, wall seconds of the whole run)."""
+    """(tasks/s inside the child, wall seconds of the whole run): ``tasks`` tasks (with ``meta``)
+    drained by ``worker`` (imported by ``--require require``) in one child."""
     transport = get_transport(url)
     try:
-        fill(transport, queue, tasks)
+        fill(transport, queue, tasks, meta=meta)
     finally:
         transport.close()
     started = time.perf_counter()
-    command = _command(url, queue, "--halt-when-empty", entry=_noop_entry(queue, concurrency))
+    command = _command(url, queue, "--halt-when-empty", entry=_noop_entry(queue, concurrency, worker), require=require)
     subprocess.run(command, env=_env(work), check=True, timeout=600)
     wall = time.perf_counter() - started
     result = _results(os.path.join(work, "out"))
@@ -184,7 +213,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--async", dest="use_async", action="store_true", help="with --sleep-ms: async def process, asyncio.sleep"
     )
+    parser.add_argument(
+        "--results",
+        action="store_true",
+        help="no-op workers keeping results (result_ttl_s=3600) beside the results floor (see bench.results)",
+    )
+    parser.add_argument(
+        "--tasks-fn", action="store_true", help="no-op @task functions through the tasks worker (see bench.results)"
+    )
     args = parser.parse_args(argv)
+    if args.sleep_ms is not None and (args.results or args.tasks_fn):
+        parser.error("--sleep-ms goes with neither --results nor --tasks-fn")
     if args.sleep_ms is not None and args.sleep_ms <= 0:
         parser.error("--sleep-ms must be > 0")
     if args.use_async and args.sleep_ms is None:
@@ -213,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
 
             io_bound.main(url, args, [f"bench_{uuid.uuid4().hex[:12]}"], work)
             return 0
+        if args.results or args.tasks_fn:
+            from bench import results
+
+            results.main(url, args, work)
+            return 0
         queues = [f"bench_{uuid.uuid4().hex[:12]}" for _ in range(3)]
         loop_rates, sup_rates, walls = [], [], []
         transport = get_transport(url)
@@ -229,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
             lat = latency(url, queues[2], args, work) if args.samples else []
+            print(f"  (the worker child imported {child_import.get('asynctask')})")
         finally:
             purge(transport, queues)
             transport.close()
