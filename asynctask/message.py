@@ -227,6 +227,9 @@ class DeadTask:
     reason: str
     attempts: int
     dead_at: float
+    #: the priority it had (0 where the transport does not keep it) and when it was enqueued (0: unknown)
+    priority: int = 0
+    enqueued_at: float = 0.0
 
     @property
     def payload(self) -> dict[str, Any] | None:

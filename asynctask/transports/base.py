@@ -55,6 +55,7 @@ from asynctask.transports.checks import (
     validate_tasks,
 )
 from asynctask.transports.state import KeyedState
+from asynctask.transports.transfer import Transfer
 from asynctask.transports.urls import (
     ParsedURL,
     mask_url,
@@ -91,7 +92,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_LEASE_S = 30.0
 
 
-class Transport(KeyedState, abc.ABC):
+class Transport(KeyedState, Transfer, abc.ABC):
     """Where tasks wait: the contract every transport keeps.
 
     Instances are safe to use from several threads of one process unless a transport's docstring

@@ -34,6 +34,7 @@ from asynctask.transports.base import (
     parse_url,
     take_options,
 )
+from asynctask.transports.memory_transfer import MemoryTransfer
 
 Clock = Callable[[], float]
 
@@ -51,6 +52,7 @@ class _Record:
     version: int = 0
     receipt: str = ""
     lease_until: float = 0.0
+    due_at: float = 0.0
 
 
 @dataclass
@@ -87,7 +89,7 @@ def _store_for(key: str) -> _Store:
         return store
 
 
-class MemoryTransport(Transport):
+class MemoryTransport(MemoryTransfer, Transport):
     """All queues in this process's memory; thread-safe.  ``clock`` may be injected for tests."""
 
     schemes = ("memory", "localmem")
@@ -120,9 +122,10 @@ class MemoryTransport(Transport):
 
     def _make_ready(self, queue: _Queue, record: _Record, now: float, delay_s: float) -> None:
         record.receipt = ""
+        record.due_at = now + delay_s
         if delay_s > 0:
             self._set_state(queue, record, _DELAYED)
-            heapq.heappush(queue.delayed, (now + delay_s, next(self._store.sequence), record.version, record.id))
+            heapq.heappush(queue.delayed, (record.due_at, next(self._store.sequence), record.version, record.id))
         else:
             self._set_state(queue, record, _READY)
             heapq.heappush(queue.ready, (-record.priority, next(self._store.sequence), record.version, record.id))
@@ -148,7 +151,9 @@ class MemoryTransport(Transport):
 
     def _bury(self, name: str, queue: _Queue, record: _Record, reason: str, now: float) -> None:
         self._set_state(queue, record, None)
-        queue.dead[record.id] = DeadTask(record.id, name, record.body, reason, record.deliveries, now)
+        queue.dead[record.id] = DeadTask(
+            record.id, name, record.body, reason, record.deliveries, now, record.priority, record.enqueued_at
+        )
         queue.dead_priority[record.id] = record.priority
 
     # -- contract ----------------------------------------------------------------------------
