@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from asynctask.errors import AsyncTaskError, PayloadError
-from asynctask.message import DeadTask, encode_payload, validate_queue_name
+from asynctask.message import DeadTask, QueueStats, encode_payload, validate_queue_name
 from asynctask.transports.base import Transport
 
 from .admin_output import (
@@ -53,6 +53,18 @@ def known_queue(transport: Transport, queue: str) -> str:
 # -- queues -------------------------------------------------------------------------------------
 
 
+def queue_dict(name: str, stats: QueueStats) -> dict[str, Any]:
+    """One queue's counts as ``queues --json`` (and the dashboard's API) give them."""
+    return {
+        "queue": name,
+        "ready": stats.ready,
+        "delayed": stats.delayed,
+        "in_flight": stats.in_flight,
+        "dead": stats.dead,
+        "oldest_ready_age_s": stats.oldest_ready_age_s,
+    }
+
+
 def cmd_queues(transport: Transport, args: argparse.Namespace) -> int:
     """A table of ready, delayed, in flight, dead and the oldest ready task's age, per queue."""
     names = [known_queue(transport, q) for q in args.queues] if args.queues else transport.queues()
@@ -61,19 +73,7 @@ def cmd_queues(transport: Transport, args: argparse.Namespace) -> int:
         stats = transport.stats(name)
         rows.append((name, stats))
     if args.json:
-        print_json(
-            [
-                {
-                    "queue": name,
-                    "ready": s.ready,
-                    "delayed": s.delayed,
-                    "in_flight": s.in_flight,
-                    "dead": s.dead,
-                    "oldest_ready_age_s": s.oldest_ready_age_s,
-                }
-                for name, s in rows
-            ]
-        )
+        print_json([queue_dict(name, s) for name, s in rows])
         return EXIT_OK
     if not rows:
         sys.stdout.write("no queues\n")
@@ -212,7 +212,9 @@ def cmd_purge(transport: Transport, args: argparse.Namespace) -> int:
 # -- dead ---------------------------------------------------------------------------------------
 
 
-def _dead_dict(dead: DeadTask, *, full: bool) -> dict[str, Any]:
+def dead_dict(dead: DeadTask, *, full: bool) -> dict[str, Any]:
+    """One dead letter as ``dead list|show --json`` (and the dashboard's API) give it; ``full``: the
+    whole reason (the traceback), else one line of at most 200 characters."""
     result: dict[str, Any] = {
         "id": dead.id,
         "queue": dead.queue,
@@ -250,7 +252,7 @@ def cmd_dead(transport: Transport, args: argparse.Namespace) -> int:
             raise CommandError("dead show needs at least one task id (see: asynctask dead list QUEUE)", EXIT_USAGE)
         found = _find_dead(transport, queue, ids)
         if args.json:
-            print_json([_dead_dict(dead, full=True) for dead in found])
+            print_json([dead_dict(dead, full=True) for dead in found])
             return EXIT_OK
         for number, dead in enumerate(found):
             if number:
@@ -272,7 +274,7 @@ def cmd_dead(transport: Transport, args: argparse.Namespace) -> int:
 def _dead_list(transport: Transport, queue: str, ids: list[str], args: argparse.Namespace) -> int:
     found = _find_dead(transport, queue, ids) if ids else transport.dead_tasks(queue, args.limit)
     if args.json:
-        print_json([_dead_dict(dead, full=False) for dead in found])
+        print_json([dead_dict(dead, full=False) for dead in found])
         return EXIT_OK
     if not found:
         sys.stdout.write(f"no dead tasks in {queue}\n")

@@ -14,6 +14,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from asynctask.config import Settings
 from asynctask.cron import ScheduleEntry, validate_entries
 from asynctask.errors import AsyncTaskError
 from asynctask.importing import import_modules
@@ -26,7 +27,7 @@ from .admin_output import CommandError, print_json
 from .admin_settings import AdminSettings
 from .exit_codes import EXIT_OK, EXIT_USAGE
 
-__all__ = ["cmd_schedules"]
+__all__ = ["cmd_schedules", "schedule_entries", "schedule_rows"]
 
 
 def _last_fire(transport: Transport, queue: str, entry: ScheduleEntry) -> dict[str, Any] | None:
@@ -37,16 +38,22 @@ def _last_fire(transport: Transport, queue: str, entry: ScheduleEntry) -> dict[s
     return json.loads(text) if text else None
 
 
-def cmd_schedules(resolved: AdminSettings, transport: Transport, args: argparse.Namespace) -> int:
-    settings = resolved.settings
-    if settings is None:
-        raise CommandError("schedules: the configuration does not load", EXIT_USAGE)
+def schedule_entries(settings: Settings) -> list[ScheduleEntry]:
+    """The configured entries and the decorated schedules of the required modules (imported here)."""
     import_modules(list(settings.require))
     entries = validate_entries(list(settings.scheduled_workers), known_workers=registered_workers())
-    entries += decorated_schedules(settings.require)
+    return entries + decorated_schedules(settings.require)
+
+
+def schedule_rows(
+    settings: Settings, transport: Transport, entries: list[ScheduleEntry] | None = None
+) -> list[dict[str, Any]]:
+    """One JSON-ready row per schedule (``asynctask schedules --json`` and the dashboard): where it
+    was defined, what it fires and where, the trigger, the next fire and the last fire recorded in
+    the state store.  ``entries``: as :func:`schedule_entries` gives them (loaded when None)."""
     now = datetime.now(UTC)
     rows = []
-    for entry in entries:
+    for entry in schedule_entries(settings) if entries is None else entries:
         queue = entry.queue_for(settings.worker_queues)
         upcoming = entry.trigger.get_next_fire_time(None, now)
         last = _last_fire(transport, queue, entry)
@@ -65,6 +72,14 @@ def cmd_schedules(resolved: AdminSettings, transport: Transport, args: argparse.
                 "schedule_id": entry.schedule_id,
             }
         )
+    return rows
+
+
+def cmd_schedules(resolved: AdminSettings, transport: Transport, args: argparse.Namespace) -> int:
+    settings = resolved.settings
+    if settings is None:
+        raise CommandError("schedules: the configuration does not load", EXIT_USAGE)
+    rows = schedule_rows(settings, transport)
     if args.json:
         print_json(rows)
         return EXIT_OK
