@@ -7,7 +7,9 @@ ready, and return how many tasks ran.  Retries with a delay stay in the store: s
 ``retry_delay_s = 0`` in a test to see them run in the same drain.  With a ``memory://`` transport
 this is an eager mode that still encodes and decodes every payload.  A worker with ``concurrency``
 above 1 (the class's), or an ``async def process``, runs as it would in a child (threads, or its
-event loop); after a thread overran ``timeout_s`` a fresh runner goes on with the drain.
+event loop); after a thread overran ``timeout_s`` a fresh runner goes on with the drain.  The
+transport's middleware (``get_transport()`` loads ``asynctask_middleware``) runs ``before_process`` and
+``after_process`` around each task, as in a worker child.
 """
 
 from __future__ import annotations
@@ -77,7 +79,14 @@ def _drain(queue: str, worker_name: str, transport: Transport | None) -> int:
                 processed = 0
                 while True:
                     runner = make_runner(
-                        store, queue, worker, loop, concurrency=worker.concurrency, halt=HALT_IDLE, max_batch=100
+                        store,
+                        queue,
+                        worker,
+                        loop,
+                        concurrency=worker.concurrency,
+                        halt=HALT_IDLE,
+                        max_batch=100,
+                        middleware=store.middleware,  # the process hooks, as a worker child runs them
                     )
                     outcome = runner.run()
                     processed += runner.processed
