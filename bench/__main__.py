@@ -11,6 +11,9 @@
     no-op workers keeping results (``result_ttl_s``) beside the consumer loop doing the same storage
     work, and (``--tasks-fn``) no-op ``@task`` functions through the ``tasks`` worker beside the
     plain no-op worker (see :mod:`bench.results`).
+``python -m bench migrate [--tasks N] [--runs N]``
+    ``asynctask migrate`` of N tasks filesystem -> Redis -> PostgreSQL beside the bare take/put/ack
+    loop, checking that every task arrived (see :mod:`bench.migrate`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ import sys
 
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "migrate":
+        from bench.migrate import main as migrate_main
+
+        return migrate_main(argv[1:])
     if argv and argv[0] == "workers":
         from bench.workers import main as workers_main
 
