@@ -10,8 +10,12 @@ Modules named by ``--require`` / ``asynctask_require`` are imported with the cur
 doctor`` uses too); the worker children inherit that path.  An import that fails names the file
 and line of the user's code; ``--log-level debug`` logs the full traceback.
 
+``--log-format json`` writes one JSON object per log line, in the supervisor and its children, with
+the task's fields while one runs (:mod:`asynctask.logformat`).
+
 ``--metrics-port N`` serves metrics on 127.0.0.1 unless ``--metrics-bind ADDRESS`` says otherwise
-(``0.0.0.0``: every interface).
+(``0.0.0.0``: every interface).  ``--heartbeat-s N`` replaces ``asynctask_heartbeat_s``: how often
+the supervisor writes its record in the worker registry (:mod:`asynctask.registry`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import TYPE_CHECKING
 from asynctask.cli.common import LOG_LEVELS, log_level
 from asynctask.cli.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from asynctask.errors import AsyncTaskError, ConfigurationError, TransportUnavailableError
+from asynctask.logformat import LOG_FORMATS, TEXT
 
 #: The address ``--metrics-port`` listens on unless ``--metrics-bind`` names another.
 DEFAULT_METRICS_BIND = "127.0.0.1"
@@ -48,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=log_level,
         metavar="LEVEL",
         help=f"{', '.join(LOG_LEVELS)}, in any case (default: info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=TEXT,
+        choices=LOG_FORMATS,
+        help="text lines, or one JSON object per line with the task's fields (default: text)",
     )
     parser.add_argument(
         "--config",
@@ -83,7 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help=f"the address --metrics-port listens on (default {DEFAULT_METRICS_BIND}; 0.0.0.0 for every interface)",
     )
+    parser.add_argument(
+        "--heartbeat-s",
+        type=_seconds,
+        metavar="N",
+        help="seconds between two records of this supervisor in the worker registry"
+        " (default: asynctask_heartbeat_s, 5)",
+    )
     return parser
+
+
+def _seconds(text: str) -> float:
+    """``--heartbeat-s``: a number > 0 and <= ``MAX_HEARTBEAT_S``."""
+    from asynctask.config_values import MAX_HEARTBEAT_S  # noqa: PLC0415 - --help answers fast
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= MAX_HEARTBEAT_S:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds > 0 and <= {MAX_HEARTBEAT_S} is allowed")
+    return value
 
 
 def _fail(message: str, code: int) -> int:
@@ -102,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # started with spawn inherit sys.path)
     add_working_directory()
     level = getattr(logging, args.log_level.upper())
-    configure_logging(level, args.quiet)  # the children's too: pika and psycopg2 silent below debug
+    # the children's too (format included): pika and psycopg2 silent below debug
+    configure_logging(level, args.quiet, args.log_format)
     try:
         return _run(args, level)
     except TransportUnavailableError as exc:
@@ -141,6 +173,8 @@ def _run(args: argparse.Namespace, level: int) -> int:
     settings = load_settings(args.config, overrides, require=args.require)
     if args.transport:
         settings = replace(settings, transport=args.transport)
+    if args.heartbeat_s is not None:
+        settings = replace(settings, heartbeat_s=args.heartbeat_s)
     settings = with_task_queues(settings)
     if not settings.workers and not settings.scheduled_only_workers():
         if not args.quiet:

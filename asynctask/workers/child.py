@@ -18,10 +18,11 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from asynctask.errors import TransportUnavailableError
+from asynctask.logformat import JSON, TEXT, make_formatter
 from asynctask.middleware import load_middleware
 from asynctask.transports import attach_state_store, get_transport, quiet_drivers
 from asynctask.transports.base import Transport
@@ -45,6 +46,16 @@ logger = logging.getLogger(__name__)
 RECYCLES = {MAX_TASKS: "max_tasks_per_child", MAX_MEMORY: "max_memory_mb", TIMED_OUT: "timeout_s"}
 
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s"
+#: the middleware that puts the task fields on log records: added to a child's when it logs JSON
+LOGGING_CONTEXT = "asynctask.middleware.LoggingContext"
+
+#: the ``--log-format`` that :func:`configure_logging` last set in this process: the default of
+#: :attr:`ChildSpec.log_format`, so the children log as the supervisor that built their specs
+_log_format = TEXT
+
+
+def _current_log_format() -> str:
+    return _log_format
 
 
 @dataclass(frozen=True)
@@ -73,15 +84,24 @@ class ChildSpec:
     report_outcomes: bool = False
     log_level: int = logging.INFO
     quiet: bool = False
+    #: ``text`` or ``json`` (:mod:`asynctask.logformat`); by default what this process logs
+    log_format: str = field(default_factory=_current_log_format)
 
 
-def configure_logging(level: int, quiet: bool) -> None:
-    """Log to stderr with one format in the supervisor and every child; quiet silences everything."""
+def configure_logging(level: int, quiet: bool, log_format: str = TEXT) -> None:
+    """Log to stderr with one format in the supervisor and every child; quiet silences everything.
+
+    ``log_format`` is ``text`` (:data:`LOG_FORMAT`) or ``json`` (one object per line, Python's
+    warnings too: :class:`~asynctask.logformat.JsonFormatter`); ValueError names another."""
+    global _log_format  # the children's default (ChildSpec), set where the command starts
+    formatter = make_formatter(log_format, LOG_FORMAT)
+    _log_format = log_format
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(formatter)
+    logging.captureWarnings(log_format == JSON)
     root.addHandler(handler)
     root.setLevel(logging.CRITICAL + 10 if quiet else level)
     quiet_drivers(level)
@@ -164,7 +184,7 @@ class _Pipe:
 
 def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.CurrentTask | None = None) -> None:
     """Run one worker on one queue until stopped or halted; exits the process."""
-    configure_logging(spec.log_level, spec.quiet)
+    configure_logging(spec.log_level, spec.quiet, spec.log_format)
     stop = _stop_on_signals(parent_pid)
     pipe = _Pipe(conn, stop, current)
     for module in spec.require:
@@ -174,7 +194,7 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.Cu
     if transport is None:
         sys.exit(0)
     # the worker's hooks, and before_submit for its requeue(): one chain per child
-    transport.middleware = load_middleware(spec.middleware)
+    transport.middleware = load_middleware(_middleware_paths(spec))
     started = time.monotonic()
     runner: Runner | None = None
     try:
@@ -196,6 +216,14 @@ def child_main(spec: ChildSpec, conn: Connection, parent_pid: int, current: P.Cu
         (runner.transport if runner is not None else transport).close()
         conn.close()
     sys.exit(0)
+
+
+def _middleware_paths(spec: ChildSpec) -> tuple[str, ...]:
+    """``asynctask_middleware``, with LoggingContext first when the child logs JSON (its lines carry
+    the task fields; first, so that its ``after_process`` runs last)."""
+    if spec.log_format == JSON and LOGGING_CONTEXT not in spec.middleware:
+        return (LOGGING_CONTEXT, *spec.middleware)
+    return spec.middleware
 
 
 def _runner(spec: ChildSpec, worker: AsyncTaskWorker, transport: Transport, pipe: _Pipe, loop: WorkerLoop) -> Runner:
