@@ -35,6 +35,9 @@ Settings (rex.asynctask's names):
                                             submitting process (tests); ``$ASYNCTASK_EAGER``
 ``asynctask_middleware``                    dotted paths of middleware classes, for workers and
                                             producers (:mod:`asynctask.middleware`)
+``asynctask_heartbeat_s``                   seconds between two records of a supervisor in the
+                                            worker registry (5; :mod:`asynctask.registry`);
+                                            ``$ASYNCTASK_HEARTBEAT_S``
 ==========================================  =========================================================
 
 Every validation error is a :class:`ConfigurationError` whose one-line message names the source
@@ -84,6 +87,7 @@ _DEFAULTS: dict[str, Any] = {
     "asynctask_state_store": None,
     "asynctask_eager": False,
     "asynctask_middleware": [],
+    "asynctask_heartbeat_s": 5.0,
 }
 SETTING_NAMES = tuple(_DEFAULTS)
 #: environment variables that override a setting of the files
@@ -91,6 +95,7 @@ _ENVIRONMENT = {
     "ASYNCTASK_TRANSPORT": "asynctask_transport",
     "ASYNCTASK_STATE_STORE": "asynctask_state_store",
     "ASYNCTASK_EAGER": "asynctask_eager",
+    "ASYNCTASK_HEARTBEAT_S": "asynctask_heartbeat_s",
 }
 #: the settings whose values merge across files (maps queue by queue, lists by concatenation)
 _MERGED = ("asynctask_workers", "asynctask_scheduled_workers", "asynctask_require")
@@ -120,6 +125,8 @@ class Settings:
     eager: bool = False
     #: dotted paths of the middleware classes (:mod:`asynctask.middleware`)
     middleware: tuple[str, ...] = ()
+    #: seconds between two heartbeats of a supervisor in the worker registry (:mod:`asynctask.registry`)
+    heartbeat_s: float = 5.0
     #: the files read, in order
     files: tuple[str, ...] = ()
     #: setting name -> where its value came from (a file, ``--set``, ``environment``, ``default``)
@@ -174,6 +181,7 @@ class Settings:
             "asynctask_state_store": mask_url(self.state_store) if self.state_store else None,
             "asynctask_eager": self.eager,
             "asynctask_middleware": list(self.middleware),
+            "asynctask_heartbeat_s": self.heartbeat_s,
         }
         origin = dict(self.origins)
         if not self.transport:
@@ -383,6 +391,7 @@ def load_settings(
         state_store=merged["asynctask_state_store"],
         eager=merged["asynctask_eager"],
         middleware=tuple(merged["asynctask_middleware"]),
+        heartbeat_s=float(merged["asynctask_heartbeat_s"]),
         files=tuple(files),
         origins=merge.origins,
     )

@@ -21,6 +21,9 @@ from asynctask.workers.base import MAX_CONCURRENCY
 
 __all__ = ["WORKER_KEYS", "WorkerEntry", "did_you_mean", "flag", "scalar", "scheduled", "str_list", "workers"]
 
+#: The longest ``asynctask_heartbeat_s`` (seconds): a supervisor killed is forgotten within 2.5 times it.
+MAX_HEARTBEAT_S = 3600
+
 #: The keys of one ``asynctask_workers`` entry written as a mapping.
 WORKER_KEYS = ("worker", "processes", "concurrency", "rate_max_calls", "rate_period", "max_crashes")
 
@@ -62,6 +65,23 @@ def _positive_number(value: object, where: str) -> float:
     return float(value)
 
 
+def _seconds(name: str, value: Any, source: str) -> float:
+    """A duration in seconds > 0; ``asynctask_heartbeat_s`` at most :data:`MAX_HEARTBEAT_S`, and
+    written as text in the environment."""
+    where = f"{source}: {name} (seconds)"
+    if name != "asynctask_heartbeat_s":
+        return _positive_number(value, where)
+    if isinstance(value, str) and source.startswith("environment"):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    seconds = _positive_number(value, where)
+    if seconds > MAX_HEARTBEAT_S:
+        raise ConfigurationError(f"{where}: {value!r} is not allowed; a number > 0 and <= {MAX_HEARTBEAT_S} is allowed")
+    return seconds
+
+
 def scalar(name: str, value: Any, source: str) -> Any:
     """A setting that is replaced as a whole (the transport URL, intervals, limits)."""
     where = f"{source}: {name}"
@@ -75,8 +95,8 @@ def scalar(name: str, value: Any, source: str) -> Any:
         return str_list(value, source, name, "dotted class path")
     if name in ("asynctask_workers_poll_interval", "asynctask_workers_check_child_interval"):
         return _int(value, f"{where} (milliseconds)", 1)
-    if name == "asynctask_shutdown_timeout":
-        return _positive_number(value, f"{where} (seconds)")
+    if name in ("asynctask_shutdown_timeout", "asynctask_heartbeat_s"):
+        return _seconds(name, value, source)
     return _int(value, where, 1, nullable=True)
 
 

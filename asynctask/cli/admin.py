@@ -1,4 +1,4 @@
-"""``asynctask``: the admin command (queues, submit, purge, dead letters, tasks, doctor).
+"""``asynctask``: the admin command (queues, submit, purge, dead letters, tasks, workers, doctor).
 
 Usage::
 
@@ -11,6 +11,7 @@ Usage::
     asynctask task ID [--queue QUEUE] [--json]
     asynctask cancel ID --queue QUEUE [--json]
     asynctask schedules [--json]
+    asynctask workers [--json]
     asynctask doctor [--json]
 
 The transport is found as ``asynctask-workers`` finds it (see :mod:`asynctask.cli.admin_settings`).
@@ -54,6 +55,7 @@ from asynctask.transports.base import Transport
 from . import admin_commands, admin_schedules, admin_settings, admin_tasks
 from .admin_doctor import doctor
 from .admin_output import CommandError, exit_code_for, one_line
+from .admin_workers import cmd_workers
 from .common import LOG_LEVELS, log_level
 from .exit_codes import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
@@ -169,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--queue", metavar="QUEUE", required=True, help="its queue")
 
     command("schedules", "every schedule (configured and decorated): where defined, next and last fire")
+    command("workers", "the supervisors running on every host and their children, from their heartbeats")
 
     doctor = command("doctor", "check the configuration, the transport and the workers; exit 1 when something is wrong")
     doctor.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
@@ -191,6 +194,7 @@ _COMMANDS: dict[str, Callable[[Transport, argparse.Namespace], int]] = {
     "dead": admin_commands.cmd_dead,
     "task": admin_tasks.cmd_task,
     "cancel": admin_tasks.cmd_cancel,
+    "workers": cmd_workers,
 }
 
 

@@ -7,7 +7,12 @@
   :class:`~asynctask.workers.protocol.ChildExited`, served over HTTP.
 
 * always: the sweeper of expired task results and status records (:func:`sweep_state`), a thread
-  with a transport of its own (a PostgreSQL or filesystem store does not expire them by itself).
+  with a transport of its own (a PostgreSQL or filesystem store does not expire them by itself);
+* always, when given the supervisor's children: its heartbeat in the worker registry
+  (:class:`asynctask.registry.Heartbeat`, every ``settings.heartbeat_s``), a thread with a transport
+  of its own; it asks the children for their task outcomes (a listener that does nothing: the
+  supervisor's ``ChildState.counts`` count them), and deletes the record when the supervisor exits
+  (:meth:`Extras.finish`).
 
 They are built before any child starts (:func:`build_extras`), so their configuration errors stop
 the command at once; the supervisor starts them (:attr:`Extras.starters`) when it runs.
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -63,11 +68,34 @@ class Extras:
 
     listeners: list[Listener] = field(default_factory=list)
     starters: list[Starter] = field(default_factory=list)
+    #: called once the supervisor's children have stopped, just before it exits
+    finishers: list[Callable[[], None]] = field(default_factory=list)
+
+    def finish(self) -> None:
+        for finisher in self.finishers:
+            finisher()
 
 
-def build_extras(settings: Settings, transport_url: str, queues: Iterable[str], wanted: ExtrasWanted) -> Extras:
-    """The scheduler when ``wanted.scheduler``, the metrics when ``wanted.metrics_port`` is not None."""
+def build_extras(
+    settings: Settings,
+    transport_url: str,
+    queues: Iterable[str],
+    wanted: ExtrasWanted,
+    children: Callable[[], Sequence[ChildState]] | None = None,
+) -> Extras:
+    """The scheduler when ``wanted.scheduler``, the metrics when ``wanted.metrics_port`` is not None;
+    the registry's heartbeat when ``children`` (the supervisor's, read on the heartbeat's thread)."""
+    queues = list(queues)
     extras = Extras()
+    if children is not None:
+        from asynctask.registry import Heartbeat  # noqa: PLC0415 - a child process never needs it
+
+        heartbeat = Heartbeat(
+            transport_url, children, queues, settings.heartbeat_s, state_store_url=settings.state_store
+        )
+        extras.listeners.append(lambda child, event: None)  # children send their outcomes: counts are kept
+        extras.starters.append(heartbeat.start)
+        extras.finishers.append(heartbeat.finish)
 
     def start_sweeper(stop: threading.Event) -> None:
         args = (transport_url, settings.state_store, stop)

@@ -31,7 +31,9 @@ Seams (:mod:`asynctask.workers.extras`): ``scheduler=True`` runs
 in a thread; ``metrics_port`` serves an ``asynctask.metrics.WorkerMetrics``, one of the
 ``listeners``: callables given every child message (:data:`~asynctask.workers.protocol.Event`) and
 the supervisor's ``ChildStarted`` / ``ChildExited``.  Children send their task outcomes only when
-there are listeners.  ``children`` (:class:`ChildState`) is the per-child bookkeeping.  Exit codes:
+there are listeners (the worker registry's heartbeat, :mod:`asynctask.registry`, is one: it reads
+``children`` on its thread, and deletes its record when :meth:`Supervisor.run` ends).
+``children`` (:class:`ChildState`) is the per-child bookkeeping.  Exit codes:
 :mod:`asynctask.cli.exit_codes`.
 """
 
@@ -117,7 +119,8 @@ class Supervisor:
         self.children = build_children(settings, base, lambda slots: P.CurrentTask(self._context, slots))
         self._leaving: list[tuple[BaseProcess, Connection]] = []
         wanted = ExtrasWanted(scheduler, options.get("metrics_port"), options.get("metrics_bind", "127.0.0.1"))
-        self._extras = build_extras(settings, self.transport_url, [c.queue for c in self.children], wanted)
+        queues = [c.queue for c in self.children]
+        self._extras = build_extras(settings, self.transport_url, queues, wanted, lambda: self.children)
         self.listeners += self._extras.listeners
         self.transport = attach_state_store(get_transport(self.transport_url), settings.state_store)
         check_state_store(settings, self.transport)
@@ -152,6 +155,7 @@ class Supervisor:
                 finally:
                     self.stop_event.set()
                     self._kill_all("supervisor exiting")
+                    self._extras.finish()  # the registry deletes this supervisor's record
         finally:
             self.transport.close()
 
