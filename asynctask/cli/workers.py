@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from asynctask.cli.common import LOG_LEVELS, log_level
 from asynctask.cli.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from asynctask.errors import AsyncTaskError, ConfigurationError, TransportUnavailableError
-from asynctask.logformat import LOG_FORMATS, TEXT
+from asynctask.logformat import JSON, LOG_FORMATS, TEXT, JsonFormatter
 
 #: The address ``--metrics-port`` listens on unless ``--metrics-bind`` names another.
 DEFAULT_METRICS_BIND = "127.0.0.1"
@@ -117,8 +117,16 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"asynctask-workers: {message}", file=sys.stderr)
+def _say(text: str, log_format: str, level: int = logging.ERROR) -> None:
+    """A message for the user on stderr (also with ``--quiet``, for errors): as it is, or as one
+    JSON object under ``--log-format json``, so that every line of stderr is one."""
+    if log_format == JSON:
+        text = JsonFormatter().format(logging.LogRecord("asynctask.workers", level, __file__, 0, text, None, None))
+    print(text, file=sys.stderr)
+
+
+def _fail(message: str, code: int, log_format: str = TEXT) -> int:
+    _say(f"asynctask-workers: {message}", log_format)
     return code
 
 
@@ -138,11 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args, level)
     except TransportUnavailableError as exc:
-        return _fail(f"transport unavailable: {exc}", EXIT_UNAVAILABLE)
+        return _fail(f"transport unavailable: {exc}", EXIT_UNAVAILABLE, args.log_format)
     except ConfigurationError as exc:
-        return _fail(exc.message, EXIT_USAGE)
+        return _fail(exc.message, EXIT_USAGE, args.log_format)
     except AsyncTaskError as exc:
-        return _fail(exc.message, EXIT_ERROR)
+        return _fail(exc.message, EXIT_ERROR, args.log_format)
     except KeyboardInterrupt:
         return EXIT_OK
     except Exception:
@@ -178,7 +186,7 @@ def _run(args: argparse.Namespace, level: int) -> int:
     settings = with_task_queues(settings)
     if not settings.workers and not settings.scheduled_only_workers():
         if not args.quiet:
-            print(f"No workers configured; terminating.\n{where_looked(settings)}", file=sys.stderr)
+            _say(f"No workers configured; terminating.\n{where_looked(settings)}", args.log_format, logging.INFO)
         return EXIT_OK
     supervisor = Supervisor(
         settings,
@@ -193,7 +201,7 @@ def _run(args: argparse.Namespace, level: int) -> int:
         supervisor.probe()
     except TransportUnavailableError as exc:
         supervisor.transport.close()
-        return _fail(f"transport unavailable: {exc}", EXIT_UNAVAILABLE)
+        return _fail(f"transport unavailable: {exc}", EXIT_UNAVAILABLE, args.log_format)
     return supervisor.run()
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from workers_support import Env
 
-from asynctask.cli.exit_codes import EXIT_OK
+from asynctask.cli.exit_codes import EXIT_OK, EXIT_USAGE
 
 QUEUES = {"plain": "acc_observed", "lanes": "acc_observed_threads", "coros": "acc_observed_async"}
 
@@ -52,3 +52,15 @@ def test_text_stays_the_default(world: Env) -> None:
     assert result.returncode == EXIT_OK, result.stderr
     assert "observe_fixture: working on 1" in result.stderr
     assert not result.stderr.lstrip().startswith("{")
+
+
+def test_the_commands_own_messages_are_json_lines_too(world: Env) -> None:
+    result = world.run("--log-format", "json", "--config", world.config({}), "--halt-when-empty")
+    assert result.returncode == EXIT_OK
+    (line,) = (json.loads(text) for text in result.stderr.splitlines())
+    assert line["level"] == "INFO" and line["message"].startswith("No workers configured; terminating.\nlooked for")
+    result = world.run("--log-format", "json", "--set", "asynctask_workers={jobs: no_such_worker}")
+    assert result.returncode == EXIT_USAGE
+    (line,) = (json.loads(text) for text in result.stderr.splitlines())
+    assert line["level"] == "ERROR" and "no_such_worker" in line["message"]
+    assert line["message"].startswith("asynctask-workers: ")
