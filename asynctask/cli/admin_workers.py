@@ -17,8 +17,8 @@ from typing import Any
 from asynctask.registry import list_supervisors
 from asynctask.transports.base import Transport
 
-from .admin_output import format_age, print_json
-from .exit_codes import EXIT_OK
+from .admin_output import CommandError, format_age, print_json
+from .exit_codes import EXIT_OK, EXIT_USAGE
 
 __all__ = ["cmd_workers", "describe_child", "describe_supervisor"]
 
@@ -58,6 +58,12 @@ def describe_child(child: dict[str, Any], now: float) -> str:
 
 def cmd_workers(transport: Transport, args: argparse.Namespace) -> int:
     """List the live supervisors of every host (their records in the worker registry)."""
+    if not transport.keeps_state and transport.state_store is None:
+        raise CommandError(
+            f"workers: {type(transport).__name__} keeps no records itself: set asynctask_state_store (or"
+            " $ASYNCTASK_STATE_STORE) to the state store its supervisors write their records to",
+            EXIT_USAGE,
+        )
     records = list_supervisors(transport)
     if args.json:
         print_json(records)
