@@ -11,6 +11,7 @@ Usage::
     asynctask task ID [--queue QUEUE] [--json]
     asynctask cancel ID --queue QUEUE [--json]
     asynctask schedules [--json]
+    asynctask dashboard [--port 8181] [--bind 127.0.0.1] [--auth USER:PASSWORD] [--read-only]
     asynctask workers [--json]
     asynctask doctor [--json]
 
@@ -52,7 +53,7 @@ from asynctask.errors import AsyncTaskError, TransportError
 from asynctask.transports import attach_state_store, get_transport
 from asynctask.transports.base import Transport
 
-from . import admin_commands, admin_schedules, admin_settings, admin_tasks
+from . import admin_commands, admin_dashboard, admin_schedules, admin_settings, admin_tasks
 from .admin_doctor import doctor
 from .admin_output import CommandError, exit_code_for, one_line
 from .admin_workers import cmd_workers
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--queue", metavar="QUEUE", required=True, help="its queue")
 
     command("schedules", "every schedule (configured and decorated): where defined, next and last fire")
+    admin_dashboard.add_arguments(command("dashboard", "serve the web dashboard (the dashboard extra)"))
     command("workers", "the supervisors running on every host and their children, from their heartbeats")
 
     doctor = command("doctor", "check the configuration, the transport and the workers; exit 1 when something is wrong")
@@ -200,6 +202,8 @@ _COMMANDS: dict[str, Callable[[Transport, argparse.Namespace], int]] = {
 
 def run(args: argparse.Namespace) -> int:
     """Run the parsed command; raises AsyncTaskError / CommandError for ``main`` to report."""
+    if args.command == "dashboard":  # --bind and --auth are checked before anything is opened
+        admin_dashboard.check_options(args)
     transport_url = getattr(args, "transport", None) or getattr(args, "top_transport", None)
     resolved = admin_settings.resolve(
         transport_url,
@@ -221,6 +225,8 @@ def run(args: argparse.Namespace) -> int:
     with transport:
         if args.command == "schedules":
             return admin_schedules.cmd_schedules(resolved, transport, args)
+        if args.command == "dashboard":
+            return admin_dashboard.cmd_dashboard(resolved, transport, args)
         return _COMMANDS[args.command](transport, args)
 
 
