@@ -3,7 +3,8 @@
 ``asynctask_require``; the middleware is named in ``asynctask_middleware``).
 
 :class:`FileTracing` is :class:`asynctask.otel.Tracing` with the process's tracer provider set up on
-its first use: every span, as it ends, is one JSON line in ``$ASYNCTASK_TEST_SPANS``.
+its first use: every span is one JSON line in ``$ASYNCTASK_TEST_SPANS``, written in a batch when the
+middleware flushes the provider as the child stops (a child leaves with ``os._exit``: no ``atexit``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from asynctask.otel import Tracing
 from asynctask.workers import AsyncTaskWorker
@@ -53,7 +54,9 @@ class FileTracing(Tracing):
     def __init__(self) -> None:
         if not isinstance(trace.get_tracer_provider(), TracerProvider):
             provider = TracerProvider()
-            provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(os.environ["ASYNCTASK_TEST_SPANS"])))
+            exporter = JsonLinesExporter(os.environ["ASYNCTASK_TEST_SPANS"])
+            # batched, and not exported before the child stops: only the middleware's flush writes them
+            provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=60_000))
             trace.set_tracer_provider(provider)
         super().__init__()
 
