@@ -13,6 +13,9 @@ Usage::
     asynctask schedules [--json]
     asynctask dashboard [--port 8181] [--bind 127.0.0.1] [--auth USER:PASSWORD] [--read-only]
     asynctask workers [--json]
+    asynctask export QUEUE [--dead] [--output FILE]
+    asynctask import QUEUE [FILE] [--dead] [--json]
+    asynctask migrate --from URL --to URL [--queue QUEUE...] [--dead] [--dry-run] [--json]
     asynctask doctor [--json]
 
 The transport is found as ``asynctask-workers`` finds it (see :mod:`asynctask.cli.admin_settings`).
@@ -53,7 +56,7 @@ from asynctask.errors import AsyncTaskError, TransportError
 from asynctask.transports import attach_state_store, get_transport
 from asynctask.transports.base import Transport
 
-from . import admin_commands, admin_dashboard, admin_schedules, admin_settings, admin_tasks
+from . import admin_commands, admin_dashboard, admin_schedules, admin_settings, admin_tasks, admin_transfer
 from .admin_doctor import doctor
 from .admin_output import CommandError, exit_code_for, one_line
 from .admin_workers import cmd_workers
@@ -174,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("schedules", "every schedule (configured and decorated): where defined, next and last fire")
     admin_dashboard.add_arguments(command("dashboard", "serve the web dashboard (the dashboard extra)"))
     command("workers", "the supervisors running on every host and their children, from their heartbeats")
+    admin_transfer.add_parsers(command)
 
     doctor = command("doctor", "check the configuration, the transport and the workers; exit 1 when something is wrong")
     doctor.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
@@ -197,6 +201,8 @@ _COMMANDS: dict[str, Callable[[Transport, argparse.Namespace], int]] = {
     "task": admin_tasks.cmd_task,
     "cancel": admin_tasks.cmd_cancel,
     "workers": cmd_workers,
+    "export": admin_transfer.cmd_export,
+    "import": admin_transfer.cmd_import,
 }
 
 
@@ -204,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the parsed command; raises AsyncTaskError / CommandError for ``main`` to report."""
     if args.command == "dashboard":  # --bind and --auth are checked before anything is opened
         admin_dashboard.check_options(args)
+    if args.command == "migrate":  # two transports of its own, named by --from and --to
+        return admin_transfer.cmd_migrate(args)
     transport_url = getattr(args, "transport", None) or getattr(args, "top_transport", None)
     resolved = admin_settings.resolve(
         transport_url,

@@ -146,11 +146,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         raise CommandError(f"--batch {args.batch}: an integer from 1 to 10000 is allowed", EXIT_USAGE)
     if not 0 < args.lease_s < float("inf"):
         raise CommandError(f"--lease-s {args.lease_s}: a number of seconds > 0 is allowed", EXIT_USAGE)
+    named = [validate_queue_name(q) for q in args.queues or ()]
     source = _open(args.source, "--from")
     target = _open(args.target, "--to")
     summaries: list[dict[str, Any]] = []
     with source, target:
-        queues = [validate_queue_name(q) for q in args.queues] if args.queues else source.queues()
+        queues = named or source.queues()
         for queue in queues:
             stats = source.stats(queue)
             total = stats.ready + stats.delayed + (stats.dead if args.dead else 0)
