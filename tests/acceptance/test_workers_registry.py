@@ -93,14 +93,17 @@ def check_listing(world: Env, config: str, pids: tuple[int, int], slow_id: str) 
     assert (child_two["worker"], child_two["queue"], child_two["concurrency"]) == ("acc_noop", "reg_b", 1)
 
 
-def seconds_until_dropped(world: Env, pid: int, killed: float) -> float:
-    """Seconds from ``killed`` (monotonic) to the first read that no longer finds supervisor ``pid``;
-    fails when a read begun 3 heartbeat periods after ``killed`` still finds it."""
+def seconds_until_dropped(world: Env, pid: int, killed: float) -> tuple[float, float]:
+    """Seconds from ``killed`` (monotonic) to the start of the last read that found supervisor
+    ``pid`` and of the first that did not; fails when a read begun 3 heartbeat periods after
+    ``killed`` still finds it."""
     deadline = killed + 3 * HEARTBEAT_S
+    seen = killed
     while True:
         began = time.monotonic()
         if pid not in by_pid(list_supervisors(world.transport)):
-            return began - killed
+            return seen - killed, began - killed
+        seen = began
         assert began < deadline, "the killed supervisor is still listed 3 heartbeat periods after kill -9"
         time.sleep(0.02)
 
@@ -136,13 +139,13 @@ def test_workers_lists_two_supervisors_and_drops_a_killed_one(tmp_path: Path, tr
             wait_for(first_busy, timeout=30, what="the first supervisor's record to show the tasks")
             check_listing(world, config, (first.pid, second.pid), slow_id)
 
-            # kill -9 the first supervisor (then its children: nothing may outlive the test)
+            # kill -9 the first supervisor (then, once it is dropped, its children: nothing may outlive the test)
             family = family_of(first.pid)
             os.kill(first.pid, signal.SIGKILL)
             killed = time.monotonic()
+            seen, gone = seconds_until_dropped(world, first.pid, killed)
             first.wait(timeout=10)
             kill_all(family)
-            gone_after = seconds_until_dropped(world, first.pid, killed)
             assert list(by_pid(listed(world, config))) == [second.pid]
 
             # SIGTERM the second: its record goes when it exits
@@ -150,10 +153,40 @@ def test_workers_lists_two_supervisors_and_drops_a_killed_one(tmp_path: Path, tr
             assert second.wait(timeout=30) == EXIT_OK, (tmp_path / "second.log").read_text()[-3000:]
             assert list_supervisors(world.transport) == []
             assert listed(world, config) == []
-            print(f"{transport}: killed supervisor dropped after {gone_after:.2f} s")
+            print(f"{transport}: the killed supervisor was listed {seen:.2f} s after kill -9, gone at {gone:.2f} s")
         finally:
             for process in (first, second):
                 if process.poll() is None:
                     kill_all([psutil.Process(process.pid), *family_of(process.pid)])
                     process.wait()
             kill_all(family)
+
+
+def test_on_amqp_the_records_live_in_the_state_store(tmp_path: Path) -> None:
+    with transport_world("amqp", tmp_path) as world:
+        store = f"filesys:{tmp_path / 'state'}"
+        config = world.config({"reg_amqp": "acc_noop"}, asynctask_state_store=store)
+        supervisor = start(world, tmp_path / "amqp.log", "--config", config, "--heartbeat-s", str(HEARTBEAT_S))
+        try:
+            wait_for(lambda: listed(world, config), timeout=60, what="the supervisor's record")
+            [record] = listed(world, config)
+            assert (record["pid"], record["queues"]) == (supervisor.pid, ["reg_amqp"])
+            assert record["transport"].startswith("amqp://guest:***@") and ":guest@" not in json.dumps(record)
+            no_store = subprocess.run(
+                [ADMIN, "workers", "--config", config, "--set", "asynctask_state_store=null"],
+                env=world.env,
+                cwd=world.tmp,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert no_store.returncode == 2 and len(no_store.stderr.splitlines()) == 1, no_store.stderr
+            assert "asynctask_state_store" in no_store.stderr
+            supervisor.send_signal(signal.SIGTERM)
+            assert supervisor.wait(timeout=30) == EXIT_OK, (tmp_path / "amqp.log").read_text()[-3000:]
+            assert listed(world, config) == []
+        finally:
+            if supervisor.poll() is None:
+                kill_all([psutil.Process(supervisor.pid), *family_of(supervisor.pid)])
+                supervisor.wait()
