@@ -262,7 +262,9 @@ def list_supervisors(transport: KeyedState) -> list[dict[str, Any]]:
     """The live records of every supervisor (see the module docstring), sorted by host then pid.
 
     Expired records are never returned (the store does not return them); a record that is not a
-    JSON object with a ``host`` and an integer ``pid`` is skipped with a debug log line.
+    JSON object with a ``host`` and an integer ``pid`` is skipped with a debug log line.  Raises
+    what the keyed state raises: :class:`~asynctask.errors.ConfigurationError` on a transport that
+    keeps no state and has no state store (AMQP), a ``TransportError`` when the server fails.
     """
     keys = transport.state_keys(REGISTRY_QUEUE, KEY_PREFIX)
     found = []
