@@ -9,8 +9,9 @@ dashboard starts.
 * backlog: ready, delayed, in flight and dead, summed over the queues, and ready per queue;
 * throughput: tasks done and failed per second between two passes, from the ``done`` and
   ``failed`` counters of every child in the registry (:func:`asynctask.registry.list_supervisors`);
-  a child seen for the first time adds nothing, a counter that went down (a restarted child) counts
-  from 0.  None when the registry is not available.
+  a child seen for the first time adds nothing unless it started since the previous pass (then all
+  its counts are new), a counter that went down (a restarted child) counts from 0.  None when the
+  registry is not available.
 
 A pass over many queues costs one ``stats`` call per queue: the next pass waits at least
 ``interval_s`` and at least :data:`BUSY_FACTOR` times as long as the pass took, so the sampler never
@@ -158,15 +159,21 @@ class Sampler:
             self._last_at = None
             return None, None
         counters: dict[str, tuple[int, int]] = {}
+        born: set[str] = set()
         for record in records:
             for child in record.get("children") or []:
                 key = f"{record.get('id')}/{child.get('slot')}/{child.get('pid')}"
                 counters[key] = (_int(child.get("done")), _int(child.get("failed")))
+                started = child.get("started_at")
+                if self._last_at is not None and isinstance(started, (int, float)) and started >= self._last_at:
+                    born.add(key)
         done = failed = 0
         for key, (child_done, child_failed) in counters.items():
             before = self._counters.get(key)
+            if before is None and key in born:
+                before = (0, 0)  # started since the last pass: all it did is new
             if before is None:
-                continue  # first seen: its counters cover an unknown time
+                continue  # first seen, started earlier: its counters cover an unknown time
             done += child_done - before[0] if child_done >= before[0] else child_done
             failed += child_failed - before[1] if child_failed >= before[1] else child_failed
         last_at, self._last_at, self._counters = self._last_at, now, counters

@@ -212,3 +212,25 @@ def test_no_password_in_any_page_or_answer(tmp_path: object) -> None:
         with conn.cursor() as cur:
             cur.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         conn.close()
+
+
+def test_sampler_throughput_from_the_registry_counters(transport: Transport) -> None:
+    from asynctask.dashboard.sampler import Sampler
+
+    children = [{"slot": 0, "pid": 10, "done": 100, "failed": 1, "started_at": 0.0}]
+    records: list[dict[str, object]] | None = [{"id": "s1", "children": children}]
+    sampler = Sampler(transport, lambda t: records, interval_s=1)
+    assert sampler.sample_once().done_per_s is None  # one pass: no rate yet
+    children[0].update(done=130, failed=4)
+    second = sampler.sample_once()
+    assert second.done_per_s is not None and second.done_per_s > 0 and second.failed_per_s is not None
+    rate_window = 30 / second.done_per_s  # seconds between the passes, as the sampler saw them
+    assert 3 / rate_window == pytest.approx(second.failed_per_s, rel=0.01)
+    # A child restarted (counter went down) counts from 0; a new child started before the last
+    # pass adds nothing; without a registry there is no rate.
+    children[0].update(done=5, failed=0)
+    children.append({"slot": 1, "pid": 11, "done": 1000, "failed": 0, "started_at": 0.0})
+    third = sampler.sample_once()
+    assert third.done_per_s is not None and third.done_per_s > 0
+    records = None
+    assert sampler.sample_once().done_per_s is None
