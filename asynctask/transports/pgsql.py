@@ -16,11 +16,14 @@ processes starting together do not race) from ``pgsql_schema_<n>.sql`` beside th
   ``visible_at <= now()``; in flight: a ``receipt`` and a future ``visible_at`` (the lease end);
   delayed: no receipt, future ``visible_at``.  An expired lease is ready again with no write at all;
 * ``dead (id, n, dead_at, attempts, priority, queue, reason, body)``, index ``dead_queue_order (queue, n)``;
+  (version 3) column ``enqueued_at``, primary key ``(queue, id)``, ``dead_queue_order (queue, dead_at, n)``;
 * ``waiters (queue, pid, since)``, unlogged: consumers blocked in ``get_task``;
 * ``claims (key, expires_at)``: ``claim_once`` (``INSERT ... ON CONFLICT DO UPDATE ... WHERE expired``);
 * (version 2) ``state (queue, key, expires_at, value)``, index ``state_expiry (expires_at)``: the keyed
   state; hash index ``tasks_id (id)``: ``cancel``, one ``DELETE`` of a row with no live lease
   (:mod:`asynctask.transports.pgsql_state`).
+
+Export, import and migrate: :mod:`asynctask.transports.pgsql_transfer` (one statement a batch).
 
 No functions or triggers.  The statements (``pgsql_queries.sql``) are PREPAREd once per connection.
 A fetch is one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)`` setting the lease and
@@ -71,6 +74,7 @@ from asynctask.transports.pgsql_connection import (
     take_link,
 )
 from asynctask.transports.pgsql_state import HEX_ID_RE, PgsqlState
+from asynctask.transports.pgsql_transfer import PgsqlTransfer
 
 __all__ = ["SCHEMA_VERSION", "PgsqlTransport", "parse_pgsql_url"]
 
@@ -92,7 +96,7 @@ def _copy_escape(text: str) -> str:
     return text
 
 
-class PgsqlTransport(PgsqlState, base.Transport):
+class PgsqlTransport(PgsqlTransfer, PgsqlState, base.Transport):
     """Tasks in PostgreSQL tables; thread-safe.  Instances of one process on the same database and
     schema share one statement connection (behind a lock); a consumer that blocks opens its own
     listening connection."""

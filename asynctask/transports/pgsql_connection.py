@@ -31,7 +31,7 @@ Cursor = psycopg2.extensions.cursor
 LOST = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
 #: The schema version this module writes; ``pgsql_schema_<n>.sql`` for every n up to it must exist.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _RETRY_MIN_S, _RETRY_MAX_S = 0.1, 5.0
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,39}\Z")
 _SAFE_TEXT_RE = re.compile(r"[A-Za-z0-9_.:,{}-]*\Z")

@@ -88,12 +88,12 @@ WHERE rowid = $1 AND receipt = $2;
 -- name: bury (bigint, bigint, text)
 WITH d AS (
     DELETE FROM @schema@.tasks WHERE rowid = $1 AND receipt = $2
-    RETURNING id, queue, priority, attempts, body
+    RETURNING id, queue, priority, attempts, enqueued_at, body
 )
-INSERT INTO @schema@.dead (id, queue, priority, attempts, reason, body)
-SELECT id, queue, priority, attempts, $3, body FROM d
-ON CONFLICT (id) DO UPDATE SET
-    queue = excluded.queue, priority = excluded.priority, attempts = excluded.attempts,
+INSERT INTO @schema@.dead (id, queue, priority, attempts, enqueued_at, reason, body)
+SELECT id, queue, priority, attempts, enqueued_at, $3, body FROM d
+ON CONFLICT (queue, id) DO UPDATE SET
+    priority = excluded.priority, attempts = excluded.attempts, enqueued_at = excluded.enqueued_at,
     reason = excluded.reason, body = excluded.body, dead_at = excluded.dead_at;
 
 -- name: stats (text)
@@ -111,8 +111,10 @@ SELECT name FROM @schema@.queues ORDER BY name;
 DELETE FROM @schema@.tasks WHERE queue = $1 AND (receipt IS NULL OR visible_at <= now());
 
 -- name: dead_tasks (text, integer)
-SELECT translate(id::text, '-', ''), queue, body, reason, attempts, extract(epoch FROM dead_at)::float8
-FROM @schema@.dead WHERE queue = $1 ORDER BY n LIMIT $2;
+-- Oldest first (dead_queue_order, schema version 3); the columns of DeadTask.
+SELECT translate(id::text, '-', ''), queue, body, reason, attempts, extract(epoch FROM dead_at)::float8, priority,
+       coalesce(extract(epoch FROM enqueued_at)::float8, 0)
+FROM @schema@.dead WHERE queue = $1 ORDER BY dead_at, n LIMIT $2;
 
 -- name: replay (text, text[])
 WITH d AS (
@@ -194,3 +196,81 @@ WHERE s.queue = e.queue AND s.key = e.key AND s.expires_at <= now();
 -- the row at the same moment holds it FOR UPDATE: this waits, re-checks the leased row and leaves
 -- it.  Nothing becomes ready, so no NOTIFY; stats count rows, so they need nothing either.
 DELETE FROM @schema@.tasks WHERE id = $2 AND queue = $1 AND (receipt IS NULL OR visible_at <= now());
+
+-- Transfer (asynctask.transports.pgsql_transfer; schema version 3).  Waiting = not held by a
+-- worker: no receipt, or a lease that ran out.  The last column of peek and take is the delay left.
+
+-- name: peek (text, bigint, integer)
+-- In rowid order after the cursor $2 (rowids never change: a stable order).
+SELECT rowid, translate(id::text, '-', ''), body, attempts, extract(epoch FROM enqueued_at)::float8, priority,
+       CASE WHEN receipt IS NULL AND visible_at > now() THEN extract(epoch FROM visible_at - now())::float8 ELSE 0 END
+FROM @schema@.tasks
+WHERE queue = $1 AND rowid > $2 AND (receipt IS NULL OR visible_at <= now())
+ORDER BY rowid
+LIMIT $3;
+
+-- name: take (text, integer, bigint, float8)
+-- As fetch, delayed tasks included and the attempts left alone: a lease that runs out leaves the
+-- task ready (visible_at = the lease end), as an expired delivery does.
+WITH c AS (
+    SELECT rowid, priority, visible_at, receipt FROM @schema@.tasks
+    WHERE queue = $1 AND (receipt IS NULL OR visible_at <= now())
+    ORDER BY priority DESC, visible_at, rowid
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), taken AS (
+    UPDATE @schema@.tasks AS t
+    SET receipt = $3, visible_at = now() + $4 * interval '1 second'
+    WHERE t.rowid = ANY (ARRAY(SELECT rowid FROM c))
+    RETURNING t.rowid, t.id, t.body, t.attempts, t.enqueued_at, t.priority
+)
+SELECT taken.rowid, translate(taken.id::text, '-', ''), taken.body, taken.attempts,
+       extract(epoch FROM taken.enqueued_at)::float8, taken.priority,
+       CASE WHEN c.receipt IS NULL AND c.visible_at > now() THEN extract(epoch FROM c.visible_at - now())::float8
+            ELSE 0 END
+FROM taken JOIN c USING (rowid)
+ORDER BY c.priority DESC, c.visible_at, taken.rowid;
+
+-- name: put_tasks (text, json)
+-- $2: a JSON array of {"i": id, "p": priority, "a": attempts, "e": enqueued_at (epoch s, null:
+-- now), "d": delay_s, "b": body}, ids distinct.  Ids the queue holds (waiting, held or dead) are
+-- skipped: the caller runs this after pg_advisory_xact_lock of the queue in the same transaction,
+-- so concurrent puts of one id do not both store it (tasks.id has no unique index: COPY is faster
+-- without one).  Returns the ids stored; NOTIFY as submit, when it stored any.
+WITH r AS (
+    SELECT * FROM json_to_recordset($2) AS r (i uuid, p smallint, a integer, e float8, d float8, b text)
+), i AS (
+    INSERT INTO @schema@.tasks (id, queue, priority, attempts, enqueued_at, visible_at, body)
+    SELECT r.i, $1, r.p, r.a, coalesce(to_timestamp(r.e), now()), now() + r.d * interval '1 second', r.b
+    FROM r
+    WHERE NOT EXISTS (SELECT FROM @schema@.tasks AS t WHERE t.id = r.i AND t.queue = $1)
+      AND NOT EXISTS (SELECT FROM @schema@.dead AS d WHERE d.queue = $1 AND d.id = r.i)
+    RETURNING id
+)
+SELECT translate(i.id::text, '-', ''),
+       (SELECT count(*) FROM (
+           SELECT pg_notify('asynctask_' || md5('@schema_name@.' || $1), '') FROM @schema@.waiters WHERE queue = $1 LIMIT 1
+       ) AS n)
+FROM i;
+
+-- name: dead_page (text, bigint, bigint, integer)
+-- Oldest first after the cursor (dead_at in microseconds since the epoch $2, n $3): one range of
+-- dead_queue_order.  The last two columns make the cursor of the row.
+SELECT translate(id::text, '-', ''), queue, body, reason, attempts, extract(epoch FROM dead_at)::float8, priority,
+       coalesce(extract(epoch FROM enqueued_at)::float8, 0),
+       (extract(epoch FROM dead_at) * 1000000)::bigint, n
+FROM @schema@.dead
+WHERE queue = $1 AND (dead_at, n) > (timestamptz 'epoch' + $2 * interval '1 microsecond', $3)
+ORDER BY dead_at, n
+LIMIT $4;
+
+-- name: put_dead (text, json)
+-- $2: a JSON array of {"i": id, "p": priority, "a": attempts, "e": enqueued_at (null: unknown),
+-- "t": dead_at (null: now), "w": reason, "b": body}.  Ids dead in the queue already, or waiting or
+-- held in it, are skipped.  Returns the ids stored.
+INSERT INTO @schema@.dead (id, queue, priority, attempts, enqueued_at, dead_at, reason, body)
+SELECT r.i, $1, r.p, r.a, to_timestamp(r.e), coalesce(to_timestamp(r.t), now()), r.w, r.b
+FROM json_to_recordset($2) AS r (i uuid, p smallint, a integer, e float8, t float8, w text, b text)
+WHERE NOT EXISTS (SELECT FROM @schema@.tasks AS t WHERE t.id = r.i AND t.queue = $1)
+ON CONFLICT (queue, id) DO NOTHING
+RETURNING translate(id::text, '-', '');

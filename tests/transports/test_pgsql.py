@@ -230,9 +230,22 @@ def test_schema_version_rows_and_tables(transport: PgsqlTransport, schema: str) 
     assert {"tasks_fetch_order", "dead_queue_order", "state_expiry", "tasks_id"} <= indexes
 
 
+#: dead() as releases of schema versions 1 and 2 ran it (this release's bury names columns of version 3)
+OLD_BURY = """
+    WITH d AS (
+        DELETE FROM @schema@.tasks WHERE rowid = %s AND receipt = %s RETURNING id, queue, priority, attempts, body
+    )
+    INSERT INTO @schema@.dead (id, queue, priority, attempts, reason, body)
+    SELECT id, queue, priority, attempts, %s, body FROM d
+    ON CONFLICT (id) DO UPDATE SET
+        queue = excluded.queue, priority = excluded.priority, attempts = excluded.attempts,
+        reason = excluded.reason, body = excluded.body, dead_at = excluded.dead_at
+"""
+
+
 def make_version_1(url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The schema as a release of version 1 made it (the same code with SCHEMA_VERSION = 1; its
-    pgsql_schema_1.sql is this one), holding a task of each kind: name -> task id."""
+    """The schema as a release of version 1 made it (the same code with SCHEMA_VERSION = 1, and that
+    release's dead(); its pgsql_schema_1.sql is this one), holding a task of each kind: name -> task id."""
     monkeypatch.setattr(pgsql_connection, "SCHEMA_VERSION", 1)
     with PgsqlTransport(url) as old:
         ids = {"leased": old.submit_task("q_mig", {"n": "leased"}, priority=5)}
@@ -242,7 +255,8 @@ def make_version_1(url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
         ids["dead"] = old.submit_task("q_mig", {"n": "dead"}, priority=4)
         dead = old.get_task("q_mig")
         assert dead is not None
-        old.dead(dead, "for the test")
+        rowid, token = map(int, dead.receipt.split("."))
+        sql(OLD_BURY.replace("@schema@", f'"{old.schema}"'), (rowid, token, "for the test"))
         ids["ready"] = old.submit_task("q_mig", {"n": "ready"})
         ids["delayed"] = old.submit_task("q_mig", {"n": "delayed"}, delay_s=60)
     monkeypatch.setattr(pgsql_connection, "SCHEMA_VERSION", SCHEMA_VERSION)
