@@ -41,7 +41,8 @@ task one round trip after its submit.  Batches (submit, ack) are one script call
 batch in one round trip.  The hot scripts go over a connection of the transport's own with RESP
 packed by hand (a fraction of redis-py's per-call cost; :mod:`asynctask.transports.redis_connection`);
 admin and blocking calls use redis-py's pool.  Keyed state and cancel (``redis_cancel.lua``: a
-waiting task's entry and body go) are :mod:`asynctask.transports.redis_state`'s.
+waiting task's entry and body go) are :mod:`asynctask.transports.redis_state`'s.  Export, import and
+migrate (take, put, peek, dead-letter pages) are :mod:`asynctask.transports.redis_transfer`'s.
 
 A submit skips an id already stored, so a call retried after a lost reply stores the task once.  A
 ready entry that is not an entry, and a body that does not decode, go to the dead letters.  With
@@ -78,6 +79,7 @@ from asynctask.transports.base import (
 )
 from asynctask.transports.redis_connection import RedisConnection, load_script, pack
 from asynctask.transports.redis_state import RedisKeyedState
+from asynctask.transports.redis_transfer import RedisTransfer
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +129,7 @@ def _option_choice(*choices: str) -> Any:
     return parse
 
 
-class RedisTransport(RedisKeyedState, Transport):
+class RedisTransport(RedisTransfer, RedisKeyedState, Transport):
     """Queues in Redis 6.2 or later (RPOP with a count, ZMSCORE).  Thread-safe; fork-safe (a child
     process opens its own connections)."""
 
@@ -321,9 +323,10 @@ class RedisTransport(RedisKeyedState, Transport):
     def _dead_tasks(self, queue: str, limit: int) -> list[DeadTask]:
         reply = self._eval(self._s["dead_list"], self._base(queue), limit)
         text = [item.decode("utf-8", "replace") for item in reply]
+        rows = [text[i : i + 7] for i in range(0, len(text), 7)]
         return [
-            DeadTask(text[i], queue, text[i + 1], text[i + 2], int(text[i + 3]), float(text[i + 4]) / 1e6)
-            for i in range(0, len(text), 5)
+            DeadTask(task_id, queue, body, reason, int(a), float(dead_us) / 1e6, int(p), int(e) / 1e6)
+            for task_id, body, reason, a, dead_us, p, e in rows
         ]
 
     def _replay_dead(self, queue: str, ids: list[str] | None) -> int:
