@@ -26,7 +26,7 @@ they need root.  Ports: every node's (and the Redis Cluster bus ports, given wit
 processes of a cluster still alive (the teardown leaves none).
 
 Start times measured on this 2-core machine: Redis Cluster (3+3) about 2 s, Sentinel about 2 s,
-PgBouncer under 0.1 s, RabbitMQ (3 nodes) about 11 s (boot 7.5 s when three boot at once, then
+PgBouncer under 0.1 s, RabbitMQ (3 nodes) 10-13 s (boot about 7.5 s when three boot at once, then
 ``stop_app``/``join_cluster``/``start_app`` about 3.5 s).
 """
 

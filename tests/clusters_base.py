@@ -110,11 +110,17 @@ def chown_tree(path: Path, owner: pwd.struct_passwd) -> None:
 
 
 def leftovers(marker_dir: Path) -> list[int]:
-    """Pids of the live (not zombie) processes started for the cluster in ``marker_dir``."""
+    """Pids of the live (not zombie) processes started for the cluster in ``marker_dir``.
+
+    Erlang's port mapper ``epmd`` is left out: a RabbitMQ node starts it when none runs, and it then
+    serves every Erlang node of the machine (the machine's own broker too), so it is never killed.
+    """
     found = []
-    for proc in psutil.process_iter(["pid", "status"]):
+    for proc in psutil.process_iter(["pid", "status", "name"]):
         with contextlib.suppress(psutil.Error):
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and proc.environ().get(MARKER) == str(marker_dir):
+            if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.info["name"] == "epmd":
+                continue
+            if proc.environ().get(MARKER) == str(marker_dir):
                 found.append(proc.pid)
     return found
 
