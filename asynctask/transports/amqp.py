@@ -43,8 +43,8 @@ publish mandatory and confirmed.  For an asynctask queue ``<q>``:
     copy was published), ``asynctask-enqueued-ms`` and ``asynctask-due-ms`` (epoch milliseconds; due
     only for delays).
 ``<prefix>.<q>.dead``
-    Dead letters: the body as it was, headers ``asynctask-reason``, ``asynctask-attempts``,
-    ``asynctask-dead-ms``, ``asynctask-queue``.
+    Dead letters: the body as it was, its id and priority, headers ``asynctask-reason``,
+    ``asynctask-attempts``, ``asynctask-dead-ms``, ``asynctask-queue``, ``asynctask-enqueued-ms``.
 ``<prefix>.<q>.delay.<ms>``
     Holding queues, one per delay bucket: ``x-message-ttl`` ms, dead-lettered into the work queue
     (``x-dead-letter-exchange ""``, ``x-dead-letter-routing-key <prefix>.<q>``), ``x-expires``
@@ -60,7 +60,8 @@ Modules: :class:`AmqpTransport` (here: fetching, handing out, submitting, finish
 holds an :class:`~asynctask.transports.amqp_connection.AmqpConnection` (the connection, channels,
 declarations and confirmed publishing), the consumer state
 (:class:`~asynctask.transports.amqp_consumer.Consumers`) and an
-:class:`~asynctask.transports.amqp_admin.AmqpAdmin` (stats, purge, dead letters, registry, claims).
+:class:`~asynctask.transports.amqp_admin.AmqpAdmin` (stats, purge, dead letters, registry, claims);
+:class:`~asynctask.transports.amqp_transfer.AmqpTransfer` adds the transfer hooks (take, put, dead pages).
 
 Consuming: ``basic.consume`` with manual acks on the first fetch from a queue; deliveries wait in a
 local buffer ordered by priority then arrival, and ``get_tasks`` returns from it, waiting up to
@@ -106,8 +107,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import pika
-
 from asynctask.errors import TaskDecodeError
 from asynctask.message import Task, decode_body, new_task_id
 from asynctask.transports.admin import AdminHooks
@@ -116,18 +115,14 @@ from asynctask.transports.amqp_cancel import AmqpCancelMarks
 from asynctask.transports.amqp_connection import AmqpConnection
 from asynctask.transports.amqp_consumer import Consumer, Consumers, Delivery, ack_tags
 from asynctask.transports.amqp_names import (
-    HDR_ATTEMPTS,
-    HDR_DEAD_AT,
     HDR_DUE,
-    HDR_QUEUE,
-    HDR_REASON,
-    PERSISTENT,
+    dead_properties,
     delay_bucket_ms,
     enqueued_at,
     from_ms,
     task_properties,
-    to_ms,
 )
+from asynctask.transports.amqp_transfer import AmqpTransfer
 from asynctask.transports.base import Transport, dead_reason_for_undecodable
 
 __all__ = ["AmqpTransport"]
@@ -142,7 +137,7 @@ SYNC_WAIT_S = 1.0
 GRACE_S = 0.005
 
 
-class AmqpTransport(AmqpCancelMarks, AdminHooks, Transport):
+class AmqpTransport(AmqpTransfer, AmqpCancelMarks, AdminHooks, Transport):
     """RabbitMQ through pika; see the module docstring for the layout and the threading rule.
 
     It holds ``connection`` (:class:`AmqpConnection`), ``consumers`` (:class:`Consumers`, told by
@@ -301,24 +296,11 @@ class AmqpTransport(AmqpCancelMarks, AdminHooks, Transport):
                 self._republish(delivery, task.attempts - (0 if count_attempt else 1), delay_s)
 
     def _bury(self, delivery: Delivery, reason: str) -> None:
-        properties = delivery.properties
-        now = time.time()
-        headers = {
-            HDR_REASON: reason,
-            HDR_ATTEMPTS: delivery.attempts,
-            HDR_DEAD_AT: to_ms(now),
-            HDR_QUEUE: delivery.consumer.queue,
-        }
-        dead = pika.BasicProperties(
-            delivery_mode=PERSISTENT,
-            message_id=properties.message_id or new_task_id(),
-            priority=properties.priority or 0,
-            timestamp=int(now),
-            headers=headers,
-        )
-        self.connection.publish_all([(self.connection.names.dead(delivery.consumer.queue), dead, delivery.body)])
+        queue = delivery.consumer.queue
+        dead = dead_properties(delivery.properties, reason, delivery.attempts, time.time(), queue)
+        self.connection.publish_all([(self.connection.names.dead(queue), dead, delivery.body)])
         ack_tags(delivery.consumer, [delivery.tag])
-        logger.debug("task %s of %s is dead: %s", dead.message_id, delivery.consumer.queue, reason)
+        logger.debug("task %s of %s is dead: %s", dead.message_id, queue, reason)
 
     def _extend(self, task: Task, lease_s: float) -> bool:
         """Local only (safe from another thread): True while the delivery is current."""
@@ -337,7 +319,8 @@ class AmqpTransport(AmqpCancelMarks, AdminHooks, Transport):
         properties = delivery.properties
         enqueued = enqueued_at(properties) or time.time()
         task_id = properties.message_id or new_task_id()
-        copy = task_properties(task_id, properties.priority or 0, delivery.attempts - 1, enqueued, 0.0)
+        due = from_ms((properties.headers or {}).get(HDR_DUE))  # kept: its next hand-out delays it again
+        copy = task_properties(task_id, properties.priority or 0, delivery.attempts - 1, enqueued, due)
         return self.connection.names.work(delivery.consumer.queue), copy, delivery.body
 
     def close(self) -> None:

@@ -200,6 +200,8 @@ class AmqpAdmin:
             reason=reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason),
             attempts=int(headers.get(HDR_ATTEMPTS, 0)),
             dead_at=from_ms(headers.get(HDR_DEAD_AT), float(properties.timestamp or 0)),
+            priority=properties.priority or 0,
+            enqueued_at=from_ms(headers.get(HDR_ENQUEUED)),
         )
 
     def replay_dead(self, queue: str, ids: list[str] | None) -> int:

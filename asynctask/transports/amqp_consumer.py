@@ -103,6 +103,10 @@ class Consumers:
         self.by_queue, self.by_receipt = {}, {}
 
     def on_message(self, consumer: Consumer, method: Any, properties: Any, body: bytes) -> None:
+        heapq.heappush(consumer.buffer, self.delivery(consumer, method, properties, body).entry())
+
+    def delivery(self, consumer: Consumer, method: Any, properties: Any, body: bytes) -> Delivery:
+        """A message that arrived on ``consumer``'s channel, now among its unacked ones (not buffered)."""
         headers = properties.headers or {}
         try:
             before = int(headers.get(HDR_ATTEMPTS, 0))
@@ -112,7 +116,7 @@ class Consumers:
         extra = int(returns) if isinstance(returns, int) else (1 if method.redelivered else 0)
         delivery = Delivery(consumer, method.delivery_tag, next(self.seq), properties, body, before + 1 + extra)
         consumer.unacked[delivery.tag] = delivery
-        heapq.heappush(consumer.buffer, delivery.entry())
+        return delivery
 
     def consumer(self, queue: str, max_count: int) -> Consumer:
         """The consumer of ``queue`` (started, or started again after a cancel), its qos set for

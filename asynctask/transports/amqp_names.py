@@ -14,6 +14,7 @@ import pika
 import pika.exceptions
 
 from asynctask.errors import TransportURLError
+from asynctask.message import new_task_id
 from asynctask.transports.base import ParsedURL, option_positive_float, parse_url, take_options
 
 #: Headers this transport writes.  ``asynctask-attempts`` is the number of deliveries the task had
@@ -226,5 +227,25 @@ def task_properties(task_id: str, priority: int, attempts: int, enqueued: float,
         message_id=task_id,
         timestamp=int(enqueued),
         content_type="application/json",
+        headers=headers,
+    )
+
+
+def dead_properties(task: Any, reason: str, attempts: int, dead_at: float, queue: str) -> Any:
+    """The properties of a dead letter of the task whose message had properties ``task``: persistent,
+    its id (a new one when it had none), priority and enqueue time, and the reason, attempts, time of
+    death and queue."""
+    headers: dict[str, Any] = {
+        HDR_REASON: reason,
+        HDR_ATTEMPTS: attempts,
+        HDR_DEAD_AT: to_ms(dead_at),
+        HDR_QUEUE: queue,
+        HDR_ENQUEUED: to_ms(enqueued_at(task)),
+    }
+    return pika.BasicProperties(
+        delivery_mode=PERSISTENT,
+        message_id=task.message_id or new_task_id(),
+        priority=task.priority or 0,
+        timestamp=int(dead_at),
         headers=headers,
     )
