@@ -24,7 +24,15 @@ from asynctask.errors import ConfigurationError
 from asynctask.transports.base import Transport
 from asynctask.transports.transfer import TaskRecord, UnsupportedOperationError
 
-__all__ = ["DEFAULT_BATCH", "MoveOptions", "MoveSummary", "export_records", "import_records", "migrate_queue"]
+__all__ = [
+    "DEFAULT_BATCH",
+    "MoveOptions",
+    "MoveSummary",
+    "export_records",
+    "import_records",
+    "migrate_queue",
+    "same_store",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +79,8 @@ class MoveSummary:
         return asdict(self)
 
 
-def _same_store(source: Transport, target: Transport) -> bool:
+def same_store(source: Transport, target: Transport) -> bool:
+    """True when both open the same store (same kind, same URL)."""
     return type(source) is type(target) and source.url.rstrip("/") == target.url.rstrip("/")
 
 
@@ -84,7 +93,7 @@ def migrate_queue(
     every task), and the transports' errors (``UnsupportedOperationError`` naming what the source
     or target cannot do).
     """
-    if _same_store(source, target):
+    if same_store(source, target):
         raise ConfigurationError(f"--from and --to name the same store ({source!r}): nothing to migrate")
     summary = MoveSummary(queue, dry_run=options.dry_run)
     progress = options.progress

@@ -27,6 +27,7 @@ from asynctask.moving import (
     export_records,
     import_records,
     migrate_queue,
+    same_store,
 )
 from asynctask.transports import get_transport
 from asynctask.transports.base import Transport, mask_url
@@ -151,6 +152,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     target = _open(args.target, "--to")
     summaries: list[dict[str, Any]] = []
     with source, target:
+        if same_store(source, target):
+            raise CommandError(f"--from and --to name the same store ({mask_url(args.source)}): nothing to migrate")
         queues = named or source.queues()
         for queue in queues:
             stats = source.stats(queue)
