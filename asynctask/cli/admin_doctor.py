@@ -4,7 +4,8 @@ Checks, each reported as ``ok``, ``warning`` or ``problem``:
 
 * configuration: every setting after files, ``--set`` and environment, with its origin, passwords
   masked (:meth:`asynctask.config.Settings.describe`); a configuration that does not load is a problem;
-* transport: whether it opens and answers (``queues()``), and how long that took;
+* transport: whether it opens and answers (``queues()``), how long that took, and the topology it
+  sees (``Transport.topology()``: cluster nodes, sentinel master, broker node, a pooler);
 * workers: the registered workers (after importing ``asynctask_require`` as ``asynctask-workers``
   does, with :func:`asynctask.importing.import_modules`: the current directory first), the configured
   queue -> worker pairs; an unknown worker name is a problem;
@@ -59,11 +60,14 @@ def _check_transport(url: str, report: Report) -> dict[str, int] | None:
             for queue in transport.queues():
                 stats = transport.stats(queue)
                 pending[queue] = stats.ready + stats.delayed
+            topology = transport.topology()
     except AsyncTaskError as exc:
         report.add("problem", "transport", exc.message)
         return None
     elapsed_ms = (time.monotonic() - started) * 1000
     report.add("ok", "transport", f"{mask_url(url)} answers in {elapsed_ms:.0f} ms; {len(pending)} queues known")
+    if topology:
+        report.add("ok", "topology", json.dumps(topology, separators=(", ", ": "), default=str))
     return pending
 
 

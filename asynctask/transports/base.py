@@ -366,6 +366,12 @@ class Transport(KeyedState, Transfer, abc.ABC):
     @abc.abstractmethod
     def _claim_once(self, key: str, ttl_s: float) -> bool: ...
 
+    def topology(self) -> dict[str, Any]:
+        """What this transport is connected to, for ``asynctask doctor`` (cluster nodes, the
+        sentinels' master, the broker node, a pooler in between...): JSON-ready, no password.
+        Empty where there is nothing to say beyond the URL."""
+        return {}
+
     def close(self) -> None:
         """Release connections and files.  Idempotent."""
 
