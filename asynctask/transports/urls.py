@@ -39,6 +39,9 @@ class ParsedURL:
     port: int | None
     path: str
     options: dict[str, str]
+    #: Every ``(host, port)`` of a host list (``h1:p1,h2:p2``) in order; one entry otherwise (empty
+    #: when the URL names no host).  ``host`` and ``port`` are the first's.
+    hosts: tuple[tuple[str, int | None], ...] = ()
 
     @property
     def masked(self) -> str:
@@ -52,9 +55,15 @@ def parse_url(url: str) -> ParsedURL:
     """Split a transport URL.  Raises :class:`TransportURLError` (password masked) when malformed."""
     try:
         parts = urlsplit(url)
+        userinfo, at, hostlist = parts.netloc.rpartition("@")
+        hosts = [_host_port(piece) for piece in hostlist.split(",")] if "," in hostlist else []
+        if hosts:  # parse the rest with the first host alone
+            parts = parts._replace(netloc=userinfo + at + hostlist.split(",", 1)[0])
         port = parts.port
     except ValueError as exc:
         raise TransportURLError(f"invalid transport URL {mask_url(url)!r}: {exc}") from None
+    if not hosts and parts.hostname:
+        hosts = [(parts.hostname, port)]
     options: dict[str, str] = {}
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name in options:
@@ -69,7 +78,16 @@ def parse_url(url: str) -> ParsedURL:
         port=port,
         path=unquote(parts.path),
         options=options,
+        hosts=tuple(hosts),
     )
+
+
+def _host_port(piece: str) -> tuple[str, int | None]:
+    """One ``host[:port]`` of a host list (``[v6]:port`` too); ValueError when malformed."""
+    parts = urlsplit("//" + piece)
+    if not parts.hostname or parts.netloc != piece:
+        raise ValueError(f"host list item {piece!r} is not host[:port]")
+    return parts.hostname, parts.port
 
 
 def option_positive_float(name: str, value: str) -> float:
