@@ -4,11 +4,15 @@
   needs credentials (``--auth``); without them the command refuses to start.
 * :class:`Guard` is an ASGI middleware in front of every route, static files included:
 
+  - without credentials, a request whose ``Host`` is not a loopback name gets 403 (a page of
+    another site rebinding its name to 127.0.0.1 cannot read the dashboard or its CSRF token);
   - with credentials, a request without valid HTTP Basic credentials gets 401 (user and password
     compared with :func:`hmac.compare_digest`);
   - a request that changes something is a POST, and a POST gets 403 unless it carries the
     process's CSRF token (header ``X-CSRF-Token`` or form field ``csrf_token``), or always in
-    read-only mode; any other method than GET, HEAD and POST gets 405.
+    read-only mode; any other method than GET, HEAD and POST gets 405;
+  - every answer forbids framing and foreign scripts (``X-Frame-Options``,
+    ``Content-Security-Policy``).
 
 The CSRF token is random per process (:func:`secrets.token_urlsafe`), embedded in every page; a
 page of another site cannot read it, so it cannot make the browser post on the user's behalf.
@@ -122,28 +126,32 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        send = _with_headers(send)
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
-        if self.credentials is not None and not self.credentials.match(headers.get("authorization")):
-            await _answer(send, 401, "authentication required", {"www-authenticate": 'Basic realm="asynctask"'})
-            return
-        method = scope["method"]
-        if method in ("GET", "HEAD"):
-            await self.app(scope, receive, send)
-            return
-        if method != "POST":
-            await _answer(
-                send, 405, f"method {method} not allowed: GET to read, POST to change", {"allow": "GET, POST"}
-            )
-            return
-        if self.read_only:
-            await _answer(send, 403, "read-only dashboard: nothing can be changed (started with --read-only)")
-            return
-        body, receive = await _buffer(receive)
-        if not self._token_ok(headers, body):
-            logger.warning("refused a POST to %s without a valid CSRF token", scope.get("path"))
-            await _answer(send, 403, "missing or wrong CSRF token: reload the page and try again")
+        refusal = self._refusal(scope["method"], headers)
+        if refusal is None and scope["method"] == "POST":
+            body, receive = await _buffer(receive)
+            if not self._token_ok(headers, body):
+                logger.warning("refused a POST to %s without a valid CSRF token", scope.get("path"))
+                refusal = (403, "missing or wrong CSRF token: reload the page and try again", {})
+        if refusal is not None:
+            await _answer(send, *refusal)
             return
         await self.app(scope, receive, send)
+
+    def _refusal(self, method: str, headers: dict[str, str]) -> tuple[int, str, dict[str, str]] | None:
+        """Why a request is refused before its body is read (status, message, headers), or None."""
+        if self.credentials is None and not is_loopback(_host_name(headers.get("host", ""))):
+            # Without credentials only this machine may ask, by a loopback name: a page of another
+            # site whose name was made to resolve to 127.0.0.1 (DNS rebinding) is not answered.
+            return 403, "this dashboard answers requests to a loopback host name only (no --auth)", {}
+        if self.credentials is not None and not self.credentials.match(headers.get("authorization")):
+            return 401, "authentication required", {"www-authenticate": 'Basic realm="asynctask"'}
+        if method not in ("GET", "HEAD", "POST"):
+            return 405, f"method {method} not allowed: GET to read, POST to change", {"allow": "GET, POST"}
+        if method == "POST" and self.read_only:
+            return 403, "read-only dashboard: nothing can be changed (started with --read-only)", {}
+        return None
 
     def _token_ok(self, headers: dict[str, str], body: bytes) -> bool:
         given = headers.get(CSRF_HEADER)
@@ -183,6 +191,33 @@ async def _buffer(receive: Receive) -> tuple[bytes, Receive]:
         return await receive()
 
     return body, replay
+
+
+#: headers every answer carries: no framing (clickjacking of the buttons), nothing but this origin's
+#: scripts and styles, no type sniffing, no Referer to other sites
+SECURITY_HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+]
+
+
+def _with_headers(send: Send) -> Send:
+    async def sender(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+        await send(message)
+
+    return sender
+
+
+def _host_name(host: str) -> str:
+    """The name of a ``Host`` header, without its port (``[::1]:8181`` -> ``::1``)."""
+    host = host.strip()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 async def _answer(send: Send, status: int, message: str, extra: dict[str, str] | None = None) -> None:

@@ -41,7 +41,8 @@ def transport() -> Iterator[Transport]:
 
 
 def client(transport: Transport, **options: object) -> TestClient:
-    return TestClient(create_app(transport, sample_s=None, csrf_token=TOKEN, **options))  # type: ignore[arg-type]
+    app = create_app(transport, sample_s=None, csrf_token=TOKEN, **options)  # type: ignore[arg-type]
+    return TestClient(app, base_url="http://127.0.0.1:8181")
 
 
 # -- starting ---------------------------------------------------------------------------------------
@@ -62,6 +63,23 @@ def test_bad_auth_value_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # -- guards -------------------------------------------------------------------------------------------
+
+
+def test_without_auth_only_loopback_host_names_and_no_framing(transport: Transport) -> None:
+    app = create_app(transport, sample_s=None, csrf_token=TOKEN)
+    with TestClient(app, base_url="http://evil.example:8181") as http:
+        answer = http.get("/api/queues")
+        assert answer.status_code == 403 and "loopback" in answer.json()["error"]
+    for host in ("127.0.0.1:8181", "localhost", "[::1]:8181", "127.1.2.3"):
+        with TestClient(app, base_url=f"http://{host}") as http:
+            answer = http.get("/")
+            assert answer.status_code == 200, host
+            assert answer.headers["x-frame-options"] == "DENY"
+            assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+    with TestClient(
+        create_app(transport, sample_s=None, credentials=Credentials("u", "p")), base_url="http://dash.example"
+    ) as http:
+        assert http.get("/api/queues", headers=basic("u", "p")).status_code == 200  # with --auth: any name
 
 
 def test_auth_401_without_or_with_wrong_credentials(transport: Transport) -> None:
@@ -170,7 +188,7 @@ def test_task_by_id_and_workers_and_history(transport: Transport) -> None:
 def test_sampler_history_survives_page_loads(transport: Transport) -> None:
     transport.submit_tasks("emails", [{}, {}])
     app = create_app(transport, sample_s=0.05, csrf_token=TOKEN)
-    with TestClient(app) as http:
+    with TestClient(app, base_url="http://localhost:8181") as http:
         state = app.state.dashboard
         assert state.sampler is not None
         state.sampler.sample_once()
@@ -193,7 +211,7 @@ def test_no_password_in_any_page_or_answer(tmp_path: object) -> None:
     try:
         ids = kill(transport, "emails", 2)
         app = create_app(transport, sample_s=0.05, csrf_token=TOKEN)
-        with TestClient(app) as http:
+        with TestClient(app, base_url="http://[::1]:8181") as http:
             app.state.dashboard.sampler.sample_once()
             paths = [*PAGES, "/api/about", "/api/queues", "/api/queues/emails", "/api/queues/emails/dead"]
             paths += ["/api/history", "/api/workers", "/api/schedules", f"/api/tasks/{ids[0]}", "/api/queues/nope"]

@@ -197,6 +197,7 @@
     byId("prev").addEventListener("click", function (e) { e.preventDefault(); page = Math.max(1, page - 1); tick(); });
     byId("next").addEventListener("click", function (e) { e.preventDefault(); page += 1; tick(); });
     prefix.addEventListener("input", function () { page = 1; tick(); });
+    byId("queue-filter").addEventListener("submit", function (e) { e.preventDefault(); page = 1; tick(); });
   }
 
   function deadPage() {
