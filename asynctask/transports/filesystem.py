@@ -87,6 +87,7 @@ from asynctask.transports.filesystem_layout import (
     stray_meta,
 )
 from asynctask.transports.filesystem_state import FileStateHooks
+from asynctask.transports.filesystem_transfer import FilesystemTransfer
 
 __all__ = ["BUCKET_SHIFT", "FilesystemTransport", "option_mode"]
 
@@ -96,12 +97,13 @@ PRIORITIES = range(MAX_PRIORITY, -1, -1)
 PROMOTE_BATCH = 1000
 
 
-class FilesystemTransport(AdminHooks, FileStateHooks, Transport):
+class FilesystemTransport(FilesystemTransfer, AdminHooks, FileStateHooks, Transport):
     """Queues as files under one directory; safe across threads and processes of one host.
 
     It holds a :class:`FileStore` (paths and atomic moves) and a :class:`FileAdmin` (inspection
     and administration over that store, which answers the admin hooks: :class:`AdminHooks`); the
-    keyed state and cancel are :class:`FileStateHooks` (``filesystem_state.py``); the fetch
+    keyed state and cancel are :class:`FileStateHooks` (``filesystem_state.py``), moving tasks
+    between stores :class:`FilesystemTransfer` (``filesystem_transfer.py``); the fetch
     (``_take`` and the maintenance it runs) lives here.
     """
 
@@ -354,3 +356,4 @@ class FilesystemTransport(AdminHooks, FileStateHooks, Transport):
         with self.store.lock:
             for cache in (self._names, self._current, self._buckets, self.store.delayed_cache):
                 cache.clear()
+            self._forget_transfer_listings()

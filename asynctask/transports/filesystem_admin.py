@@ -97,20 +97,28 @@ class FileAdmin:
             # a .reason without its .task: left by a process that died while dead-lettering
             self.store.sweep(dirs.dead, lambda n: n.endswith(".reason") and n[:-7] + ".task" not in names)
             for name in names[:limit]:
-                stem = f"{dirs.dead}/{name.removesuffix('.task')}"
-                try:
-                    with open(stem + ".task", "rb") as stream:
-                        body = stream.read().decode("utf-8", "replace")
-                except FileNotFoundError:
-                    continue
-                try:
-                    with open(stem + ".reason", encoding="utf-8", errors="replace") as stream:
-                        reason = stream.read()
-                except FileNotFoundError:
-                    reason = "(reason lost: the process died while dead-lettering)"
-                parts = name.split(".")
-                result.append(DeadTask(parts[1], queue, body, reason, int(parts[2]), int(parts[0]) / 1e9))
+                if (dead := self.read_dead(dirs, queue, name)) is not None:
+                    result.append(dead)
         return result
+
+    @staticmethod
+    def read_dead(dirs: Dirs, queue: str, name: str) -> DeadTask | None:
+        """The dead letter of ``dead/<name>`` (a ``.task`` name); None when it went meanwhile."""
+        stem = f"{dirs.dead}/{name.removesuffix('.task')}"
+        try:
+            with open(stem + ".task", "rb") as stream:
+                body = stream.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return None
+        try:
+            with open(stem + ".reason", encoding="utf-8", errors="replace") as stream:
+                reason = stream.read()
+        except FileNotFoundError:
+            reason = "(reason lost: the process died while dead-lettering)"
+        dead_ns, task_id, deliveries, enq_us, priority, _ = name.split(".")
+        return DeadTask(
+            task_id, queue, body, reason, int(deliveries), int(dead_ns) / 1e9, int(priority), int(enq_us) / 1e6
+        )
 
     def replay_dead(self, queue: str, ids: list[str] | None) -> int:
         return self._dead_op(queue, ids, "replay", self._replay_one)
