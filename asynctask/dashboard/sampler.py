@@ -9,9 +9,10 @@ dashboard starts.
 * backlog: ready, delayed, in flight and dead, summed over the queues, and ready per queue;
 * throughput: tasks done and failed per second between two passes, from the ``done`` and
   ``failed`` counters of every child in the registry (:func:`asynctask.registry.list_supervisors`);
-  a child seen for the first time adds nothing unless it started since the previous pass (then all
-  its counts are new), a counter that went down (a restarted child) counts from 0.  None when the
-  registry is not available.
+  a child seen for the first time adds all its counts when it started after the sampler's first
+  pass (the dashboard watched all it did; its first heartbeat may come after its first tasks), and
+  nothing when it started before; a counter that went down (a restarted child) counts from 0.  None
+  when the registry is not available.
 
 A pass over many queues costs one ``stats`` call per queue: the next pass waits at least
 ``interval_s`` and at least :data:`BUSY_FACTOR` times as long as the pass took, so the sampler never
@@ -90,6 +91,7 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._counters: dict[str, tuple[int, int]] = {}
         self._last_at: float | None = None
+        self._first_at: float | None = None  # the first pass that read the registry
         self._failing = False
 
     def start(self) -> None:
@@ -165,17 +167,19 @@ class Sampler:
                 key = f"{record.get('id')}/{child.get('slot')}/{child.get('pid')}"
                 counters[key] = (_int(child.get("done")), _int(child.get("failed")))
                 started = child.get("started_at")
-                if self._last_at is not None and isinstance(started, (int, float)) and started >= self._last_at:
+                if self._first_at is not None and isinstance(started, (int, float)) and started >= self._first_at:
                     born.add(key)
         done = failed = 0
         for key, (child_done, child_failed) in counters.items():
             before = self._counters.get(key)
             if before is None and key in born:
-                before = (0, 0)  # started since the last pass: all it did is new
+                before = (0, 0)  # started while the dashboard watched: all it did is new
             if before is None:
                 continue  # first seen, started earlier: its counters cover an unknown time
             done += child_done - before[0] if child_done >= before[0] else child_done
             failed += child_failed - before[1] if child_failed >= before[1] else child_failed
+        if self._first_at is None:
+            self._first_at = now
         last_at, self._last_at, self._counters = self._last_at, now, counters
         if last_at is None or now <= last_at:
             return None, None

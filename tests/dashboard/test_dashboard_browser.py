@@ -159,9 +159,10 @@ def test_dashboard_in_chromium(world: World, shots: Path) -> None:
     if not os.access(CHROMIUM, os.X_OK):
         _missing(f"{CHROMIUM} is not installed (apt-get install chromium)")
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import expect, sync_playwright
     except ImportError:
         _missing("playwright is not installed (the dev extra)")
+    expect.set_options(timeout=15_000)  # a loaded CI machine: the pages poll every 2 s
 
     dashboard = world.start("asynctask", "dashboard", "--port", str(world.port), "--sample-s", "0.5")
     assert wait_for(lambda: _get(world.base + "/api/about"), 20, "the dashboard to answer"), world.logs()
@@ -173,6 +174,7 @@ def test_dashboard_in_chromium(world: World, shots: Path) -> None:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.set_default_timeout(15_000)
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             queues_change(page, world, shots)
@@ -198,6 +200,8 @@ def queues_change(page: Any, world: World, shots: Path) -> None:
     expect(greetings.nth(1)).to_have_text("0", timeout=20_000)
     expect(flaky.nth(4)).to_have_text("3", timeout=20_000)  # dead
     wait_for(lambda: len(world.processed()) == 5, 10, "the good tasks")
+    history = lambda: (_get(world.base + "/api/history") or {}).get("samples", [])  # noqa: E731
+    wait_for(lambda: any((s["done_per_s"] or 0) > 0 for s in history()), 10, "throughput on the chart")
     page.wait_for_timeout(1500)  # a few more samples on the chart
     expect(page.locator("#chart svg polyline").first).to_be_visible()
     page.screenshot(path=str(shots / "queues.png"), full_page=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -250,5 +251,10 @@ def test_sampler_throughput_from_the_registry_counters(transport: Transport) -> 
     children.append({"slot": 1, "pid": 11, "done": 1000, "failed": 0, "started_at": 0.0})
     third = sampler.sample_once()
     assert third.done_per_s is not None and third.done_per_s > 0
+    assert sampler.sample_once().done_per_s == 0  # nothing moved
+    # A child started after the first pass, first seen with counts: all of them are new.
+    children.append({"slot": 2, "pid": 12, "done": 7, "failed": 0, "started_at": time.time()})
+    fourth = sampler.sample_once()
+    assert fourth.done_per_s is not None and fourth.done_per_s > 0
     records = None
     assert sampler.sample_once().done_per_s is None
