@@ -8,7 +8,9 @@ Usage::
 Needs the ``dashboard`` extra (Starlette, uvicorn, Jinja2); without it the command says so in one
 line (exit 2).  Binding to an address other than loopback without ``--auth`` is refused before
 anything is opened (exit 2); ``--auth`` may also come from ``$ASYNCTASK_DASHBOARD_AUTH``, which keeps
-the password out of the process list.  The command serves until Ctrl-C or SIGTERM (exit 0).
+the password out of the process list.  A port that cannot be listened on is one line, exit 2.
+The command serves until SIGINT (Ctrl-C) or SIGTERM, finishes the requests in progress, and ends
+as the signal asks (130, 143).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 
 from asynctask.errors import AsyncTaskError, ConfigurationError
@@ -87,6 +90,24 @@ def check_options(args: argparse.Namespace) -> None:
         raise CommandError(exc.message, EXIT_USAGE) from None
 
 
+def _listen(host: str, port: int, shown: str) -> socket.socket:
+    """A listening socket on ``host``:``port`` (CommandError, exit 2, naming why it cannot be)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise CommandError(f"--bind {shown}: cannot listen there: {exc.strerror or exc}", EXIT_USAGE) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise CommandError(f"cannot listen on {shown}:{port}: {exc.strerror or exc}", EXIT_USAGE) from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def cmd_dashboard(resolved: AdminSettings, transport: Transport, args: argparse.Namespace) -> int:
     """Serve the dashboard on ``transport`` until interrupted."""
     if not hasattr(args, "credentials"):
@@ -121,19 +142,15 @@ def cmd_dashboard(resolved: AdminSettings, transport: Transport, args: argparse.
     )
     host = args.bind.strip().strip("[]")
     shown = f"[{host}]" if ":" in host else host
+    sock = _listen(host, args.port, shown)
+    port = sock.getsockname()[1]
     sys.stderr.write(
-        f"asynctask dashboard: serving http://{shown}:{args.port}/"
+        f"asynctask dashboard: serving http://{shown}:{port}/"
         + (" (read-only)" if args.read_only else "")
         + (" (HTTP Basic auth)" if args.credentials else "")
         + "\n"
     )
     sys.stderr.flush()
-    config = uvicorn.Config(app, host=host, port=args.port, log_level="warning", access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
-    try:
-        server.run()
-    except SystemExit as exc:  # uvicorn exits 1 when it cannot listen (port taken)
-        raise CommandError(f"cannot listen on {shown}:{args.port} (see the line above)", EXIT_USAGE) from exc
-    if not server.started:
-        raise CommandError(f"cannot listen on {shown}:{args.port} (is the port taken?)", EXIT_USAGE)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+    uvicorn.Server(config).run(sockets=[sock])
     return EXIT_OK
