@@ -63,6 +63,18 @@ def test_bad_auth_value_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert err.count("\n") == 1 and "USER:PASSWORD" in err
 
 
+def test_a_port_taken_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert admin.main(["--transport", "memory://", "dashboard", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err, err
+
+
 # -- guards -------------------------------------------------------------------------------------------
 
 
