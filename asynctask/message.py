@@ -20,6 +20,7 @@ __all__ = [
     "MAX_PRIORITY",
     "DeadTask",
     "QueueStats",
+    "StoredBody",
     "Task",
     "decode_body",
     "decode_payload",
@@ -213,8 +214,31 @@ class QueueStats:
     oldest_ready_age_s: float | None = None
 
 
+class StoredBody:
+    """``payload`` and ``meta`` decoded from ``body``, for the records that hold a stored body as it
+    was found (it may not decode: that can be why a task is dead)."""
+
+    body: str
+
+    @property
+    def payload(self) -> dict[str, Any] | None:
+        """The decoded payload, or None when the body does not decode."""
+        try:
+            return decode_body(self.body)[0]
+        except TaskDecodeError:
+            return None
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The task's meta (``{}`` when it had none or its body does not decode)."""
+        try:
+            return decode_body(self.body)[1]
+        except TaskDecodeError:
+            return {}
+
+
 @dataclass(frozen=True)
-class DeadTask:
+class DeadTask(StoredBody):
     """A task in a queue's dead-letter store.
 
     ``body`` is the stored payload text exactly as found (it may not decode: that can be why it is
@@ -230,18 +254,3 @@ class DeadTask:
     #: the priority it had (0 where the transport does not keep it) and when it was enqueued (0: unknown)
     priority: int = 0
     enqueued_at: float = 0.0
-
-    @property
-    def payload(self) -> dict[str, Any] | None:
-        try:
-            return decode_body(self.body)[0]
-        except TaskDecodeError:
-            return None
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        """The task's meta (``{}`` when it had none or its body does not decode)."""
-        try:
-            return decode_body(self.body)[1]
-        except TaskDecodeError:
-            return {}

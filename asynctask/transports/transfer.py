@@ -32,7 +32,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from asynctask.errors import PayloadError, TaskDecodeError, TransportError
-from asynctask.message import DeadTask, Task, decode_body, encode_body, validate_priority, validate_queue_name
+from asynctask.message import (
+    DeadTask,
+    StoredBody,
+    Task,
+    decode_body,
+    encode_body,
+    validate_priority,
+    validate_queue_name,
+)
 
 __all__ = ["MAX_PAGE", "TaskRecord", "Transfer", "UnsupportedOperationError"]
 
@@ -45,7 +53,7 @@ class UnsupportedOperationError(TransportError):
 
 
 @dataclass(frozen=True)
-class TaskRecord:
+class TaskRecord(StoredBody):
     """A stored task, as export writes it and import and migrate store it.
 
     ``body`` is the stored text (payload, and meta when there is any: :func:`encode_body`);
@@ -61,21 +69,6 @@ class TaskRecord:
     delay_s: float = 0.0
     reason: str | None = None
     dead_at: float | None = None
-
-    @property
-    def payload(self) -> dict[str, Any] | None:
-        """The decoded payload, or None when the body does not decode."""
-        try:
-            return decode_body(self.body)[0]
-        except TaskDecodeError:
-            return None
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        try:
-            return decode_body(self.body)[1]
-        except TaskDecodeError:
-            return {}
 
     @classmethod
     def from_dead(cls, dead: DeadTask) -> TaskRecord:
