@@ -6,6 +6,16 @@ URL forms::
     amqp://user:secret@rabbit.example.org/jobs  vhost "jobs", port 5672
     amqps://user:secret@rabbit.example.org/jobs TLS with the system's CA store, port 5671
     amqp://localhost/?prefetch=500&queue_type=quorum&prefix=myapp
+    amqp://u:secret@rabbit1:5672,rabbit2:5673,rabbit3/jobs   the nodes of a cluster, tried in order
+
+Several hosts: the transport connects to the first that answers, in the URL's order (in a process
+that connected before, from the host it last used); when that connection is lost it connects (at
+the next call) to the next host that answers, going round the list once, the lost one last (a
+refused login or vhost is raised at once: it is the same on every node).  Deliveries held on the
+lost connection go back to their queue (the broker's own doing), so use ``queue_type=quorum`` for
+queues that outlive a node: a classic queue lives on one node only.
+``topology()`` (``asynctask doctor``) names the host:port connected to and the broker's
+``cluster_name``.  A bad host list is refused naming the bad entry (``port 'x' of host 'h2:x'``).
 
 Options (query parameters):
 
@@ -15,7 +25,16 @@ Options (query parameters):
     fetching one slow task at a time does not hoard the queue.  ``get_tasks`` hands out what has
     already arrived, so the drain rate comes from here.
 ``lease_s`` (30)
-    The default lease (see *Leases* below).
+    The default lease (see *Leases* below).  At most ``consumer_timeout_s`` less a margin (60 s, or a
+    tenth when shorter): a larger ``lease_s`` option is refused, a larger lease asked of one fetch
+    or ``extend`` is cut to that.
+``consumer_timeout_s`` (1800; 0: none)
+    The broker's ``consumer_timeout`` (RabbitMQ 3.8.15+ closes a channel holding a delivery unacked
+    that long, 30 min unless configured, giving back all it held).  So that our lease always runs
+    out first, no lease of a delivery reaches past that margin before this time from its first
+    hand-out: ``extend`` then returns False (the lease is lost), and the next hand-out of it
+    publishes a fresh copy (same id and attempts) and acks the old delivery.  Raise the broker's
+    setting and this option together for tasks that run longer.
 ``heartbeat_s`` (600; 0 turns heartbeats off)
     AMQP heartbeat.  pika answers heartbeats only while this transport is called, so a task that
     runs longer than about ``2 * heartbeat_s`` without a call loses its connection, and its task
@@ -23,12 +42,27 @@ Options (query parameters):
     30 min by default, also applies).  It is also how long the broker may keep the tasks of a
     client whose host died (a killed process closes its socket at once).  TCP keepalive (60 s idle,
     then 6 probes 10 s apart) and a 120 s ``TCP_USER_TIMEOUT`` let the client notice a dead broker
-    host while it is busy.
+    host while it is busy.  With several hosts, that is also how long a busy worker may take to
+    notice that its node died without closing its sockets (a host lost, not a process killed).
 ``queue_type`` (classic)
     ``quorum`` declares replicated quorum queues (work, dead, delay).  They have no priorities on
     RabbitMQ < 4.0: priority then only orders what one consumer has prefetched.  Their consumers
     take no channel-wide qos, so they prefetch the whole ``prefetch`` option whatever the fetch
     size: lower it for slow tasks.
+``delivery_limit`` (20; quorum only; 0: none)
+    A second guard for the crash budget (:mod:`asynctask.workers.crashes`): quorum work queues are
+    declared with ``x-delivery-limit`` and dead-letter (``at-least-once``) into the queue's dead
+    queue.  The broker counts the times a message went back to the queue because its holder died or
+    lost its connection; our nacks and crash give-backs publish a fresh copy (count 0), so the
+    broker only acts on what our accounting cannot see: a task that kills its children on many hosts
+    (each supervisor counts ``max_crashes`` of its own), a supervisor that died with its ledger,
+    prefetched messages of consumers lost over and over.  Keep it well above ``max_attempts +
+    max_crashes``.  When it fires the letter lands in our dead store with the reason
+    ``RabbitMQ dead-lettered it from <queue>: delivery_limit (...)``, its attempts counting the
+    deliveries of that copy; replay works as for any letter.  A quorum queue made without the guard
+    (an earlier version, ``delivery_limit=0``) is used as it is, with a warning: RabbitMQ refuses to
+    change a queue's arguments (delete it when empty, or set the ``delivery-limit`` and
+    ``dead-letter-*`` keys by policy).  RabbitMQ 4.0 puts a limit of 20 on every quorum queue.
 ``prefix`` (asynctask)
     The first part of every queue name (tests use one per run).
 ``connect_timeout_s`` (5)
@@ -102,10 +136,11 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from asynctask.errors import TaskDecodeError
 from asynctask.message import Task, decode_body, new_task_id
@@ -165,6 +200,7 @@ class AmqpTransport(AmqpTransfer, AmqpCancelMarks, AdminHooks, Transport):
         """Hand out up to ``max_count`` deliveries (cancel marks: :class:`AmqpCancelMarks`)."""
         deadline = time.monotonic() + timeout_s
         connection = self.connection
+        lease_s = min(lease_s, connection.options.max_lease_s)
         with connection.guard():
             consumer = self.consumers.consumer(queue, max_count)
             buffer = consumer.buffer
@@ -203,7 +239,9 @@ class AmqpTransport(AmqpTransfer, AmqpCancelMarks, AdminHooks, Transport):
         tasks: list[Task] = []
         buffer, unacked, by_receipt = consumer.buffer, consumer.unacked, self.consumers.by_receipt
         seq = self.consumers.seq
-        lease_until = time.monotonic() + lease_s
+        mono = time.monotonic()
+        lease_until = mono + lease_s
+        max_lease_s = self.connection.options.max_lease_s
         now = time.time()
         prefix = f"{self._token}.{self.connection.generation}."
         while buffer and len(tasks) < max_count:
@@ -221,8 +259,13 @@ class AmqpTransport(AmqpTransfer, AmqpCancelMarks, AdminHooks, Transport):
             if due is not None and from_ms(due) - now > EARLY_TOLERANCE_S:
                 self._republish(delivery, delivery.attempts - 1, from_ms(due) - now)
                 continue
+            if delivery.held_until == math.inf:
+                delivery.held_until = mono + max_lease_s
+            elif delivery.held_until <= mono:  # near consumer_timeout: a fresh copy, then the next one
+                self._republish(delivery, delivery.attempts - 1, 0.0)
+                continue
             delivery.receipt = receipt = prefix + str(next(seq))
-            delivery.lease_until = lease_until
+            delivery.lease_until = min(lease_until, delivery.held_until)
             by_receipt[receipt] = delivery
             tasks.append(
                 Task(
@@ -311,6 +354,10 @@ class AmqpTransport(AmqpTransfer, AmqpCancelMarks, AdminHooks, Transport):
         if delivery is not None:
             with self.consumers.kept_on_failure(delivery), self.connection.guard(reconnect=False):
                 self._bury(delivery, reason)
+
+    def topology(self) -> dict[str, Any]:
+        """See :meth:`AmqpAdmin.topology <asynctask.transports.amqp_admin.AmqpAdmin.topology>`."""
+        return cast(AmqpAdmin, self.admin).topology()
 
     # -- closing ------------------------------------------------------------------------------
 

@@ -13,11 +13,17 @@ a 15 s message TTL, so a crashed reader frees it), taken by a confirmed publish 
 held by another, retry).  A reader drops registry lines of queues that no longer exist (delay
 queues expire; a work queue may be deleted by hand), and duplicate lines (two creators racing);
 whoever declares such a queue again registers it again.
+
+Reading dead letters without taking them: a quorum queue (RabbitMQ 3.x) puts what a closed channel
+gives back behind the rest, so ``dead_tasks``, dead pages and ``replay_dead``/``purge_dead`` of
+named ids go through the whole dead queue (:attr:`AmqpAdmin.whole_reads`), which keeps its order;
+a classic one is read only as far as needed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
 import time
 from collections.abc import Iterator
@@ -47,6 +53,10 @@ LOCK_TTL_MS = 15_000
 LOCK_WAIT_S = 30.0
 
 
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 class AmqpAdmin:
     """Stats, queues, purge, dead letters, replay and claims over an :class:`AmqpConnection`.
 
@@ -59,6 +69,24 @@ class AmqpAdmin:
         self.connection = connection
         self.consumers = consumers
         self.names = connection.names
+
+    def topology(self) -> dict[str, Any]:
+        """The host:port connected to and what that broker says of itself (``cluster_name``, product
+        and version: AMQP 0-9-1 does not name the node), the hosts of the URL, the queue options."""
+        connection = self.connection
+        with connection.guard():
+            server = dict(connection.server)
+        found: dict[str, Any] = {
+            "connected_to": connection.where,
+            "cluster_name": server.get("cluster_name", ""),
+            "broker": f"{server.get('product', '')} {server.get('version', '')}".strip(),
+            "hosts": list(connection.hosts),
+            "queue_type": connection.options.queue_type,
+            "consumer_timeout_s": connection.options.consumer_timeout_s,
+        }
+        if connection.options.queue_type == "quorum":
+            found["delivery_limit"] = connection.options.delivery_limit
+        return found
 
     # -- the registry and the admin lock -------------------------------------------------------
 
@@ -177,29 +205,65 @@ class AmqpAdmin:
             if self.connection.passive(self.names.dead(queue)) is None:
                 return []
             with self._admin_lock():
+                total = self.connection.passive(self.names.dead(queue)) or 0
+                read = total if self.whole_reads else limit
                 channel = self.connection.conn.channel()
                 try:
-                    while len(found) < limit:
+                    for _ in range(min(read, total)):
                         method, properties, body = channel.basic_get(self.names.dead(queue))
                         if method is None:
                             break
-                        found.append(self._dead_task(queue, properties, body))
+                        if len(found) < limit:
+                            found.append(self._dead_task(queue, properties, body))
                 finally:
                     if channel.is_open:
                         channel.close()
+                self.settle(self.names.dead(queue), total)
         return found
 
-    @staticmethod
-    def _dead_task(queue: str, properties: Any, body: bytes) -> DeadTask:
+    @property
+    def whole_reads(self) -> bool:
+        """Whether a read without taking must go through the whole queue: a quorum queue (RabbitMQ
+        3.x) puts what a closed channel gives back BEHIND the rest, so only a read of all of it
+        leaves the order as it was."""
+        return self.connection.options.queue_type == "quorum"
+
+    def settle(self, name: str, total: int) -> None:
+        """Wait (holding the admin lock, at most 30 s) until queue ``name`` counts ``total`` again: the
+        broker puts back what a closed channel held in order, but a quorum queue does so after the
+        close returns; a reader meanwhile would start further on."""
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while time.monotonic() < deadline:
+            count = self.connection.passive(name)
+            if count is None or count >= total:
+                return
+            time.sleep(0.002)
+
+    def _dead_task(self, queue: str, properties: Any, body: bytes) -> DeadTask:
+        """A dead letter as :class:`DeadTask`: one we wrote, or one the broker dead-lettered (a quorum
+        queue's ``x-delivery-limit``: no reason header of ours, an ``x-death`` one)."""
         headers = properties.headers or {}
         reason = headers.get(HDR_REASON, "")
+        attempts = int(headers.get(HDR_ATTEMPTS, 0))
+        dead_at = from_ms(headers.get(HDR_DEAD_AT), float(properties.timestamp or 0))
+        deaths = headers.get("x-death")
+        if HDR_REASON not in headers and isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+            death = deaths[0]
+            why = _text(death.get("reason", ""))
+            limit = self.connection.options.delivery_limit
+            reason = f"RabbitMQ dead-lettered it from {_text(death.get('queue', ''))}: {why}"
+            if why == "delivery_limit":
+                reason += f" (given back more than {limit} times: its consumers died or lost their connection)"
+                attempts += limit + 1  # the deliveries of that copy
+            when = death.get("time")
+            dead_at = when.timestamp() if isinstance(when, datetime.datetime) else dead_at
         return DeadTask(
             id=properties.message_id or "",
             queue=queue,
             body=body.decode("utf-8", "replace"),
-            reason=reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason),
-            attempts=int(headers.get(HDR_ATTEMPTS, 0)),
-            dead_at=from_ms(headers.get(HDR_DEAD_AT), float(properties.timestamp or 0)),
+            reason=_text(reason),
+            attempts=attempts,
+            dead_at=dead_at,
             priority=properties.priority or 0,
             enqueued_at=from_ms(headers.get(HDR_ENQUEUED)),
         )
@@ -228,7 +292,7 @@ class AmqpAdmin:
                         if len(batch) >= 500 or (wanted is not None and not wanted):
                             replayed += self._replay_batch(channel, batch)
                             batch = []
-                            if wanted is not None and not wanted:
+                            if wanted is not None and not wanted and not self.whole_reads:
                                 break
                     replayed += self._replay_batch(channel, batch)
                 finally:
@@ -257,7 +321,7 @@ class AmqpAdmin:
                             channel.basic_ack(method.delivery_tag)
                             wanted.discard(properties.message_id)
                             purged += 1
-                            if not wanted:
+                            if not wanted and not self.whole_reads:
                                 break
                     return purged
                 finally:

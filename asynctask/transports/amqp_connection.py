@@ -1,4 +1,5 @@
-"""Connection, channels, declarations and confirmed publishing for the AMQP transport.
+"""Connection (to one host of the URL's list at a time), channels and confirmed publishing for the
+AMQP transport; queue declarations are its base :class:`~asynctask.transports.amqp_declare.Declarations`.
 
 Read :mod:`asynctask.transports.amqp` first: its docstring states the URL, the options and every
 queue declared.  :class:`AmqpConnection` is what the transport (``amqp.py``), its consumers
@@ -19,9 +20,11 @@ with three kinds of channels, used from ONE thread.
 Any pika error on the connection or on the consume/publish channel drops the whole connection
 (the broker then gives every unacked delivery back) and is raised as
 :class:`~asynctask.errors.TransportUnavailableError` (connection-level) or ``TransportError``; the
-next call connects again.  A refused login or an unknown or forbidden vhost is also
-``TransportUnavailableError`` (as on Redis and PostgreSQL: ``asynctask-workers`` exits 3), its
-message naming the user, host and vhost with the password masked.
+next call connects again, trying the URL's hosts from the one after the lost one (``hosts``,
+``where``: the one connected to; ``server``: what that broker said of itself).  A refused login
+or an unknown or forbidden vhost is also ``TransportUnavailableError`` (as on Redis and PostgreSQL:
+``asynctask-workers`` exits 3), its message naming the user, host and vhost with the password
+masked; it is not tried on the other hosts (the same on every node of a cluster).
 
 pika logs the broker's 404 answer to a passive declare (how :meth:`AmqpConnection.passive` learns that a
 queue does not exist yet) as a warning; ``amqp_names`` drops that one line, being no problem.
@@ -33,7 +36,6 @@ import collections
 import contextlib
 import logging
 import select
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -41,10 +43,8 @@ import pika
 import pika.exceptions
 
 from asynctask.errors import TransportError, TransportUnavailableError
-from asynctask.message import MAX_PRIORITY
+from asynctask.transports.amqp_declare import Declarations
 from asynctask.transports.amqp_names import (
-    MAX_TTL_MS,
-    PERSISTENT,
     PUBLISH_CHUNK,
     Names,
     connection_parameters,
@@ -59,7 +59,17 @@ logger = logging.getLogger(__name__)
 COALESCE_BYTES = 64 * 1024
 
 
-class AmqpConnection:
+class _HostDownError(Exception):
+    """One host of the URL did not answer (the connect loop tries the next)."""
+
+
+#: Per host list: the index of the host a new connection of this process tries first (the one last
+#: connected to, or the one after a lost one), so that a transport made again after an outage (the
+#: worker's reopen) does not wait on a dead host first.
+_FIRST_HOST: dict[tuple[str, ...], int] = {}
+
+
+class AmqpConnection(Declarations):
     """The connection of one AMQP transport: channels, declarations, confirmed publishing.
 
     Connects when made (raising ``TransportUnavailableError`` when it cannot) and again in
@@ -71,8 +81,11 @@ class AmqpConnection:
 
     def __init__(self, url: str) -> None:
         parsed, self.options = parse_amqp_url(url)
-        self._params = connection_parameters(parsed, self.options)
-        self.where = f"{self._params.host}:{self._params.port}"
+        self._params_list = [connection_parameters(parsed, self.options, host) for host in self.options.hosts]
+        self.hosts = [f"[{p.host}]:{p.port}" if ":" in p.host else f"{p.host}:{p.port}" for p in self._params_list]
+        self._index = _FIRST_HOST.get(tuple(self.hosts), 0) % len(self.hosts)  # of the host connected to
+        self.where = self.hosts[self._index]
+        self.server: dict[str, str] = {}  # what the broker connected to says of itself
         self._masked = parsed.masked
         self.names = Names(self.options.prefix)
         self.conn: Any = None
@@ -91,22 +104,46 @@ class AmqpConnection:
     # -- connection ---------------------------------------------------------------------------
 
     def _connect(self) -> None:
+        """Connect to the first host that answers, starting from ``_index`` (the host after the one
+        lost, see :meth:`_lost`), going round the URL's list once.  A refused login or vhost is the
+        same on every node of a cluster: raised at once."""
+        failures: list[str] = []
+        for step in range(len(self._params_list)):
+            index = (self._index + step) % len(self._params_list)
+            try:
+                self._open(index)
+            except _HostDownError as down:
+                failures.append(f"{self.hosts[index]}: {down}")
+                logger.debug("RabbitMQ at %s does not answer: %s", self.hosts[index], down)
+                continue
+            _FIRST_HOST[tuple(self.hosts)] = index
+            if failures:
+                logger.warning("connected to RabbitMQ at %s; not answering: %s", self.where, "; ".join(failures))
+            return
+        if len(failures) == 1:
+            where, _, reason = failures[0].partition(": ")
+            raise TransportUnavailableError(f"cannot connect to RabbitMQ at {where} ({self._masked}): {reason}")
+        raise TransportUnavailableError(
+            f"cannot connect to RabbitMQ at any of {', '.join(self.hosts)} ({self._masked}): {'; '.join(failures)}"
+        )
+
+    def _open(self, index: int) -> None:
+        """Connect to host ``index`` of the URL and open the publish channel; raise _HostDownError when
+        it does not answer."""
+        params, where = self._params_list[index], self.hosts[index]
         try:
-            conn = pika.BlockingConnection(self._params)
+            conn = pika.BlockingConnection(params)
         except (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError) as exc:
             raise TransportUnavailableError(
-                f"RabbitMQ at {self.where} refused the login of user {self._params.credentials.username!r}"
+                f"RabbitMQ at {where} refused the login of user {params.credentials.username!r}"
                 f" ({self._masked}): {describe(exc)}"
             ) from None
         except pika.exceptions.ProbableAccessDeniedError as exc:
             raise TransportUnavailableError(
-                f"RabbitMQ at {self.where} denied access to vhost {self._params.virtual_host!r}"
-                f" ({self._masked}): {describe(exc)}"
+                f"RabbitMQ at {where} denied access to vhost {params.virtual_host!r} ({self._masked}): {describe(exc)}"
             ) from None
         except (pika.exceptions.AMQPError, OSError) as exc:
-            raise TransportUnavailableError(
-                f"cannot connect to RabbitMQ at {self.where} ({self._masked}): {describe(exc)}"
-            ) from None
+            raise _HostDownError(describe(exc)) from None
         try:
             pub = conn.channel()
             done: list[bool] = []
@@ -116,15 +153,21 @@ class AmqpConnection:
         except (pika.exceptions.AMQPError, OSError) as exc:
             with contextlib.suppress(Exception):
                 conn.close()
-            raise TransportUnavailableError(
-                f"cannot open channels on RabbitMQ at {self.where} ({self._masked}): {describe(exc)}"
-            ) from None
+            raise _HostDownError(f"cannot open channels: {describe(exc)}") from None
         self.conn, self._pub, self._admin = conn, pub, None
         self._unconfirmed.clear()
         self._pub_seq = 0
         self.generation += 1
+        before, self._index, self.where = self.where, index, where
+        properties = getattr(conn._impl, "server_properties", None) or {}
+        self.server = {
+            key: value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            for key, value in properties.items()
+            if key in ("cluster_name", "product", "version")
+        }
         if self._outage:
-            logger.warning("reconnected to RabbitMQ at %s", self.where)
+            moved = f" (instead of {before})" if before != where else ""
+            logger.warning("reconnected to RabbitMQ at %s%s", self.where, moved)
             self._outage = False
 
     def ensure(self) -> None:
@@ -171,6 +214,9 @@ class AmqpConnection:
             )
             self._outage = True
         conn, self.conn, self._pub, self._admin = self.conn, None, None, None
+        if conn is not None:  # the next connect tries the next host first (this one last)
+            self._index = (self._index + 1) % len(self._params_list)
+            _FIRST_HOST[tuple(self.hosts)] = self._index
         self._declared.clear()
         self.on_lost()
         if conn is not None and conn.is_open:
@@ -307,84 +353,3 @@ class AmqpConnection:
             raise TransportError(
                 f"RabbitMQ at {self.where} refused {len(nacked)} of {len(items)} messages to {items[nacked[0]][0]!r}"
             )
-
-    # -- declarations ----------------------------------------------------------------------------
-
-    def typed(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        """``arguments`` with the queue type of the ``queue_type`` option (changed in place)."""
-        if self.options.queue_type == "quorum":
-            arguments["x-queue-type"] = "quorum"
-        return arguments
-
-    def work_arguments(self) -> dict[str, Any]:
-        if self.options.queue_type == "quorum":
-            return self.typed({})  # quorum queues have no priorities (RabbitMQ < 4.0)
-        return {"x-max-priority": MAX_PRIORITY}
-
-    def ensure_work(self, queue: str) -> str:
-        """Declare the work queue and its dead-letter queue; return the work queue's name."""
-        name = self.names.work(queue)
-        if name not in self._declared:
-            self.declare(self.names.dead(queue), self.typed({}))
-            self.declare(name, self.work_arguments(), register=f"queue\t{queue}")
-        return name
-
-    def ensure_delay(self, queue: str, ms: int) -> str:
-        """Declare the holding queue for ``ms``: TTL ``ms``, dead-lettering into the work queue.
-
-        It expires after ``2 * ms + 60 s`` unused and is declared again (which resets that) once
-        ``ms + 30 s`` have passed since this instance last did, so a message published to it always
-        has its full TTL before the queue can expire.
-        """
-        work = self.ensure_work(queue)
-        name = self.names.delay(queue, ms)
-        arguments: dict[str, Any] = {
-            "x-message-ttl": ms,
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": work,
-            "x-expires": min(2 * ms + 60_000, MAX_TTL_MS),
-        }
-        if self.options.queue_type == "quorum":
-            arguments.update({"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
-        self.declare(name, self.typed(arguments), register=f"delay\t{queue}\t{ms}", refresh_s=ms / 1000 + 30)
-        return name
-
-    def redeclare(self, name: str) -> None:
-        """Declare queue ``name`` again after a publish to it came back unroutable."""
-        prefix = self.names.prefix + "."
-        rest = name[len(prefix) :] if name.startswith(prefix) else ""
-        parts = rest.split(".")
-        if len(parts) == 1 and parts[0]:
-            self._declared.pop(name, None)
-            self.ensure_work(parts[0])
-        elif len(parts) == 2 and parts[1] == "dead":
-            self.declare(name, self.typed({}))
-        elif len(parts) == 3 and parts[1] == "delay" and parts[2].isdigit():
-            self.ensure_delay(parts[0], int(parts[2]))
-        elif name == self.names.registry:
-            self.declare(name, {})
-        else:
-            raise TransportError(f"RabbitMQ at {self.where}: queue {name!r} does not exist")
-
-    def forget(self, name: str) -> None:
-        """Declare queue ``name`` again when next used (it was deleted)."""
-        self._declared.pop(name, None)
-
-    def declare(self, name: str, arguments: dict[str, Any], *, register: str = "", refresh_s: float = 0) -> None:
-        """Declare durable queue ``name`` once per connection (again after ``refresh_s`` when > 0).
-
-        When the queue did not exist before, ``register`` (if given) is added to the registry queue,
-        so ``queues()`` and ``stats()`` can find it.
-        """
-        now = time.monotonic()
-        seen = self._declared.get(name)
-        if seen is not None and (refresh_s <= 0 or now - seen < refresh_s):
-            return
-        existed = True
-        if register:
-            existed = self.passive(name) is not None
-        self._pub.queue_declare(name, durable=True, arguments=arguments)
-        if not existed:
-            self.declare(self.names.registry, {})
-            self.publish_all([(self.names.registry, pika.BasicProperties(delivery_mode=PERSISTENT), register.encode())])
-        self._declared[name] = now

@@ -52,6 +52,7 @@ class Delivery:
     attempts: int  # of its next hand-out, or of the current one
     receipt: str = ""
     lease_until: float = 0.0
+    held_until: float = math.inf  # set at its first hand-out: no lease goes past it (``consumer_timeout``)
 
     def entry(self) -> tuple[int, int, Delivery]:
         return (-(self.properties.priority or 0), self.seq, self)
@@ -196,7 +197,10 @@ class Consumers:
         delivery = self.by_receipt.get(task.receipt)
         if delivery is None or not delivery.consumer.channel.is_open:
             return False
-        delivery.lease_until = time.monotonic() + lease_s
+        now = time.monotonic()
+        if now >= delivery.held_until:  # the broker's consumer_timeout is near: the lease cannot go on
+            return False
+        delivery.lease_until = min(now + lease_s, delivery.held_until)
         return True
 
     # -- local counts for stats and purge ---------------------------------------------------------

@@ -15,7 +15,7 @@ import pika.exceptions
 
 from asynctask.errors import TransportURLError
 from asynctask.message import new_task_id
-from asynctask.transports.base import ParsedURL, option_positive_float, parse_url, take_options
+from asynctask.transports.base import ParsedURL, mask_url, option_positive_float, parse_url, take_options
 
 #: Headers this transport writes.  ``asynctask-attempts`` is the number of deliveries the task had
 #: before this copy was published (0 for a new task); a delivery's ``attempts`` is that plus one,
@@ -34,6 +34,10 @@ MAX_TTL_MS = 2**32 - 1
 MAX_DELAY_MS = 4_000_000_000
 #: How many messages one confirmed publish batch holds.
 PUBLISH_CHUNK = 2000
+#: The ``x-delivery-limit`` of quorum work queues unless the URL says (option ``delivery_limit``).
+DELIVERY_LIMIT = 20
+#: RabbitMQ's ``consumer_timeout`` unless the URL says (option ``consumer_timeout_s``): 30 min.
+CONSUMER_TIMEOUT_S = 1800.0
 
 _PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
 PERSISTENT = 2
@@ -81,6 +85,17 @@ class AmqpOptions:
     prefix: str = "asynctask"
     connect_timeout_s: float = 5.0
     lease_s: float | None = None
+    delivery_limit: int = DELIVERY_LIMIT  # quorum queues only; 0: none declared
+    consumer_timeout_s: float = CONSUMER_TIMEOUT_S  # the broker's; 0: it has none
+    hosts: tuple[tuple[str, int], ...] = ()  # every host of the URL, in order (ports filled in)
+
+    @property
+    def max_lease_s(self) -> float:
+        """The longest lease a delivery gets: below the broker's ``consumer_timeout`` by a margin (its
+        check runs about once a minute), so that our lease runs out before the broker acts."""
+        if not self.consumer_timeout_s:
+            return math.inf
+        return self.consumer_timeout_s - min(60.0, self.consumer_timeout_s / 10)
 
 
 def _option_prefetch(name: str, value: str) -> int:
@@ -113,12 +128,75 @@ def _option_prefix(name: str, value: str) -> str:
     return value
 
 
+def _option_delivery_limit(name: str, value: str) -> int:
+    if not value.isdigit() or int(value) > 1_000_000:
+        raise TransportURLError(f"option {name}={value!r}: an integer from 0 (none) to 1000000 is allowed")
+    return int(value)
+
+
+def _option_consumer_timeout(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or not (number == 0 or number >= 10):
+        raise TransportURLError(f"option {name}={value!r}: seconds >= 10 (the broker's consumer_timeout), or 0 (none)")
+    return number
+
+
+def _host_port(entry: str, masked: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` of a host list; the port checked."""
+    if entry.startswith("["):
+        host, bracket, rest = entry[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")) or not host:
+            raise TransportURLError(f"AMQP URL {masked!r}: host {entry!r} is malformed (an IPv6 host is [addr]:port)")
+        port_text = rest[1:] if rest else ""
+    else:
+        host, colon, port_text = entry.partition(":")
+        if not colon:
+            port_text = ""
+        elif not port_text:
+            port_text = " "  # "host:" names no port: refused below
+    if not host:
+        raise TransportURLError(f"AMQP URL {masked!r}: host {entry!r} names no host name")
+    if not port_text:
+        return host.lower(), default_port
+    if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise TransportURLError(
+            f"AMQP URL {masked!r}: port {port_text.strip()!r} of host {entry!r} is not a number from 1 to 65535"
+        )
+    return host.lower(), int(port_text)
+
+
+def split_hosts(url: str, default_port: int) -> list[tuple[str, int]]:
+    """Every host of ``url`` with its port (``default_port`` when it names none): ``h1:5672,h2:5673``.
+
+    Checked before :func:`parse_url` (which reads the same list) so that a refusal names the bad entry
+    or port and what is allowed (the password masked).
+    """
+    _scheme, sep, rest = url.partition("://")
+    if not sep:
+        return []
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    hostlist = rest[:end].rpartition("@")[2]
+    if not hostlist:
+        return []
+    if "" in hostlist.split(","):
+        raise TransportURLError(f"AMQP URL {mask_url(url)!r}: an empty entry in the host list {hostlist!r}")
+    return [_host_port(entry, mask_url(url), default_port) for entry in hostlist.split(",")]
+
+
 def parse_amqp_url(url: str) -> tuple[ParsedURL, AmqpOptions]:
-    """Split and check an ``amqp://`` / ``amqps://`` URL; raises TransportURLError (password masked)."""
+    """Split and check an ``amqp://`` / ``amqps://`` URL; raises TransportURLError (password masked).
+
+    ``parsed.host`` and ``port`` are the first host's; ``options.hosts`` lists every host of the URL
+    with its port (the default one filled in).
+    """
+    hosts = split_hosts(url, 5671 if url[:8].lower() == "amqps://" else 5672)
     parsed = parse_url(url)
     if parsed.scheme not in ("amqp", "amqps"):
         raise TransportURLError(f"not an AMQP URL: {parsed.masked!r} (amqp:// or amqps:// is expected)")
-    if not parsed.host:
+    if not parsed.host or not hosts:
         raise TransportURLError(f"AMQP URL {parsed.masked!r} names no host")
     values = take_options(
         parsed,
@@ -129,21 +207,38 @@ def parse_amqp_url(url: str) -> tuple[ParsedURL, AmqpOptions]:
             "prefix": _option_prefix,
             "connect_timeout_s": option_positive_float,
             "lease_s": option_positive_float,
+            "delivery_limit": _option_delivery_limit,
+            "consumer_timeout_s": _option_consumer_timeout,
         },
     )
-    return parsed, AmqpOptions(**values)
+    options = AmqpOptions(**values, hosts=tuple(hosts))
+    if "delivery_limit" in values and options.queue_type != "quorum":
+        raise TransportURLError(
+            f"option delivery_limit={parsed.options['delivery_limit']!r}: only with queue_type=quorum"
+            " (classic queues have no delivery limit)"
+        )
+    if options.lease_s is not None and options.lease_s > options.max_lease_s:
+        raise TransportURLError(
+            f"option lease_s={parsed.options['lease_s']!r}: at most {options.max_lease_s:g} s is allowed, below the"
+            f" broker's consumer_timeout (consumer_timeout_s={options.consumer_timeout_s:g}); raise both together"
+        )
+    return parsed, options
 
 
-def connection_parameters(parsed: ParsedURL, options: AmqpOptions) -> pika.ConnectionParameters:
-    """pika parameters for the URL: vhost from the path (``/`` when empty; ``%2F`` is ``/``)."""
+def connection_parameters(
+    parsed: ParsedURL, options: AmqpOptions, host: tuple[str, int] | None = None
+) -> pika.ConnectionParameters:
+    """pika parameters for ``host`` of the URL (default: its first): vhost from the path (``/`` when
+    empty; ``%2F`` is ``/``)."""
     tls = parsed.scheme == "amqps"
     vhost = parsed.path[1:] if parsed.path.startswith("/") else parsed.path
+    name, port = host or (options.hosts[0] if options.hosts else (parsed.host or "", parsed.port or 0))
     ssl_options = None
     if tls:
-        ssl_options = pika.SSLOptions(ssl.create_default_context(), server_hostname=parsed.host)
+        ssl_options = pika.SSLOptions(ssl.create_default_context(), server_hostname=name)
     return pika.ConnectionParameters(
-        host=parsed.host,
-        port=parsed.port or (5671 if tls else 5672),
+        host=name,
+        port=port or (5671 if tls else 5672),
         virtual_host=vhost or "/",
         credentials=pika.PlainCredentials(parsed.username or "guest", parsed.password or "guest"),
         heartbeat=options.heartbeat_s,

@@ -281,21 +281,11 @@ class AmqpTransfer(Transfer):
                 total = connection.passive(name) or 0
                 if start >= total:
                     return [], ""
-                messages = self._read_head(name, min(start + limit, total))
-                self._settle(name, total)
-        page = [self._admin._dead_task(queue, properties, body) for properties, body in messages[start:]]
+                messages = self._read_head(name, total if self._admin.whole_reads else min(start + limit, total))
+                self._admin.settle(name, total)
+        page = [self._admin._dead_task(queue, properties, body) for properties, body in messages[start : start + limit]]
         more = page and start + len(page) < total
         return page, str(start + len(page)) if more else ""
-
-    def _settle(self, name: str, total: int) -> None:
-        """Wait (holding the admin lock) until the broker has put back what a closed channel held:
-        until then it counts fewer, and the next page would end early."""
-        deadline = time.monotonic() + PAGE_WAIT_S
-        while time.monotonic() < deadline:
-            count = self.connection.passive(name)
-            if count is None or count >= total:
-                return
-            time.sleep(0.002)
 
     def _read_head(self, name: str, count: int) -> list[tuple[Any, bytes]]:
         """The first ``count`` messages of queue ``name``, left in it: received unacked on a channel
