@@ -7,6 +7,7 @@ matters to its users):
 ``memory://[name]``, ``localmem://``       :mod:`asynctask.transports.memory`
 ``filesys:/dir``, ``file:///dir``          :mod:`asynctask.transports.filesystem`
 ``redis://``, ``rediss://``, ``redis+unix://``  :mod:`asynctask.transports.redis`
+``redis+cluster://``, ``redis+sentinel://``  :mod:`asynctask.transports.redis` (``rediss+cluster://``: TLS)
 ``pgsql:``, ``postgresql://``, ``postgres://``  :mod:`asynctask.transports.pgsql`
 ``amqp://``, ``amqps://``                  :mod:`asynctask.transports.amqp`
 =========================================  ===========================================
@@ -52,7 +53,12 @@ _MODULES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     # (module under asynctask.transports, class, extra that installs its driver, schemes)
     ("memory", "MemoryTransport", "", ("memory", "localmem")),
     ("filesystem", "FilesystemTransport", "", ("filesys", "file")),
-    ("redis", "RedisTransport", "redis", ("redis", "rediss", "redis+unix")),
+    (
+        "redis",
+        "RedisTransport",
+        "redis",
+        ("redis", "rediss", "redis+unix", "redis+cluster", "rediss+cluster", "redis+sentinel"),
+    ),
     ("pgsql", "PgsqlTransport", "pgsql", ("pgsql", "postgresql", "postgres")),
     ("amqp", "AmqpTransport", "amqp", ("amqp", "amqps")),
 )

@@ -1,15 +1,20 @@
-"""The Redis transport: ``redis://``, ``rediss://`` (TLS) and ``redis+unix://``.
+"""The Redis transport: one server, a Redis Cluster or a master behind Redis Sentinel.
 
 URL forms::
 
     redis://[[user]:password@]host[:port][/db][?options]
     rediss://[[user]:password@]host[:port][/db][?options]         TLS
     redis+unix://[[user]:password@]/path/to/redis.sock[?db=N&options]
+    redis+cluster://[[user]:password@]host:port[,host:port...][/][?options]
+    rediss+cluster://...                                           TLS
+    redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db][?options]
 
 Options (URL query): ``key_prefix`` (default ``asynctask``; letters, digits and ``_.:-``),
 ``lease_s`` (default lease, seconds), ``socket_timeout_s`` (default 10: a server silent that long
-counts as unavailable), ``db`` (``redis+unix`` only); with ``rediss`` also ``ssl_cert_reqs``
-(``required``, ``optional``, ``none``) and ``ssl_ca_certs`` (a file).
+counts as unavailable), ``db`` (``redis+unix`` only), ``sentinel_password`` (``redis+sentinel``
+only); with ``rediss`` and ``rediss+cluster`` also ``ssl_cert_reqs`` (``required``, ``optional``,
+``none``) and ``ssl_ca_certs`` (a file).  How calls find a cluster's masters and follow a failover:
+:mod:`asynctask.transports.redis_cluster` and :mod:`asynctask.transports.redis_sentinel`.
 
 Layout.  Every key of a queue starts with ``Q = {<key_prefix>:<queue>}:``; the braces are a Redis
 Cluster hash tag, so a queue's keys share one slot and every script runs on a cluster too.  A task's
@@ -77,7 +82,9 @@ from asynctask.transports.base import (
     parse_url,
     take_options,
 )
+from asynctask.transports.redis_cluster import ClusterConnection
 from asynctask.transports.redis_connection import RedisConnection, load_script, pack
+from asynctask.transports.redis_sentinel import SentinelConnection
 from asynctask.transports.redis_state import RedisKeyedState
 from asynctask.transports.redis_transfer import RedisTransfer
 
@@ -108,6 +115,13 @@ _SCRIPTS = (
 )
 
 
+_CONNECTIONS: dict[str, type[RedisConnection]] = {
+    "redis+cluster": ClusterConnection,
+    "rediss+cluster": ClusterConnection,
+    "redis+sentinel": SentinelConnection,
+}
+
+
 def _option_prefix(name: str, value: str) -> str:
     if _PREFIX_RE.match(value) is None:
         raise TransportURLError(f"option {name}={value!r}: 1 to 100 letters, digits, '_', '.', ':' or '-'")
@@ -133,7 +147,7 @@ class RedisTransport(RedisTransfer, RedisKeyedState, Transport):
     """Queues in Redis 6.2 or later (RPOP with a count, ZMSCORE).  Thread-safe; fork-safe (a child
     process opens its own connections)."""
 
-    schemes = ("redis", "rediss", "redis+unix")
+    schemes = ("redis", "rediss", "redis+unix", "redis+cluster", "rediss+cluster", "redis+sentinel")
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -145,7 +159,9 @@ class RedisTransport(RedisTransfer, RedisKeyedState, Transport):
         }
         if parsed.scheme == "redis+unix":
             parsers["db"] = _option_db
-        if parsed.scheme == "rediss":
+        if parsed.scheme == "redis+sentinel":
+            parsers["sentinel_password"] = lambda name, value: value
+        if parsed.scheme.startswith("rediss"):
             parsers["ssl_cert_reqs"] = _option_choice("required", "optional", "none")
             parsers["ssl_ca_certs"] = lambda name, value: value
         options = take_options(parsed, parsers)
@@ -154,7 +170,8 @@ class RedisTransport(RedisTransfer, RedisKeyedState, Transport):
         self.socket_timeout_s: float = options.get("socket_timeout_s", DEFAULT_SOCKET_TIMEOUT_S)
         # A blocking wait must end before the socket timeout would call the server unreachable.
         self._max_block_s = max(self.socket_timeout_s - 1.0, self.socket_timeout_s / 2)
-        self._conn = conn = RedisConnection(parsed, options, self.socket_timeout_s)
+        connection = _CONNECTIONS.get(parsed.scheme, RedisConnection)
+        self._conn = conn = connection(parsed, options, self.socket_timeout_s)
         #: The redis-py client (connection pool) this transport uses, for tools and tests.
         self.client = conn.client
         # bound once: the hot paths call them with no layer in between
@@ -359,6 +376,10 @@ class RedisTransport(RedisTransfer, RedisKeyedState, Transport):
     def _claim_once(self, key: str, ttl: float) -> bool:
         ttl_ms = max(math.ceil(ttl * 1000), 1)
         return bool(self._execute("SET", f"{self.key_prefix}:claim:{key}", 1, "NX", "PX", ttl_ms))
+
+    def topology(self) -> dict[str, Any]:
+        """A cluster's masters (slot ranges, replicas) or the Sentinels' master; {} for one server."""
+        return self._conn.topology()
 
     def close(self) -> None:
         """Disconnect every connection.  Idempotent."""

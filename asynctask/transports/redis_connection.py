@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import NoScriptError
+from redis.exceptions import AskError, NoScriptError
 from redis.retry import Retry
 
 from asynctask.errors import TransportError, TransportUnavailableError, TransportURLError
@@ -59,15 +59,16 @@ class RedisConnection:
     def __init__(self, parsed: ParsedURL, options: dict[str, Any], socket_timeout_s: float) -> None:
         self.socket_timeout_s = socket_timeout_s
         self._password = parsed.password
-        #: The redis-py client (connection pool).
-        self.client = self._connect(parsed, options)
         self._where = self._address(parsed)
+        #: The redis-py client (connection pool; a ``RedisCluster`` on a cluster).
+        self.client: Any = self._connect(parsed, options)
         self._lock = threading.Lock()
         self._wait_lock = threading.Lock()
         # the transport's own connections (hot scripts; waits), each with the pid that made it
         self._own: dict[str, tuple[Any, int]] = {}
 
-    def _connect(self, parsed: ParsedURL, options: dict[str, Any]) -> redis.Redis:
+    def _common(self, parsed: ParsedURL, options: dict[str, Any]) -> dict[str, Any]:
+        """redis-py connection arguments every form shares (TLS ones with ``ssl_*`` options)."""
         common: dict[str, Any] = {
             "username": parsed.username,
             "password": parsed.password,
@@ -77,6 +78,16 @@ class RedisConnection:
             "decode_responses": False,
             "health_check_interval": 0,
         }
+        if parsed.scheme.startswith("rediss"):
+            common["ssl"] = True
+            common["ssl_cert_reqs"] = options.get("ssl_cert_reqs", "required")
+            if "ssl_ca_certs" in options:
+                common["ssl_ca_certs"] = options["ssl_ca_certs"]
+        return common
+
+    def _connect(self, parsed: ParsedURL, options: dict[str, Any]) -> Any:
+        """The redis-py client (subclasses: a cluster's, a Sentinel-managed master's)."""
+        common = self._common(parsed, options)
         if parsed.scheme == "redis+unix":
             if not parsed.path:
                 raise TransportURLError(f"transport URL {parsed.masked!r} names no socket path")
@@ -84,34 +95,29 @@ class RedisConnection:
         db_text = parsed.path.strip("/")
         if db_text and not db_text.isdigit():
             raise TransportURLError(f"transport URL {parsed.masked!r}: the path must be a database number")
-        if parsed.scheme == "rediss":
-            common["ssl"] = True
-            common["ssl_cert_reqs"] = options.get("ssl_cert_reqs", "required")
-            if "ssl_ca_certs" in options:
-                common["ssl_ca_certs"] = options["ssl_ca_certs"]
         return redis.Redis(host=parsed.host or "localhost", port=parsed.port or 6379, db=int(db_text or 0), **common)
 
-    @staticmethod
-    def _address(parsed: ParsedURL) -> str:
+    def _address(self, parsed: ParsedURL) -> str:
+        """Where this connection goes, as errors name it."""
         if parsed.scheme == "redis+unix":
             return parsed.path
         return f"{parsed.host or 'localhost'}:{parsed.port or 6379}"
 
-    def _unavailable(self, exc: Exception) -> TransportUnavailableError:
+    def _unavailable(self, exc: Exception, where: str | None = None) -> TransportUnavailableError:
         # redis-py says "Error 111 connecting to host:port. Connection refused.": keep the reason.
         reason = re.sub(r"^Error -?\d+ connecting to \S+?\. ", "", str(exc)).rstrip(".") or type(exc).__name__
         if self._password:
             reason = reason.replace(self._password, "***")
-        return TransportUnavailableError(f"cannot reach Redis at {self._where}: {reason}")
+        return TransportUnavailableError(f"cannot reach Redis at {where or self._where}: {reason}")
 
     def execute(self, *args: Any) -> Any:
         """One command through redis-py's pool (with its retries): admin and blocking calls."""
         try:
-            return self.client.execute_command(*args)  # type: ignore[no-untyped-call]
+            return self.client.execute_command(*args)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unavailable(exc) from None
         except redis.RedisError as exc:
-            raise TransportError(f"Redis at {self._where} failed: {exc}") from None
+            raise self._failed(exc) from None
 
     def eval(self, script: Script, base: bytes, *args: Any, repeat: bool = True) -> Any:
         return self.evals([(script, base, args)], repeat=repeat)[0]
@@ -160,11 +166,19 @@ class RedisConnection:
                 if not errors:
                     return replies
                 if not all(isinstance(error, NoScriptError) for error in errors) or attempt == 2:
-                    raise TransportError(f"Redis at {self._where} failed: {errors[0]}")
+                    raise self._failed(errors[0])
                 for script in {id(script): script for script in scripts if script is not None}.values():
                     conn.send_packed_command([pack((b"SCRIPT", b"LOAD", script.text))], check_health=False)
                     conn.read_response()
         raise AssertionError("unreachable")
+
+    def _failed(self, error: Exception) -> TransportError:
+        if isinstance(error, AskError):  # MOVED too: a cluster node behind a redis:// URL
+            return TransportError(
+                f"Redis at {self._where} is a Redis Cluster node (slot {error.slot_id} is served by "
+                f"{error.node_addr[0]}:{error.node_addr[1]}): use a redis+cluster:// URL"
+            )
+        return TransportError(f"Redis at {self._where} failed: {error}")
 
     def _broken(self, conn: Any, exc: Exception, *, last: bool) -> None:
         """``conn`` failed with ``exc``: disconnect it; raise TransportUnavailableError on a timeout
@@ -209,11 +223,14 @@ class RedisConnection:
                 conn = self._own_connection("wait")
                 try:
                     conn.send_packed_command([blob], check_health=False)
-                    conn.read_response()
+                    try:
+                        conn.read_response()
+                    except redis.ResponseError:
+                        pass  # UNBLOCKED (the server became a replica), READONLY...: the fetch's reply tells
                     try:
                         return conn.read_response()
-                    except NoScriptError:
-                        break  # fetched below, which loads the script
+                    except redis.ResponseError:
+                        break  # NOSCRIPT or an error: the fetch below loads the script or raises TransportError
                 except (redis.TimeoutError, redis.ConnectionError, OSError) as exc:
                     self._broken(conn, exc, last=attempt > 0)
                 except BaseException:
@@ -223,10 +240,14 @@ class RedisConnection:
             self._wait_lock.release()
         return self.eval(fetch, base, *args)
 
+    def topology(self) -> dict[str, Any]:
+        """What :meth:`Transport.topology` reports (subclasses: cluster nodes, the Sentinels' master)."""
+        return {}
+
     def close(self) -> None:
         """Disconnect every connection.  Idempotent."""
-        for name, lock in (("hot", self._lock), ("wait", self._wait_lock)):
-            with lock:
+        for name in list(self._own):  # "hot", "wait" (a cluster's: "hot@host:port", "wait@host:port")
+            with self._wait_lock if name.startswith("wait") else self._lock:
                 conn, pid = self._own.pop(name, (None, 0))
                 if conn is not None and pid == os.getpid():
                     conn.disconnect()
