@@ -11,9 +11,12 @@ URL forms::
 
 Options (URL query): ``key_prefix`` (default ``asynctask``; letters, digits and ``_.:-``),
 ``lease_s`` (default lease, seconds), ``socket_timeout_s`` (default 10: a server silent that long
-counts as unavailable), ``db`` (``redis+unix`` only), ``sentinel_password`` (``redis+sentinel``
-only); with ``rediss`` and ``rediss+cluster`` also ``ssl_cert_reqs`` (``required``, ``optional``,
-``none``) and ``ssl_ca_certs`` (a file).  How calls find a cluster's masters and follow a failover:
+counts as unavailable), ``wait_replicas`` (default 0: a submit returns once this many replicas
+acknowledged it, by ``WAIT``, one more round trip; fewer within ``wait_timeout_s``, default 1, raise
+TransportError: the task is stored on the master, but a failover now may lose it), ``db``
+(``redis+unix`` only), ``sentinel_password`` (``redis+sentinel`` only); with ``rediss`` and
+``rediss+cluster`` also ``ssl_cert_reqs`` (``required``, ``optional``, ``none``) and
+``ssl_ca_certs`` (a file).  How calls find a cluster's masters and follow a failover:
 :mod:`asynctask.transports.redis_cluster` and :mod:`asynctask.transports.redis_sentinel`.
 
 Layout.  Every key of a queue starts with ``Q = {<key_prefix>:<queue>}:``; the braces are a Redis
@@ -130,7 +133,7 @@ def _option_prefix(name: str, value: str) -> str:
 
 def _option_db(name: str, value: str) -> int:
     if not value.isdigit():
-        raise TransportURLError(f"option {name}={value!r}: a database number >= 0 is allowed")
+        raise TransportURLError(f"option {name}={value!r}: a whole number >= 0 is allowed")
     return int(value)
 
 
@@ -156,6 +159,8 @@ class RedisTransport(RedisTransfer, RedisKeyedState, Transport):
             "key_prefix": _option_prefix,
             "lease_s": option_positive_float,
             "socket_timeout_s": option_positive_float,
+            "wait_replicas": _option_db,
+            "wait_timeout_s": option_positive_float,
         }
         if parsed.scheme == "redis+unix":
             parsers["db"] = _option_db
@@ -168,6 +173,9 @@ class RedisTransport(RedisTransfer, RedisKeyedState, Transport):
         self.lease_s = options.get("lease_s", self.lease_s)
         self.key_prefix: str = options.get("key_prefix", "asynctask")
         self.socket_timeout_s: float = options.get("socket_timeout_s", DEFAULT_SOCKET_TIMEOUT_S)
+        # submits return once this many replicas have them (WAIT), or raise after wait_timeout_s
+        self._wait_replicas: int = options.get("wait_replicas", 0)
+        self._wait_timeout_s: float = options.get("wait_timeout_s", 1.0)
         # A blocking wait must end before the socket timeout would call the server unreachable.
         self._max_block_s = max(self.socket_timeout_s - 1.0, self.socket_timeout_s / 2)
         connection = _CONNECTIONS.get(parsed.scheme, RedisConnection)
@@ -223,6 +231,8 @@ class RedisTransport(RedisTransfer, RedisKeyedState, Transport):
             % (head, len(delay), delay, priority, task_id.encode(), len(body), body),
             [self._s["submit_one"]],
         )
+        if self._wait_replicas:
+            self._conn.wait_replicas(base, self._wait_replicas, self._wait_timeout_s)
         return task_id
 
     def _submit(self, queue: str, bodies: list[str], delay_s: float, priority: int) -> list[str]:
@@ -239,6 +249,8 @@ class RedisTransport(RedisTransfer, RedisKeyedState, Transport):
                 for i in range(0, len(bodies), chunk)
             ]
         )
+        if self._wait_replicas:
+            self._conn.wait_replicas(base, self._wait_replicas, self._wait_timeout_s)
         return ids
 
     # -- consuming -----------------------------------------------------------------------------

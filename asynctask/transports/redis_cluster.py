@@ -309,6 +309,18 @@ class ClusterConnection(RedisConnection):
             self.execute("BLPOP", base + b"wake", round(block_s, 3))
         return self.eval(fetch, base, *args)
 
+    def wait_replicas(self, base: bytes, count: int, timeout_s: float) -> None:
+        node = self._node_of(base)
+        with self._lock:
+            conn = self._node_connection("hot", node)
+            try:
+                conn.send_packed_command([pack((b"WAIT", count, max(int(timeout_s * 1000), 1)))], check_health=False)
+                acknowledged = conn.read_response()
+            except (redis.TimeoutError, redis.ConnectionError, OSError) as exc:
+                conn.disconnect()
+                raise self._unavailable(exc, node) from None
+        self._check_replicas(acknowledged, count, node)
+
     # -- admin -----------------------------------------------------------------------------------
 
     def execute(self, *args: Any) -> Any:

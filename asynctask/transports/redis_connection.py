@@ -240,6 +240,19 @@ class RedisConnection:
             self._wait_lock.release()
         return self.eval(fetch, base, *args)
 
+    def wait_replicas(self, base: bytes, count: int, timeout_s: float) -> None:
+        """``WAIT`` on the connection that sent the writes of ``base``'s queue: return once ``count``
+        replicas have them; raise TransportError when fewer did within ``timeout_s``."""
+        self._check_replicas(self.command(b"WAIT", count, max(int(timeout_s * 1000), 1)), count, self._where)
+
+    @staticmethod
+    def _check_replicas(acknowledged: int, count: int, where: str) -> None:
+        if int(acknowledged) < count:
+            raise TransportError(
+                f"Redis at {where}: only {acknowledged} of {count} replica(s) acknowledged the submit in time "
+                "(wait_replicas); the task is stored on the master, a failover now may lose it"
+            )
+
     def topology(self) -> dict[str, Any]:
         """What :meth:`Transport.topology` reports (subclasses: cluster nodes, the Sentinels' master)."""
         return {}

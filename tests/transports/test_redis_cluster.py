@@ -18,6 +18,7 @@ import harness_redis_cluster
 import harness_redis_sentinel
 import pytest
 from clusters import RedisClusterInfo, SentinelInfo
+from clusters_redis import client
 from redis.crc import key_slot
 
 from asynctask.errors import TransportError, TransportURLError
@@ -150,6 +151,20 @@ def test_url_mistakes_are_named(url: str, message: str) -> None:
         get_transport(url)
 
 
+def in_sync(master: int, timeout_s: float = 20) -> None:
+    """Wait until ``master`` has a replica that has all it was sent so far."""
+
+    def caught_up() -> bool:
+        info = client(master).info("replication")
+        replicas = [value for name, value in info.items() if name.startswith("slave") and isinstance(value, dict)]
+        return bool(replicas) and all(r["offset"] >= info["master_repl_offset"] for r in replicas)
+
+    deadline = time.monotonic() + timeout_s
+    while not caught_up():
+        assert time.monotonic() < deadline, f"the replica of port {master} did not catch up"
+        time.sleep(0.05)
+
+
 def test_sentinel_topology_and_a_switchover_followed(redis_sentinel: SentinelInfo) -> None:
     prefix = "attest" + uuid.uuid4().hex[:12]
     transport = RedisTransport(f"{redis_sentinel.url}?key_prefix={prefix}")
@@ -173,6 +188,28 @@ def test_sentinel_topology_and_a_switchover_followed(redis_sentinel: SentinelInf
         assert sorted(t.payload["n"] for t in tasks) == [1, 2]
         transport.ack_tasks(tasks)
         assert transport.topology()["master"] == f"127.0.0.1:{new}"
+        in_sync(new)  # the demoted master caught up: the next test finds the pair whole
     finally:
         transport.close()
         harness_redis_sentinel.delete_prefix(redis_sentinel.master_port(), prefix)
+
+
+def test_wait_replicas_waits_for_the_replica_or_says_it_did_not(
+    redis_cluster: RedisClusterInfo, redis_sentinel: SentinelInfo
+) -> None:
+    prefix = "attest" + uuid.uuid4().hex[:12]
+    for base_url in (redis_cluster.url, redis_sentinel.url):
+        with RedisTransport(f"{base_url}?key_prefix={prefix}&wait_replicas=1") as transport:
+            queues = queue_per_master(transport, redis_cluster) if "cluster" in base_url else {0: "jobs"}
+            for queue in queues.values():
+                transport.submit_task(queue, {"n": 1})
+                transport.submit_tasks(queue, [{"n": 2}, {"n": 3}])
+                assert transport.stats(queue).ready == 3
+        url = f"{base_url}?key_prefix={prefix}&wait_replicas=2&wait_timeout_s=0.05"
+        with (
+            RedisTransport(url) as transport,
+            pytest.raises(TransportError, match=r"only 1 of 2 replica\(s\) acknowledged"),
+        ):
+            transport.submit_task("jobs", {"n": 4})
+    harness_redis_cluster.delete_prefix(redis_cluster.masters, prefix)
+    harness_redis_sentinel.delete_prefix(redis_sentinel.master_port(), prefix)
