@@ -7,7 +7,8 @@ slot::
 
 Redis expires records on its own clock (SET ... PX), so :meth:`_state_sweep` has nothing to do and
 a read never sees an expired record.  ``put`` is one SET (atomic: the old value or the new one),
-``add`` one SET NX, ``get_many`` one MGET, ``keys`` a SCAN of the database with a MATCH pattern
+``add`` one SET NX (``add_many`` one round trip of them), ``get_many`` one MGET, ``delete_many``
+one DEL, ``keys`` a SCAN of the database with a MATCH pattern
 under the queue's base (a full pass over the keyspace: meant for the occasional listing, not a hot
 path).  ``cancel`` is the script ``redis_cancel.lua``.
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import math
 
-from asynctask.transports.redis_connection import RedisConnection, load_script
+from asynctask.transports.redis_connection import RedisConnection, load_script, pack
 from asynctask.transports.state import KeyedState
 
 #: The longest TTL sent to Redis (its limit is near 2**63 ms): about 31,700 years.
@@ -60,6 +61,14 @@ class RedisKeyedState(KeyedState):
         key_name = self._state_key(queue, key)
         return self._conn.command(b"SET", key_name, value, b"NX", b"PX", _ttl_ms(ttl_s), repeat=False) is not None
 
+    def _state_add_many(self, queue: str, keys: list[str], value: str, ttl_s: float) -> list[bool]:
+        # One round trip for the lot (AMQP's cancel keys of a fetched batch): SET NX of each.
+        if not keys:
+            return []
+        ttl_ms = _ttl_ms(ttl_s)
+        blob = b"".join(pack((b"SET", self._state_key(queue, key), value, b"NX", b"PX", ttl_ms)) for key in keys)
+        return [reply is not None for reply in self._conn.send(blob, [None] * len(keys), repeat=False)]
+
     def _state_get(self, queue: str, key: str) -> str | None:
         return _text(self._conn.command(b"GET", self._state_key(queue, key)))
 
@@ -71,6 +80,10 @@ class RedisKeyedState(KeyedState):
 
     def _state_delete(self, queue: str, key: str) -> bool:
         return bool(self._conn.command(b"DEL", self._state_key(queue, key), repeat=False))
+
+    def _state_delete_many(self, queue: str, keys: list[str]) -> None:
+        if keys:  # one DEL: every key is under the queue's hash tag
+            self._conn.command(b"DEL", *[self._state_key(queue, key) for key in keys], repeat=False)
 
     def _state_keys(self, queue: str, prefix: str) -> list[str]:
         head = self._base(queue) + b"s:"
