@@ -1,9 +1,11 @@
 """The PostgreSQL transport (psycopg2).
 
-URLs: ``pgsql:dbname`` (libpq defaults and PGHOST, PGPORT, PGUSER... for the rest),
-``pgsql://user:password@host:port/dbname``, and the same with ``postgresql://`` or ``postgres://``.
-Options: ``schema`` (default ``asynctask``; 1-40 lowercase letters, digits, ``_``), ``lease_s`` (the
-default lease), ``sslmode`` and ``connect_timeout`` (for libpq; default 5 s).
+URLs (:mod:`asynctask.transports.pgsql_url`): ``pgsql:dbname`` (libpq defaults and PGHOST, PGPORT,
+PGUSER... for the rest), ``pgsql://user:password@host:port/dbname``, and the same with
+``postgresql://`` or ``postgres://``; host lists (``h1:5432,h2:5432``, libpq's failover, with
+``target_session_attrs``) and socket directories (``?host=/path``).  Options: ``schema`` (default
+``asynctask``; 1-40 lowercase letters, digits, ``_``), ``lease_s`` (the default lease),
+``connect_timeout`` (default 5 s), ``listen_url`` (below), and every libpq connection keyword.
 
 Storage: one schema, created on first use (in one transaction under ``pg_advisory_xact_lock``, so
 processes starting together do not race) from ``pgsql_schema_<n>.sql`` beside this module:
@@ -21,11 +23,18 @@ processes starting together do not race) from ``pgsql_schema_<n>.sql`` beside th
 * ``claims (key, expires_at)``: ``claim_once`` (``INSERT ... ON CONFLICT DO UPDATE ... WHERE expired``);
 * (version 2) ``state (queue, key, expires_at, value)``, index ``state_expiry (expires_at)``: the keyed
   state; hash index ``tasks_id (id)``: ``cancel``, one ``DELETE`` of a row with no live lease
-  (:mod:`asynctask.transports.pgsql_state`).
+  (:mod:`asynctask.transports.pgsql_state`);
+* (version 4) PL/pgSQL functions ``fetch_tasks``, ``submit_one``, ``ack_task``, ``ack_tasks``,
+  ``nack_task``, ``extend_task``: the hot statements, whose plans the server keeps per connection.
 
 Export, import and migrate: :mod:`asynctask.transports.pgsql_transfer` (one statement a batch).
 
-No functions or triggers.  The statements (``pgsql_queries.sql``) are PREPAREd once per connection.
+No session state (so PgBouncer in transaction mode, or any pooler, may hand each transaction to
+another server connection): no PREPARE, no session advisory lock (only ``pg_advisory_xact_lock``),
+no SET.  The statements (``pgsql_queries.sql``) go as plain text; the hot one-row ones (submit, ack,
+nack, extend, a fetch of a few tasks) call the functions above, as fast as the PREPAREd statements
+they replace; a batch fetch or ack pays its planning (about 0.1 ms) once for the batch.  Measured
+with ``python -m bench workers`` (no-op drain through the supervisor) against the release before.
 A fetch is one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)`` setting the lease and
 a new receipt (``<rowid>.<random token>``); ack, nack, extend and dead check the receipt, so they
 never touch a later delivery; ``ack_tasks`` is one ``DELETE``.  ``submit_tasks`` uses COPY.
@@ -34,6 +43,14 @@ Waiting: a blocked ``get_task`` registers in ``waiters`` and LISTENs (on a secon
 when first needed) on ``asynctask_<md5(schema.queue)>``.  Submit, nack and replay ``pg_notify`` that
 channel in the same statement, only when the queue has a waiter, so busy systems pay nothing for it.
 The waiter wakes on a notification, at the next delayed or lease due time, or after a 2 s safety poll.
+LISTEN through a pooler in transaction mode is lost (the server connection that ran it goes back to
+the pool): option ``listen_url`` names a direct URL for the listening connection (and the waiters
+rows, whose pid must be the listener's).  The first time an instance waits it checks that a NOTIFY
+sent through the statement connection reaches its listener within 0.5 s; when it does not, it logs
+one warning per process and URL naming ``listen_url``, and its waits fetch every 0.1 s instead (no
+LISTEN, no waiters row).  A listening connection lost (a restart, a failover) is reopened by the
+next wait, which LISTENs and registers again.  :meth:`PgsqlTransport.topology` shows the server,
+the pooler (PgBouncer detected) and whether LISTEN works.
 
 Connections: one persistent autocommit statement connection per process and database+schema,
 shared by every instance opened on them (behind a lock, so threads can share it too; durable server
@@ -67,14 +84,14 @@ from asynctask.transports.pgsql_connection import (
     SCHEMA_VERSION,
     Link,
     Listener,
-    execute_text,
     load_statements,
-    parse_pgsql_url,
+    pooler_version,
     release_link,
     take_link,
 )
 from asynctask.transports.pgsql_state import HEX_ID_RE, PgsqlState
 from asynctask.transports.pgsql_transfer import PgsqlTransfer
+from asynctask.transports.pgsql_url import parse_pgsql_url
 
 __all__ = ["SCHEMA_VERSION", "PgsqlTransport", "parse_pgsql_url"]
 
@@ -82,6 +99,16 @@ logger = logging.getLogger(__name__)
 
 #: Longest a blocked fetch sleeps without looking at the table again.
 SAFETY_POLL_S = 2.0
+#: Fetches of at most this many tasks call the PL/pgSQL function (its plan kept by the server); larger
+#: ones send the statement, planned at each call: about 0.1 ms, nothing per task for a batch, and it
+#: spares the function's copy of the rows (measured with bench/workers.py and a statement-level A/B).
+FEW_ROWS = 8
+#: How often a blocked fetch looks at the table when LISTEN does not reach it (no ``listen_url``
+#: through a pooler in transaction mode).
+POLL_S = 0.1
+#: How long the check waits for its own NOTIFY before it concludes that LISTEN does not work.
+PROBE_TIMEOUT_S = 0.5
+_warned: set[str] = set()  # the URLs (as described) whose LISTEN check failed, warned about once
 #: The first wait after registering as a waiter is short: a submit whose statement began just before
 #: the registration did not see it and sent no notification.
 _FIRST_WAIT_S = 0.05
@@ -113,7 +140,11 @@ class PgsqlTransport(PgsqlTransfer, PgsqlState, base.Transport):
         self._closed = False
         self._channels: dict[str, str] = {}
         self._claims = 0
-        self._listener = Listener(self._statements, self._link)
+        listen_link = None
+        if (listen_url := options.get("listen_url")) is not None:
+            listen_dsn, _, listen_where = parse_pgsql_url(listen_url)
+            listen_link = Link(listen_dsn, self.schema, listen_where)
+        self._listener = Listener(self._statements, self._link, listen_link)
 
     # -- connections -----------------------------------------------------------------------
 
@@ -125,15 +156,14 @@ class PgsqlTransport(PgsqlTransfer, PgsqlState, base.Transport):
         return self._link
 
     def _run(self, name: str, *args: Any, rows: bool = False) -> Any:
-        """Execute the prepared statement ``name``; return its rows (``rows=True``) or its rowcount."""
-        return self._call(name, *execute_text(self._statements[name][1], args), rows)
+        """Execute statement ``name``; return its rows (``rows=True``) or its rowcount."""
+        return self._call(name, *self._statements[name].render(args), rows)
 
     def _call(
         self, name: str, execute: str, params: list[Any] | None, rows: bool = False, copy_data: str | None = None
     ) -> Any:
-        """Run ``execute`` (statement ``name``, PREPAREd first on a new connection; or a COPY fed
-        ``copy_data``).  A connection that worked before and turns out lost is reopened and the
-        statement retried once, at once."""
+        """Run ``execute`` (the text of statement ``name``; or a COPY fed ``copy_data``).  A connection
+        that worked before and turns out lost is reopened and the statement retried once, at once."""
         link = self._current_link()
         with link.lock:
             fresh = False
@@ -147,9 +177,6 @@ class PgsqlTransport(PgsqlTransfer, PgsqlState, base.Transport):
                     if copy_data is not None:
                         cur.copy_expert(execute, io.StringIO(copy_data))
                         return cur.rowcount
-                    if name not in link.prepared:
-                        cur.execute(self._statements[name][0])
-                        link.prepared.add(name)
                     cur.execute(execute, params)
                     return cur.fetchall() if rows else cur.rowcount
                 except LOST as exc:
@@ -185,8 +212,7 @@ class PgsqlTransport(PgsqlTransfer, PgsqlState, base.Transport):
         if queue not in self._link.registered:
             return self._submit(queue, [body], delay, priority)[0]
         task_id = _message.new_task_id()
-        execute = f"EXECUTE asynctask_submit_one ('{task_id}', '{queue}', {priority}, {delay!r}, %s)"
-        self._call("submit_one", execute, [body])
+        self._run("submit_one", task_id, queue, priority, delay, body)
         return task_id
 
     def _submit(self, queue: str, bodies: list[str], delay_s: float, priority: int) -> list[str]:
@@ -199,7 +225,7 @@ class PgsqlTransport(PgsqlTransfer, PgsqlState, base.Transport):
         elif delay_s == 0:  # COPY: the fastest way in; then wake waiting consumers, if any
             prefix = f"\t{queue}\t{priority}\t"
             rows = "".join(f"{i}{prefix}{_copy_escape(body)}\n" for i, body in zip(ids, bodies, strict=True))
-            self._call("copy_tasks", self._statements["copy_tasks"][1], None, copy_data=rows)
+            self._call("copy_tasks", self._statements["copy_tasks"].text, None, copy_data=rows)
             self._run("notify", queue)
         else:
             ids_array, bodies_json = "{" + ",".join(ids) + "}", json.dumps(bodies, ensure_ascii=False)
@@ -214,7 +240,8 @@ class PgsqlTransport(PgsqlTransfer, PgsqlState, base.Transport):
         while True:
             want = max_count - len(tasks)
             token = int.from_bytes(os.urandom(8), "big") >> 1
-            rows = self._run("fetch", queue, want, token, lease_s, rows=True)
+            statement = "fetch_few" if want <= FEW_ROWS else "fetch"
+            rows = self._run(statement, queue, want, token, lease_s, rows=True)
             buried = 0
             for rowid, task_id, body, attempts, enqueued_at, priority in rows:
                 try:
@@ -242,9 +269,13 @@ class PgsqlTransport(PgsqlTransfer, PgsqlState, base.Transport):
         if timeout_s <= 0:
             return tasks
         deadline = time.monotonic() + timeout_s
+        if listener.notify_works is False:
+            return self._poll(queue, max_count, lease_s, deadline)
         if not listener.lock.acquire(timeout=timeout_s):  # another thread of this instance waits
             return self._fetch(queue, max_count, lease_s)
         try:
+            if not self._check_notify():
+                return self._poll(queue, max_count, lease_s, deadline)
             channel = self._channel(queue)
             first_wait = SAFETY_POLL_S
             while True:
@@ -262,6 +293,40 @@ class PgsqlTransport(PgsqlTransfer, PgsqlState, base.Transport):
                 first_wait = SAFETY_POLL_S
         finally:
             listener.lock.release()
+
+    def _poll(self, queue: str, max_count: int, lease_s: float, deadline: float) -> list[Task]:
+        """Wait without LISTEN (it does not reach this process): a fetch every :data:`POLL_S`."""
+        while (remaining := deadline - time.monotonic()) > 0:
+            time.sleep(min(POLL_S, remaining))
+            if tasks := self._fetch(queue, max_count, lease_s):
+                return tasks
+        return []
+
+    def _check_notify(self) -> bool:
+        """Whether a NOTIFY sent through the statement connection reaches the listener (checked once
+        per instance, listener lock held).  When it does not (LISTEN through a pooler in transaction
+        mode), log one warning per process and URL naming ``listen_url``, and close the listener."""
+        listener = self._listener
+        if listener.notify_works is None:
+            probe = "asynctask_probe_" + os.urandom(8).hex()
+            listener.listen(probe)
+            self._run("probe", probe)
+            listener.notify_works = works = listener.wait(probe, PROBE_TIMEOUT_S)
+            if works:
+                listener.unlisten(probe)
+            else:
+                listener.close_connection()
+                if self.where not in _warned:
+                    _warned.add(self.where)
+                    logger.warning(
+                        "a NOTIFY sent to %s did not reach its LISTEN within %.1f s (a pooler such as PgBouncer"
+                        " in transaction mode drops it): waiting consumers poll every %.1f s instead; give the"
+                        " URL option listen_url=<a direct URL to the server> to wake them at once",
+                        self.where,
+                        PROBE_TIMEOUT_S,
+                        POLL_S,
+                    )
+        return bool(listener.notify_works)
 
     def _channel(self, queue: str) -> str:
         if (channel := self._channels.get(queue)) is None:
@@ -297,7 +362,7 @@ class PgsqlTransport(PgsqlTransfer, PgsqlState, base.Transport):
 
     def _extend(self, task: Task, lease_s: float) -> bool:
         receipt = self._receipt(task)
-        return receipt is not None and self._run("extend", *receipt, lease_s) == 1
+        return receipt is not None and self._run("extend", *receipt, lease_s, rows=True)[0][0] == 1
 
     def _dead(self, task: Task, reason: str) -> None:
         if (receipt := self._receipt(task)) is not None:
@@ -332,6 +397,36 @@ class PgsqlTransport(PgsqlTransfer, PgsqlState, base.Transport):
         if chosen == []:
             return 0
         return int(self._run(statement, queue, chosen, rows=True)[0][0])
+
+    def topology(self) -> dict[str, Any]:
+        """What the statement connection reached: ``server`` (address and port as the server sees
+        them; ``local socket`` for a unix socket), its version and ``role`` (primary or standby);
+        ``connected_to``, the host and port libpq chose (of a host list); ``pooler``: null when the
+        connection goes straight to PostgreSQL, else PgBouncer's version when its admin console
+        answers this URL's user (else ``unknown pooler``).  A pooler is seen by the backend pid:
+        libpq keeps the one the server sent at connect, which PgBouncer makes up, so it differs from
+        ``pg_backend_pid()``.  ``listen``: whether a NOTIFY reaches the listener (checked now if not yet)
+        and through what (``listen_url`` or the main URL)."""
+        addr, port, pid, version, standby = self._run("topology", rows=True)[0]
+        link = self._current_link()
+        with link.lock:
+            info = link.conn.info if link.conn is not None else None
+        report: dict[str, Any] = {
+            "server": "local socket" if addr is None else f"{addr}:{port}",
+            "server_version": version,
+            "role": "standby" if standby else "primary",
+        }
+        if info is not None:
+            report["connected_to"] = f"{info.host}:{info.port}"
+            report["pooler"] = None if info.backend_pid == pid else pooler_version(self._dsn, info.host, info.port)
+        with self._listener.lock:
+            works = self._check_notify()
+        report["listen"] = {
+            "via": "listen_url" if self._listener.listen_link is not None else "main URL",
+            "notify_reaches_listener": works,
+            "waiting": "woken by NOTIFY" if works else f"polling every {POLL_S} s",
+        }
+        return report
 
     def _claim_once(self, key: str, ttl: float) -> bool:
         claimed = bool(self._run("claim", key, ttl, rows=True))

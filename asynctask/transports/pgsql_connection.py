@@ -1,6 +1,6 @@
 """Connections of the PostgreSQL transport (see :mod:`asynctask.transports.pgsql`).
 
-URL parsing (:func:`parse_pgsql_url`); the statements of ``pgsql_queries.sql``; :class:`Link`, the
+The statements of ``pgsql_queries.sql`` (:class:`Statement`: plain text, no PREPARE); :class:`Link`, the
 statement connection a process shares per database and schema (reconnect with backoff, schema
 creation and migration from ``pgsql_schema_<n>.sql``); :class:`Listener`, the listening connection
 of a blocked consumer.  Forked children never use their parent's connections (:data:`fork_generation`).
@@ -20,8 +20,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-from asynctask.errors import TransportError, TransportUnavailableError, TransportURLError
-from asynctask.transports import base
+from asynctask.errors import TransportError, TransportUnavailableError
 
 # the transport's logger: records keep the name they had before this module was split off
 logger = logging.getLogger("asynctask.transports.pgsql")
@@ -31,9 +30,8 @@ Cursor = psycopg2.extensions.cursor
 LOST = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
 #: The schema version this module writes; ``pgsql_schema_<n>.sql`` for every n up to it must exist.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _RETRY_MIN_S, _RETRY_MAX_S = 0.1, 5.0
-_SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,39}\Z")
 _SAFE_TEXT_RE = re.compile(r"[A-Za-z0-9_.:,{}-]*\Z")
 _STATEMENT_RE = re.compile(r"^-- name: (\w+) \(([^)]*)\)\n", re.MULTILINE)
 fork_generation = 0  # raised in every forked child: a connection of an older generation is the parent's
@@ -47,10 +45,7 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-def _option_schema(name: str, value: str) -> str:
-    if not _SCHEMA_RE.match(value):
-        raise TransportURLError(f"option {name}={value!r}: 1 to 40 lowercase letters, digits and _, no digit first")
-    return value
+_PARAMETER_RE = re.compile(r"\$(\d+)")
 
 
 def _literal(value: object) -> str | None:
@@ -66,13 +61,36 @@ def _literal(value: object) -> str | None:
     return f"'{value}'" if isinstance(value, str) and _SAFE_TEXT_RE.match(value) else None
 
 
-def execute_text(execute: str, args: tuple[Any, ...]) -> tuple[str, list[Any] | None]:
-    """``EXECUTE name (...)`` with cheap arguments inlined; the others as %s parameters."""
-    if not args:
-        return execute, None
-    literals = [_literal(arg) for arg in args]
-    params = [arg for arg, literal in zip(args, literals, strict=True) if literal is None]
-    return f"{execute} ({', '.join('%s' if lit is None else lit for lit in literals)})", params or None
+class Statement:
+    """One statement of ``pgsql_queries.sql``, sent as plain text: each ``$n`` becomes the n-th
+    argument cast to its declared type, inlined when cheap and safe (:func:`_literal`), else a
+    ``%s`` parameter psycopg2 quotes.  Nothing is PREPAREd: any server connection runs it."""
+
+    __slots__ = ("casts", "copy", "name", "pieces", "positions", "text")
+
+    def __init__(self, name: str, types: str, text: str) -> None:
+        self.name, self.text, self.copy = name, text, types == "copy"
+        if "%" in text:
+            raise ValueError(f"statement {name}: no percent sign allowed (psycopg2 parameters)")
+        declared = [t.strip() for t in types.split(",")] if types.strip() and not self.copy else []
+        parts = _PARAMETER_RE.split(text)
+        self.pieces = parts[0::2]
+        self.positions = [int(n) - 1 for n in parts[1::2]]
+        self.casts = [f")::{declared[n]}" for n in self.positions]
+
+    def render(self, args: tuple[Any, ...]) -> tuple[str, list[Any] | None]:
+        """The SQL text for ``args`` and its psycopg2 parameters (None: none)."""
+        if not self.positions:
+            return self.text, None
+        out, params = [self.pieces[0]], []
+        for n, cast, piece in zip(self.positions, self.casts, self.pieces[1:], strict=True):
+            value = args[n]
+            literal = _literal(value)
+            if literal is None:
+                params.append(value)
+                literal = "%s"
+            out += ("(", literal, cast, piece)
+        return "".join(out), params or None
 
 
 def _sql_file(name: str, schema: str) -> str:
@@ -80,51 +98,18 @@ def _sql_file(name: str, schema: str) -> str:
     return text.replace("@schema@", f'"{schema}"').replace("@schema_name@", schema)
 
 
-def load_statements(schema: str) -> dict[str, tuple[str, str]]:
-    """name -> (PREPARE statement, "EXECUTE name"), from pgsql_queries.sql; COPY is run as it is."""
+def load_statements(schema: str) -> dict[str, Statement]:
+    """name -> :class:`Statement`, from pgsql_queries.sql."""
     parts = _STATEMENT_RE.split(_sql_file("pgsql_queries.sql", schema))
     statements = {}
     for name, types, raw in zip(parts[1::3], parts[2::3], parts[3::3], strict=True):
         text = re.sub(r"^--.*$", "", raw, flags=re.MULTILINE).strip().rstrip(";")
-        signature = f"asynctask_{name} ({types})" if types.strip() else f"asynctask_{name}"
-        prepared = (f"PREPARE {signature} AS {text}", f"EXECUTE asynctask_{name}")
-        statements[name] = ("", text) if types == "copy" else prepared
+        statements[name] = Statement(name, types, text)
     return statements
 
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def parse_pgsql_url(url: str) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """Split a pgsql URL into psycopg2.connect keywords, its options and a description naming host,
-    port and database (password masked) for messages."""
-    parsed = base.parse_url(url)
-    options = base.take_options(
-        parsed,
-        {
-            "schema": _option_schema,
-            "lease_s": base.option_positive_float,
-            "sslmode": lambda _, v: v,
-            "connect_timeout": base.option_positive_float,
-        },
-    )
-    pgsql_colon = parsed.host is None and not url.lower().startswith(f"{parsed.scheme}://")
-    dbname = parsed.path if pgsql_colon else parsed.path.lstrip("/")
-    if not dbname:
-        raise TransportURLError(f"transport URL {parsed.masked!r} names no database")
-    dsn: dict[str, Any] = {"dbname": dbname, "connect_timeout": max(1, round(options.get("connect_timeout", 5)))}
-    given = {
-        "host": parsed.host,
-        "port": parsed.port,
-        "user": parsed.username,
-        "password": parsed.password,
-        "sslmode": options.get("sslmode"),
-    }
-    dsn.update({key: value for key, value in given.items() if value is not None})
-    host = parsed.host or os.environ.get("PGHOST") or "local socket"
-    port = parsed.port or os.environ.get("PGPORT") or 5432
-    return dsn, options, f"PostgreSQL at {host}:{port}, database {dbname!r} ({parsed.masked})"
 
 
 class Link:
@@ -137,7 +122,6 @@ class Link:
         self.lock = threading.RLock()
         self.conn: Connection | None = None
         self.cursor: Cursor | None = None
-        self.prepared: set[str] = set()
         self.registered: set[str] = set()  # queues known to be in the queues table
         self.retry_at = self.retry_delay = 0.0
         self.lost = False
@@ -154,7 +138,7 @@ class Link:
         if (wait := self.retry_at - time.monotonic()) > 0:
             time.sleep(wait)
         try:
-            conn: Connection = psycopg2.connect(application_name="asynctask", **self.dsn)
+            conn: Connection = psycopg2.connect(**{"application_name": "asynctask", **self.dsn})
             conn.autocommit = True
             self._ensure_schema(conn)
         except psycopg2.Error as exc:
@@ -210,7 +194,26 @@ class Link:
         if self.conn is not None and self.generation == fork_generation:
             self.conn.close()
         self.conn = self.cursor = None
-        self.prepared.clear()
+
+
+def pooler_version(dsn: dict[str, Any], host: str, port: int | str) -> str:
+    """PgBouncer's version from its admin console (database ``pgbouncer`` at ``host``:``port``, the
+    one a host list led to; it answers PgBouncer's admin and stats users), else ``unknown pooler``."""
+    given = {key: value for key, value in dsn.items() if key not in ("target_session_attrs", "load_balance_hosts")}
+    try:
+        conn = psycopg2.connect(**{**given, "host": host, "port": port, "dbname": "pgbouncer", "connect_timeout": 2})
+    except psycopg2.Error:
+        return "unknown pooler"
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SHOW VERSION")
+            row = cur.fetchone()
+        return str(row[0]) if row else "unknown pooler"
+    except psycopg2.Error:
+        return "unknown pooler"
+    finally:
+        conn.close()
 
 
 _links: dict[tuple[Any, ...], Link] = {}
@@ -241,49 +244,55 @@ def release_link(link: Link) -> None:
 
 class Listener:
     """The listening connection of one transport instance, opened when first needed: LISTEN, the
-    ``waiters`` rows of the queues it waits on, waiting for a notification.  ``lock`` guards the
-    connection and the sets; every method but :meth:`close` expects it held."""
+    ``waiters`` rows of the queues it waits on, waiting for a notification.  It connects through
+    ``listen_link`` (the ``listen_url`` option) when given, else through the transport's link.
+    ``lock`` guards the connection and the sets; every method but :meth:`close` expects it held.
 
-    def __init__(self, statements: dict[str, tuple[str, str]], link: Link) -> None:
+    ``notify_works`` is the result of the transport's check that a NOTIFY reaches this listener
+    (None: not checked yet); it outlives reconnections."""
+
+    def __init__(self, statements: dict[str, Statement], link: Link, listen_link: Link | None = None) -> None:
         self.lock = threading.Lock()
         self.conn: Connection | None = None
         self.generation = fork_generation
         self.listening: set[str] = set()
         self.waiting: set[str] = set()
-        self.prepared: set[str] = set()
+        self.notify_works: bool | None = None
         #: The transport's current link (it sets a new one here when it takes one): connects and
-        #: words errors.
+        #: words errors, unless ``listen_link`` is given.
         self.link = link
+        self.listen_link = listen_link
         self._statements = statements
 
+    @property
+    def connector(self) -> Link:
+        return self.listen_link or self.link
+
     def connection(self) -> Connection:
-        """The listening connection, opened when missing."""
+        """The listening connection, opened when missing (a new one listens to nothing yet and has
+        no ``waiters`` rows: callers LISTEN and register again)."""
         if self.conn is None or self.conn.closed or self.generation != fork_generation:
-            link = self.link
+            link = self.connector
             with link.lock:
                 self.conn, self.generation = link.connect(), fork_generation
             self.listening.clear()
             self.waiting.clear()
-            self.prepared.clear()
             self.run("forget_waiters")
         return self.conn
 
     def run(self, name: str, *args: Any) -> None:
-        """Run statement ``name`` (``listen``: LISTEN) on the listening connection."""
+        """Run statement ``name`` (``listen``/``unlisten``: LISTEN/UNLISTEN) on the listening connection."""
         try:
             with self.connection().cursor() as cur:
-                if name == "listen":
-                    cur.execute(f'LISTEN "{args[0]}"')
+                if name in ("listen", "unlisten"):
+                    cur.execute(f'{name.upper()} "{args[0]}"')
                     return
-                if name not in self.prepared:
-                    cur.execute(self._statements[name][0])
-                    self.prepared.add(name)
-                cur.execute(*execute_text(self._statements[name][1], args))
+                cur.execute(*self._statements[name].render(args))
         except LOST as exc:
             self.conn = None
-            raise self.link.unavailable(exc) from None
+            raise self.connector.unavailable(exc) from None
         except psycopg2.Error as exc:
-            raise self.link.error(exc) from None
+            raise self.connector.error(exc) from None
 
     def listen(self, channel: str) -> None:
         """LISTEN on ``channel`` (once per connection); drop notifications that came before."""
@@ -295,11 +304,16 @@ class Listener:
             conn.poll()
         except psycopg2.Error as exc:
             self.conn = None
-            raise self.link.unavailable(exc) from None
+            raise self.connector.unavailable(exc) from None
         conn.notifies.clear()
 
-    def wait(self, channel: str, timeout_s: float) -> None:
-        """Block until a notification on ``channel`` or ``timeout_s``."""
+    def unlisten(self, channel: str) -> None:
+        if channel in self.listening:
+            self.listening.discard(channel)
+            self.run("unlisten", channel)
+
+    def wait(self, channel: str, timeout_s: float) -> bool:
+        """Block until a notification on ``channel`` (True) or ``timeout_s`` (False)."""
         conn = self.conn
         assert conn is not None
         deadline = time.monotonic() + timeout_s
@@ -310,15 +324,19 @@ class Listener:
                     mine = any(note.channel == channel for note in conn.notifies)
                     conn.notifies.clear()
                     if mine:
-                        return
+                        return True
         except (*LOST, OSError, ValueError):
             self.conn = None  # reopened by the next listen; the fetch reports a lost server
+        return False
+
+    def close_connection(self) -> None:
+        """Close the listening connection (a forked child's copy is only forgotten); lock held."""
+        if self.conn is not None and self.generation == fork_generation:
+            self.conn.close()
+        self.conn = None
+        self.listening.clear()
+        self.waiting.clear()
 
     def close(self) -> None:
-        """Close the listening connection (a forked child's copy is only forgotten)."""
         with self.lock:
-            if self.conn is not None and self.generation == fork_generation:
-                self.conn.close()
-            self.conn = None
-            self.listening.clear()
-            self.waiting.clear()
+            self.close_connection()

@@ -1,18 +1,17 @@
 -- Statements of asynctask.transports.pgsql.  Each starts with "-- name: <name> (<parameter types>)"
--- and is PREPAREd once per connection ("(copy)": run as it is); @schema@ is the quoted schema name,
--- @schema_name@ the bare one.  Statements that make tasks ready send the NOTIFY themselves (no extra
--- round trip), and only when a consumer of the queue is registered in waiters, so that producers pay
--- nothing for it while consumers are busy.
+-- ("(copy)": run as it is) and is sent as plain text, each $n replaced by its argument cast to its
+-- type: no PREPARE, nothing kept in the session, so any server connection of a pooler in transaction
+-- mode runs it.  The hot ones call the PL/pgSQL functions of schema version 4 (pgsql_schema_4.sql),
+-- whose plans the server keeps per connection.  @schema@ is the quoted schema name, @schema_name@ the
+-- bare one; no statement holds a percent sign.  Statements that make tasks ready send the NOTIFY
+-- themselves (no extra round trip), and only when a consumer of the queue is registered in waiters,
+-- so that producers pay nothing for it while consumers are busy.
 
 -- name: register (text)
 INSERT INTO @schema@.queues (name) VALUES ($1) ON CONFLICT DO NOTHING;
 
 -- name: submit_one (uuid, text, smallint, float8, text)
-WITH i AS (
-    INSERT INTO @schema@.tasks (id, queue, priority, visible_at, body)
-    VALUES ($1, $2, $3, now() + $4 * interval '1 second', $5)
-)
-SELECT pg_notify('asynctask_' || md5('@schema_name@.' || $2), '') FROM @schema@.waiters WHERE queue = $2 LIMIT 1;
+SELECT @schema@.submit_one($1, $2, $3, $4, $5);
 
 -- name: copy_tasks (copy)
 COPY @schema@.tasks (id, queue, priority, body) FROM STDIN;
@@ -29,6 +28,15 @@ WITH i AS (
         AS u (id, body)
 )
 SELECT pg_notify('asynctask_' || md5('@schema_name@.' || $2), '') FROM @schema@.waiters WHERE queue = $2 LIMIT 1;
+
+-- name: probe (text)
+-- The LISTEN check: a NOTIFY on a channel only the checking listener listens to.
+SELECT pg_notify($1, '');
+
+-- name: topology ()
+-- What asynctask doctor shows: the server's address and port as it sees them (NULL: a unix socket).
+SELECT host(inet_server_addr()), inet_server_port(), pg_backend_pid(), current_setting('server_version'),
+       pg_is_in_recovery();
 
 -- name: wait (text)
 INSERT INTO @schema@.waiters (queue, pid) VALUES ($1, pg_backend_pid()) ON CONFLICT DO NOTHING;
@@ -60,30 +68,26 @@ SELECT taken.rowid, translate(taken.id::text, '-', ''), taken.body, taken.attemp
 FROM taken JOIN c USING (rowid)
 ORDER BY c.priority DESC, c.visible_at, taken.rowid;
 
+-- name: fetch_few (text, integer, bigint, float8)
+-- The same through pgsql_schema_4.sql's fetch_tasks, whose plan the server keeps: for a few rows,
+-- where planning the statement above would be a fair part of the call (a batch pays it once).
+SELECT * FROM @schema@.fetch_tasks($1, $2, $3, $4);
+
 -- name: next_due (text)
 SELECT extract(epoch FROM min(visible_at) - now())::float8
 FROM @schema@.tasks WHERE queue = $1 AND visible_at > now();
 
 -- name: ack (bigint, bigint)
-DELETE FROM @schema@.tasks WHERE rowid = $1 AND receipt = $2;
+SELECT @schema@.ack_task($1, $2);
 
 -- name: ack_many (bigint[], bigint[])
-DELETE FROM @schema@.tasks AS t USING unnest($1, $2) AS a (rowid, receipt)
-WHERE t.rowid = a.rowid AND t.receipt = a.receipt;
+SELECT @schema@.ack_tasks($1, $2);
 
 -- name: nack (bigint, bigint, float8, integer)
-WITH u AS (
-    UPDATE @schema@.tasks
-    SET receipt = NULL, visible_at = now() + $3 * interval '1 second', attempts = attempts - $4
-    WHERE rowid = $1 AND receipt = $2
-    RETURNING queue
-)
-SELECT pg_notify('asynctask_' || md5('@schema_name@.' || u.queue), '')
-FROM u WHERE EXISTS (SELECT FROM @schema@.waiters AS w WHERE w.queue = u.queue);
+SELECT @schema@.nack_task($1, $2, $3, $4);
 
 -- name: extend (bigint, bigint, float8)
-UPDATE @schema@.tasks SET visible_at = now() + $3 * interval '1 second'
-WHERE rowid = $1 AND receipt = $2;
+SELECT @schema@.extend_task($1, $2, $3);
 
 -- name: bury (bigint, bigint, text)
 WITH d AS (

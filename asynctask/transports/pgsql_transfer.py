@@ -45,7 +45,7 @@ from asynctask.transports.pgsql_state import HEX_ID_RE, MAX_TTL_S
 from asynctask.transports.transfer import TaskRecord, Transfer
 
 if TYPE_CHECKING:
-    from asynctask.transports.pgsql_connection import Link
+    from asynctask.transports.pgsql_connection import Link, Statement
 
 __all__ = ["PgsqlTransfer"]
 
@@ -83,6 +83,7 @@ class PgsqlTransfer(Transfer):
 
     if TYPE_CHECKING:
         _link: Link
+        _statements: dict[str, Statement]
         schema: str
 
         def _run(self, name: str, *args: Any, rows: bool = False) -> Any: ...
@@ -127,9 +128,10 @@ class PgsqlTransfer(Transfer):
             for r in first
         ]
         self._register(queue)
-        execute = "SELECT pg_advisory_xact_lock(hashtext(%s)); EXECUTE asynctask_put_tasks (%s, %s)"
+        text, params = self._statements["put_tasks"].render((queue, json.dumps(doc, ensure_ascii=False)))
+        execute = f"SELECT pg_advisory_xact_lock(hashtext(%s)); {text}"
         key = f"asynctask put {self.schema}.{queue}"
-        rows = self._call("put_tasks", execute, [key, queue, json.dumps(doc, ensure_ascii=False)], rows=True)
+        rows = self._call("put_tasks", execute, [key, *(params or [])], rows=True)
         return self._stored(records, repeated, rows)
 
     def _dead_page(self, queue: str, after: str, limit: int) -> tuple[list[DeadTask], str]:

@@ -28,6 +28,7 @@ psycopg2 = pytest.importorskip("psycopg2")
 from support import PGSQL_HOST, PGSQL_PORT, require_service
 
 from asynctask.errors import TransportError, TransportUnavailableError, TransportURLError
+from asynctask.message import encode_body
 from asynctask.transports import get_transport, pgsql, pgsql_connection, pgsql_state
 from asynctask.transports.pgsql import SCHEMA_VERSION, PgsqlTransport, parse_pgsql_url
 
@@ -243,23 +244,50 @@ OLD_BURY = """
 """
 
 
-def make_version_1(url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The schema as a release of version 1 made it (the same code with SCHEMA_VERSION = 1, and that
-    release's dead(); its pgsql_schema_1.sql is this one), holding a task of each kind: name -> task id."""
-    monkeypatch.setattr(pgsql_connection, "SCHEMA_VERSION", 1)
+def old_schema(url: str, version: int, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Create the schema at ``version`` as that release did (the same files up to it); its name."""
+    monkeypatch.setattr(pgsql_connection, "SCHEMA_VERSION", version)
     with PgsqlTransport(url) as old:
-        ids = {"leased": old.submit_task("q_mig", {"n": "leased"}, priority=5)}
-        leased = old.get_task("q_mig", lease_s=60)
-        assert leased is not None and leased.id == ids["leased"]
-        ids["leased_receipt"] = leased.receipt
-        ids["dead"] = old.submit_task("q_mig", {"n": "dead"}, priority=4)
-        dead = old.get_task("q_mig")
-        assert dead is not None
-        rowid, token = map(int, dead.receipt.split("."))
-        sql(OLD_BURY.replace("@schema@", f'"{old.schema}"'), (rowid, token, "for the test"))
-        ids["ready"] = old.submit_task("q_mig", {"n": "ready"})
-        ids["delayed"] = old.submit_task("q_mig", {"n": "delayed"}, delay_s=60)
+        old.queues()
+        schema = old.schema
     monkeypatch.setattr(pgsql_connection, "SCHEMA_VERSION", SCHEMA_VERSION)
+    return schema
+
+
+def old_task(
+    schema: str, queue: str, payload: dict[str, object], *, priority: int = 0, delay_s: float = 0, leased: bool = False
+) -> tuple[str, str]:
+    """A task stored as releases before schema version 4 stored one (plain SQL: their statements were
+    PREPAREd, not the functions of version 4): its id and, when ``leased``, its receipt."""
+    task_id, token = uuid.uuid4().hex, 4242
+    sql(f'INSERT INTO "{schema}".queues (name) VALUES (%s) ON CONFLICT DO NOTHING', (queue,))
+    ((rowid,),) = sql(
+        f'INSERT INTO "{schema}".tasks (id, queue, priority, visible_at, body, receipt, attempts)'
+        " VALUES (%s, %s, %s, now() + %s * interval '1 second', %s, %s, %s) RETURNING rowid",
+        (
+            task_id,
+            queue,
+            priority,
+            60 if leased else delay_s,
+            encode_body(payload),
+            token if leased else None,
+            int(leased),
+        ),
+    )
+    return task_id, f"{rowid}.{token}" if leased else ""
+
+
+def make_version_1(url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The schema as a release of version 1 made it (its pgsql_schema_1.sql is this one, its dead()
+    OLD_BURY), holding a task of each kind: name -> task id."""
+    schema = old_schema(url, 1, monkeypatch)
+    ids = {}
+    ids["leased"], ids["leased_receipt"] = old_task(schema, "q_mig", {"n": "leased"}, priority=5, leased=True)
+    ids["dead"], receipt = old_task(schema, "q_mig", {"n": "dead"}, priority=4, leased=True)
+    rowid, token = map(int, receipt.split("."))
+    sql(OLD_BURY.replace("@schema@", f'"{schema}"'), (rowid, token, "for the test"))
+    ids["ready"] = old_task(schema, "q_mig", {"n": "ready"})[0]
+    ids["delayed"] = old_task(schema, "q_mig", {"n": "delayed"}, delay_s=60)[0]
     return ids
 
 

@@ -19,11 +19,10 @@ import pytest
 psycopg2 = pytest.importorskip("psycopg2")
 
 from support import PGSQL_HOST, PGSQL_PORT, require_service
-from test_pgsql import BASE, OLD_BURY, sql
+from test_pgsql import BASE, OLD_BURY, old_schema, old_task, sql
 
 from asynctask.errors import PayloadError
 from asynctask.message import encode_body, new_task_ids
-from asynctask.transports import pgsql_connection
 from asynctask.transports.pgsql import SCHEMA_VERSION, PgsqlTransport
 from asynctask.transports.transfer import TaskRecord
 
@@ -50,17 +49,13 @@ def transport(url: str) -> Iterator[PgsqlTransport]:
 def test_a_version_2_schema_migrates_and_keeps_its_dead_letters(
     url: str, schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pgsql_connection, "SCHEMA_VERSION", 2)
-    with PgsqlTransport(url) as old:
-        old.submit_task("q_old", {"n": 1}, priority=3)
-        task = old.get_task("q_old")
-        assert task is not None
-        rowid, token = map(int, task.receipt.split("."))
-        sql(OLD_BURY.replace("@schema@", f'"{schema}"'), (rowid, token, "old"))
-    monkeypatch.setattr(pgsql_connection, "SCHEMA_VERSION", SCHEMA_VERSION)
+    old_schema(url, 2, monkeypatch)
+    task_id, receipt = old_task(schema, "q_old", {"n": 1}, priority=3, leased=True)
+    rowid, token = map(int, receipt.split("."))
+    sql(OLD_BURY.replace("@schema@", f'"{schema}"'), (rowid, token, "old"))
     with PgsqlTransport(url) as new:
         ((dead,), cursor) = new.dead_page("q_old")
-        assert (dead.id, dead.reason, dead.priority, dead.enqueued_at, cursor) == (task.id, "old", 3, 0.0, "")
+        assert (dead.id, dead.reason, dead.priority, dead.enqueued_at, cursor) == (task_id, "old", 3, 0.0, "")
         assert new.dead_tasks("q_old") == [dead]
         # the same id may now be dead in two queues; put_dead keeps what it is given
         record = TaskRecord.from_dead(dead)
