@@ -363,30 +363,47 @@ class ClusterConnection(RedisConnection):
             raise TransportError(f"Redis at {self._where} failed: {exc}") from None
 
     def topology(self) -> dict[str, Any]:
-        """The masters with their slot ranges and replicas, as the cluster reports them now."""
+        """The masters with their slot ranges and replicas, and any node marked failed, as
+        ``CLUSTER NODES`` on a master reports them now."""
         self._refresh()
-        manager = self.client.nodes_manager
-        ranges: dict[str, list[list[int]]] = {}
-        replicas: dict[str, list[str]] = {}
-        for slot in range(16384):
-            nodes = manager.slots_cache.get(slot) or []
-            if not nodes:
-                continue
-            master = nodes[0].name
-            spans = ranges.setdefault(master, [])
-            if spans and spans[-1][1] == slot - 1:
-                spans[-1][1] = slot
-            else:
-                spans.append([slot, slot])
-            replicas.setdefault(master, sorted(node.name for node in nodes[1:]))
-        return {
-            "kind": "redis-cluster",
-            "masters": [
-                {
-                    "node": master,
-                    "slots": [f"{a}-{b}" if a != b else str(a) for a, b in spans],
-                    "replicas": replicas[master],
-                }
-                for master, spans in sorted(ranges.items(), key=lambda item: item[1][0][0])
-            ],
+        text = b""
+        for master in sorted({self._node_of_slot(slot) for slot in (0, 8192, 16383)}):
+            with self._lock:
+                conn = self._node_connection("hot", master)
+                try:
+                    conn.send_packed_command([pack((b"CLUSTER", b"NODES"))], check_health=False)
+                    text = conn.read_response()
+                    break
+                except (redis.RedisError, OSError):
+                    conn.disconnect()
+        if not text:
+            raise self._unavailable(ConnectionError("no master answers CLUSTER NODES"))
+        return cluster_nodes(text.decode())
+
+    def _node_of_slot(self, slot: int) -> str:
+        try:
+            return str(self.client.nodes_manager.get_node_from_slot(slot).name)
+        except RedisClusterException as exc:
+            raise self._unavailable(exc) from None
+
+
+def cluster_nodes(text: str) -> dict[str, Any]:
+    """``CLUSTER NODES`` output as :meth:`ClusterConnection.topology` reports it."""
+    rows = [line.split() for line in text.splitlines() if line.strip()]
+    address = {row[0]: row[1].split("@")[0].split(",")[0] for row in rows}
+    failed = sorted(address[row[0]] for row in rows if "fail" in row[2].split(","))
+    masters = [row for row in rows if "master" in row[2].split(",") and "fail" not in row[2].split(",")]
+    replicas: dict[str, list[str]] = {}
+    for row in rows:
+        if "slave" in row[2].split(",") and "fail" not in row[2].split(","):
+            replicas.setdefault(row[3], []).append(address[row[0]])
+    report = [
+        {
+            "node": address[row[0]],
+            "slots": [span for span in row[8:] if not span.startswith("[")],
+            "replicas": sorted(replicas.get(row[0], [])),
         }
+        for row in masters
+    ]
+    report.sort(key=lambda master: int(master["slots"][0].split("-")[0]) if master["slots"] else 16384)
+    return {"kind": "redis-cluster", "masters": report, "failed": failed}
