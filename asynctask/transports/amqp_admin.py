@@ -298,6 +298,8 @@ class AmqpAdmin:
                 finally:
                     if channel.is_open:
                         channel.close()
+                # the letters read and not replayed are back before the next reader counts them
+                self.settle(self.names.dead(queue), limit - replayed)
         return replayed
 
     def purge_dead(self, queue: str, ids: list[str] | None) -> int:
@@ -313,7 +315,8 @@ class AmqpAdmin:
                     if wanted is None:
                         return int(channel.queue_purge(self.names.dead(queue)).method.message_count)
                     purged = 0
-                    for _ in range(self.connection.passive(self.names.dead(queue)) or 0):
+                    total = self.connection.passive(self.names.dead(queue)) or 0
+                    for _ in range(total):
                         method, properties, _body = channel.basic_get(self.names.dead(queue))
                         if method is None:
                             break
@@ -323,10 +326,11 @@ class AmqpAdmin:
                             purged += 1
                             if not wanted and not self.whole_reads:
                                 break
-                    return purged
                 finally:
                     if channel.is_open:
                         channel.close()
+                self.settle(self.names.dead(queue), total - purged)  # the others back, as in replay_dead
+                return purged
 
     def _replay_batch(self, channel: Any, batch: list[tuple[int, tuple[str, Any, bytes]]]) -> int:
         if batch:
