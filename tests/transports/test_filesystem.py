@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from collections import Counter
 from pathlib import Path
 
@@ -382,6 +383,9 @@ def _files(root: Path) -> list[str]:
 
 def test_a_sweep_after_the_ttl_leaves_no_file_of_the_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     state = tmp_path / "state" / QUEUE
+    # The store's clock, held still: on a loaded machine 200 puts may take longer than the short TTL.
+    now_ns = [time.time_ns()]
+    monkeypatch.setattr(filesystem_state, "time", types.SimpleNamespace(time_ns=lambda: now_ns[0]))
     with FilesystemTransport(f"filesys:{tmp_path}") as transport:
         transport.state_put(QUEUE, "short", "v", 0.3)
         transport.state_put(QUEUE, "short", "v2", 0.3)  # replaced: still one record
@@ -400,7 +404,7 @@ def test_a_sweep_after_the_ttl_leaves_no_file_of_the_record(tmp_path: Path, monk
 
         monkeypatch.setattr(filesystem_state, "_expiry", counting_expiry)
         assert transport.state_sweep() == 0  # nothing due yet
-        time.sleep(0.6)
+        now_ns[0] += 600_000_000
         assert transport.state_sweep() == 2  # short and Claimed.X; gone was deleted already
         assert sorted(reads) == ["claimed.x~101", "short"]  # the live records were not read
         files = _files(state)
