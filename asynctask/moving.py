@@ -16,6 +16,7 @@ Built on the transfer part of the transport contract (:mod:`asynctask.transports
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -80,8 +81,14 @@ class MoveSummary:
 
 
 def same_store(source: Transport, target: Transport) -> bool:
-    """True when both open the same store (same kind, same URL)."""
-    return type(source) is type(target) and source.url.rstrip("/") == target.url.rstrip("/")
+    """True when both open the same store: same kind and URL, or (two URLs for one store, such as
+    ``filesys:/a`` and ``file:///a``) a claim made through one is seen through the other."""
+    if type(source) is not type(target):
+        return False
+    if source.url.rstrip("/") == target.url.rstrip("/"):
+        return True
+    probe = f"asynctask.migrate.probe.{os.urandom(8).hex()}"
+    return source.claim_once(probe, 60) and not target.claim_once(probe, 60)
 
 
 def migrate_queue(

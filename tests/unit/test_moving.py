@@ -9,7 +9,7 @@ import pytest
 
 from asynctask.cli.admin import main
 from asynctask.errors import ConfigurationError
-from asynctask.moving import MoveOptions, export_records, import_records, migrate_queue
+from asynctask.moving import MoveOptions, export_records, import_records, migrate_queue, same_store
 from asynctask.transports import get_transport
 from asynctask.transports.base import Transport
 from asynctask.transports.memory import MemoryTransport
@@ -74,6 +74,15 @@ def test_dry_run_moves_nothing_and_the_same_store_is_refused() -> None:
     assert target.queues() == []
     with pytest.raises(ConfigurationError, match="same store"):
         migrate_queue(source, get_transport("memory://mv_src3"), "jobs")
+
+
+def test_two_urls_of_one_store_are_the_same_store(tmp_path: Path) -> None:
+    one, other = get_transport(f"filesys:{tmp_path}"), get_transport(f"file://{tmp_path}")
+    one.submit_task("jobs", {"n": 1})
+    with pytest.raises(ConfigurationError, match="same store"):
+        migrate_queue(one, other, "jobs")
+    assert one.stats("jobs").ready == 1
+    assert not same_store(one, get_transport(f"filesys:{tmp_path / 'elsewhere'}"))
 
 
 def test_import_skips_ids_it_holds() -> None:
